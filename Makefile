@@ -1,0 +1,40 @@
+# GuardTrace Studio: `make run` (demo on 127.0.0.1:8000) and `make test` (whole suite). Both install what is missing.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install lint bench-quick vendor-htmx clean
+
+install: $(STAMP)
+
+# torch==2.13.0 first: it takes the CPU wheel; an unpinned torch pulled in by transformers would bring CUDA.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[ml,dev,prod]'
+	@touch $@
+
+run: $(STAMP)
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput --verbosity 0
+	$(PY) manage.py demo_setup
+	bash scripts/run_embedded.sh
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench-quick: $(STAMP)
+	$(PY) bench/import_export.py --quick
+	$(PY) bench/pages.py --quick
+
+vendor-htmx:
+	cd /tmp && npm pack htmx.org@2.0.8 && tar xzf htmx.org-2.0.8.tgz && cp package/dist/htmx.min.js package/LICENSE $(CURDIR)/static/vendor/htmx/
+
+clean:
+	rm -rf var/staticfiles var/celery

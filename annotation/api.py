@@ -1,0 +1,317 @@
+"""REST API: samples, labels, strata, imports and exports. Token or session auth; roles as on the pages."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+from django.http import FileResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.generics import ListAPIView
+from rest_framework.parsers import MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotation import selectors, services
+from annotation.formats import FORMATS, SOURCE_KINDS
+from annotation.images import ImageRejected, ImageSource
+from annotation.models import ImportJob, Label, Sample
+from annotation.permissions import IsAdminRole
+from annotation.roles import is_admin, is_expert
+
+
+class LabelOutputSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Label
+        fields = [
+            "id", "sample", "source_kind", "source_name", "prompt_version", "judgment", "analysis",
+            "raw_output", "status", "latency_ms", "created_at",
+        ]  # fmt: skip
+
+
+class SampleOutputSerializer(serializers.ModelSerializer):
+    image = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Sample
+        fields = [
+            "id", "question", "thinking", "answer", "image", "subset", "split", "category", "input_variant",
+            "source_dataset", "generator_model", "external_id", "content_hash", "stratum", "final_label",
+            "final_label_origin", "created_at",
+        ]  # fmt: skip
+
+    def get_image(self, sample: Sample) -> dict | None:
+        if sample.image is None:
+            return None
+        asset = sample.image
+        return {
+            "sha256": asset.sha256,
+            "width": asset.width,
+            "height": asset.height,
+            "format": asset.format,
+            "url": f"/images/{asset.sha256}/?sample={sample.pk}",
+        }
+
+
+class SampleDetailOutputSerializer(SampleOutputSerializer):
+    labels = LabelOutputSerializer(many=True, read_only=True)
+
+    class Meta(SampleOutputSerializer.Meta):
+        fields = [*SampleOutputSerializer.Meta.fields, "labels"]
+
+
+_FILTER_PARAMS = [OpenApiParameter(name, str, description=f"Filter by {name}") for name in selectors.FILTERS]
+
+
+class SampleListApi(ListAPIView):
+    serializer_class = SampleOutputSerializer
+
+    @extend_schema(parameters=_FILTER_PARAMS)
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        return selectors.sample_list(filters=selectors.clean_filters(self.request.query_params))
+
+
+class SampleDetailApi(APIView):
+    @extend_schema(responses=SampleDetailOutputSerializer)
+    def get(self, request, sample_id: int) -> Response:
+        try:
+            sample = selectors.sample_detail(sample_id=sample_id)
+        except Sample.DoesNotExist:
+            raise NotFound(f"no sample #{sample_id}") from None
+        return Response(SampleDetailOutputSerializer(sample).data)
+
+
+class _Base64Images(ImageSource):
+    """Images sent inline in a bulk-create body, keyed by the record's `image` name."""
+
+    def __init__(self, images: dict[str, str]) -> None:
+        self.images = images
+
+    def read(self, relative: str, *, max_bytes: int) -> bytes:
+        encoded = self.images.get(relative)
+        if encoded is None:
+            raise ImageRejected(f"image {relative!r} is not in the request's `images`")
+        if encoded.startswith("data:"):
+            encoded = encoded.partition(",")[2]
+        if len(encoded) > max_bytes * 4 // 3 + 4:
+            raise ImageRejected(f"image {relative!r} is over the {max_bytes:,}-byte limit")
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except ValueError:
+            raise ImageRejected(f"image {relative!r} is not valid base64") from None
+
+
+class SampleBulkCreateApi(APIView):
+    """Create samples from records in our JSONL format; validated whole, stored in one transaction."""
+
+    permission_classes = [IsAdminRole]
+
+    class InputSerializer(serializers.Serializer):
+        samples = serializers.ListField(child=serializers.DictField(), allow_empty=False, max_length=10_000)
+        images = serializers.DictField(child=serializers.CharField(), required=False, default=dict)
+        skip_invalid = serializers.BooleanField(default=False)
+
+    class OutputSerializer(serializers.Serializer):
+        created = serializers.IntegerField()
+        sample_ids = serializers.ListField(child=serializers.IntegerField())
+        duplicates = serializers.ListField(child=serializers.CharField())
+        errors = serializers.ListField(child=serializers.CharField())
+
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer})
+    def post(self, request) -> Response:
+        body = self.InputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        lines = "\n".join(json.dumps(record) for record in body.validated_data["samples"])
+        try:
+            report = services.samples_import(
+                data=lines.encode("utf-8"),
+                name="request",
+                fmt="jsonl",
+                images=_Base64Images(body.validated_data["images"]),
+                skip_invalid=body.validated_data["skip_invalid"],
+                user=request.user,
+            )
+        except services.ImportRejected as exc:
+            return Response(
+                {"detail": str(exc), "errors": [str(e) for e in exc.errors]},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        data = {
+            "created": report.created,
+            "sample_ids": report.sample_ids,
+            "duplicates": report.duplicates,
+            "errors": [str(e) for e in report.errors],
+        }
+        return Response(self.OutputSerializer(data).data, status=status.HTTP_201_CREATED)
+
+
+class LabelListCreateApi(ListAPIView):
+    """List labels (filter by sample, source_kind, source_name); experts add their own, admins any."""
+
+    serializer_class = LabelOutputSerializer
+
+    class InputSerializer(serializers.Serializer):
+        sample = serializers.IntegerField()
+        source_kind = serializers.ChoiceField(choices=SOURCE_KINDS)
+        source_name = serializers.CharField(max_length=100, required=False)
+        prompt_version = serializers.CharField(max_length=32, required=False, allow_blank=True, default="")
+        judgment = serializers.ChoiceField(choices=[0, 0.5, 1], allow_null=True, required=False, default=None)
+        analysis = serializers.CharField(required=False, allow_blank=True, default="", max_length=1_000_000)
+        raw_output = serializers.CharField(required=False, allow_blank=True, default="", max_length=1_000_000)
+        status = serializers.ChoiceField(choices=Label.Status.values, default=Label.Status.VALID)
+        latency_ms = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("sample", int),
+            OpenApiParameter("source_kind", str),
+            OpenApiParameter("source_name", str),
+        ]
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        labels = Label.objects.order_by("id")
+        params = self.request.query_params
+        if params.get("sample", "").isdigit():
+            labels = labels.filter(sample_id=int(params["sample"]))
+        for key in ("source_kind", "source_name"):
+            if params.get(key):
+                labels = labels.filter(**{key: params[key]})
+        return labels
+
+    @extend_schema(request=InputSerializer, responses={201: LabelOutputSerializer})
+    def post(self, request) -> Response:
+        body = self.InputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        if is_admin(request.user):
+            source_name = data.get("source_name") or request.user.get_username()
+        elif is_expert(request.user) and data["source_kind"] == Label.SourceKind.EXPERT:
+            # Experts write only as themselves.
+            source_name = request.user.get_username()
+        else:
+            raise PermissionDenied(
+                "Experts may add only their own expert labels; other labels need an admin."
+            )
+        try:
+            sample = Sample.objects.get(pk=data["sample"])
+        except Sample.DoesNotExist:
+            raise NotFound(f"no sample #{data['sample']}") from None
+        judgment = None if data["judgment"] is None else float(data["judgment"])
+        try:
+            label = services.label_record(
+                sample=sample,
+                source_kind=data["source_kind"],
+                source_name=source_name,
+                prompt_version=data["prompt_version"],
+                judgment=judgment,
+                analysis=data["analysis"],
+                raw_output=data["raw_output"],
+                status=data["status"],
+                latency_ms=data["latency_ms"],
+                user=request.user,
+            )
+        except services.LabelConflict as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except ValueError as exc:
+            return Response({"judgment": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(LabelOutputSerializer(label).data, status=status.HTTP_201_CREATED)
+
+
+class StratumCountsApi(APIView):
+    @extend_schema(responses={200: {"type": "object", "additionalProperties": {"type": "integer"}}})
+    def get(self, request) -> Response:
+        return Response(selectors.stratum_counts())
+
+
+class ImportJobOutputSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ImportJob
+        fields = [
+            "id",
+            "format",
+            "skip_invalid",
+            "status",
+            "created",
+            "duplicates",
+            "errors",
+            "created_at",
+            "finished_at",
+        ]
+
+
+class ImportJobCreateApi(APIView):
+    """Upload a file (and a zip of its images); a worker imports it. Poll the job for the result."""
+
+    permission_classes = [IsAdminRole]
+    parser_classes = [MultiPartParser]
+
+    class InputSerializer(serializers.Serializer):
+        file = serializers.FileField()
+        images = serializers.FileField(required=False)
+        format = serializers.ChoiceField(choices=FORMATS, required=False)
+        skip_invalid = serializers.BooleanField(default=False)
+
+    @extend_schema(request=InputSerializer, responses={202: ImportJobOutputSerializer})
+    def post(self, request) -> Response:
+        body = self.InputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        if data.get("images") is not None and not zipfile.is_zipfile(data["images"]):
+            return Response({"images": ["must be a zip archive"]}, status=status.HTTP_400_BAD_REQUEST)
+        fmt = data.get("format") or ("guardtrace" if data["file"].name.lower().endswith(".json") else "jsonl")
+        job = services.import_job_create(
+            data_file=data["file"],
+            images_archive=data.get("images"),
+            fmt=fmt,
+            skip_invalid=data["skip_invalid"],
+            user=request.user,
+        )
+        return Response(ImportJobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class ImportJobDetailApi(APIView):
+    permission_classes = [IsAdminRole]
+
+    @extend_schema(responses=ImportJobOutputSerializer)
+    def get(self, request, job_id: int) -> Response:
+        try:
+            job = ImportJob.objects.get(pk=job_id)
+        except ImportJob.DoesNotExist:
+            raise NotFound(f"no import job #{job_id}") from None
+        return Response(ImportJobOutputSerializer(job).data)
+
+
+class SampleExportApi(APIView):
+    """A zip of `samples.jsonl` and `images/`, for the samples matching the filters."""
+
+    permission_classes = [IsAdminRole]
+
+    @extend_schema(parameters=_FILTER_PARAMS, responses={(200, "application/zip"): bytes})
+    def get(self, request):
+        samples = selectors.sample_list(filters=selectors.clean_filters(request.query_params))
+        workdir = Path(tempfile.mkdtemp(prefix="guardtrace-export-"))
+        try:
+            services.samples_export(samples=samples, out_dir=workdir / "export", user=request.user)
+            archive = tempfile.TemporaryFile()
+            with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+                for path in sorted((workdir / "export").rglob("*")):
+                    if path.is_file():
+                        zf.write(path, path.relative_to(workdir / "export").as_posix())
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        archive.seek(0)
+        return FileResponse(
+            archive, as_attachment=True, filename="guardtrace-export.zip", content_type="application/zip"
+        )

@@ -1,0 +1,217 @@
+"""QTA samples, their images, every label on them, import jobs and the audit log."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from guardmodel.protocol import JUDGMENTS, RISK_CATEGORIES
+
+JUDGMENT_CHOICES = [(value, f"{value:g}") for value in JUDGMENTS]
+
+
+def _image_upload_to(instance: ImageAsset, filename: str) -> str:
+    # Content-addressed layout: images/ab/abcdef….png, fanned out so no folder grows too large.
+    return f"images/{instance.sha256[:2]}/{filename}"
+
+
+class ImageAsset(models.Model):
+    """An image stored once per content (sha256), whatever number of samples use it."""
+
+    sha256 = models.CharField(max_length=64, unique=True)
+    file = models.FileField(upload_to=_image_upload_to, max_length=200)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    format = models.CharField(max_length=8, help_text="Pillow format name: PNG, JPEG, WEBP, GIF…")
+    size_bytes = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.sha256[:12]} ({self.width}×{self.height} {self.format})"
+
+
+class Split(models.TextChoices):
+    TRAIN = "train", "Train"
+    TEST = "test", "Test"
+
+
+RiskCategory = models.TextChoices(
+    "RiskCategory", [(value, (value, label)) for value, label in RISK_CATEGORIES]
+)
+
+
+class InputVariant(models.TextChoices):
+    TEXT_ONLY = "text_only", "Text only"
+    IRRELEVANT_IMAGE = "irrelevant_image", "Irrelevant image"
+    ALIGNED_IMAGE = "aligned_image", "Aligned image"
+    TYPOGRAPHIC = "typographic", "Typographic (FigStep)"
+    HADES = "hades", "HADES"
+    CS_DJ = "cs_dj", "CS-DJ"
+    OTHER = "other", "Other"
+
+
+class Stratum(models.TextChoices):
+    UNLABELLED = "unlabelled", "Unlabelled"
+    INCOMPLETE = "incomplete", "Incomplete"
+    D3_0 = "d3_0", "D3:0"
+    D2_1 = "d2_1", "D2:1"
+    D1_1_1 = "d1_1_1", "D1:1:1"
+
+
+class LabelOrigin(models.TextChoices):
+    NONE = "", "None"
+    JURY_CONSENSUS = "jury_consensus", "Jury consensus (3:0)"
+    JURY_MAJORITY = "jury_majority", "Jury majority (2:1)"
+    EXPERT = "expert", "Expert"
+    IMPORTED = "imported", "Imported"
+
+
+class Sample(models.Model):
+    """One Question–Thinking–Answer sample, optionally with an image, and where it came from."""
+
+    question = models.TextField()
+    thinking = models.TextField(blank=True, help_text="The reasoning trace.")
+    answer = models.TextField()
+    image = models.ForeignKey(
+        ImageAsset, null=True, blank=True, on_delete=models.PROTECT, related_name="samples"
+    )
+
+    source_dataset = models.CharField(max_length=100, blank=True)
+    subset = models.CharField(
+        max_length=64, blank=True, help_text="e.g. S-Eval-VL, HADES-Eval, MM-Eval, MMJ-Eval"
+    )
+    split = models.CharField(max_length=5, choices=Split.choices, default=Split.TRAIN)
+    category = models.CharField(max_length=16, choices=RiskCategory.choices, default="other")
+    input_variant = models.CharField(max_length=20, choices=InputVariant.choices, default=InputVariant.OTHER)
+    generator_model = models.CharField(max_length=200, blank=True)
+    external_id = models.CharField(max_length=200, blank=True)
+    content_hash = models.CharField(
+        max_length=64, unique=True, help_text="sha256 of question, thinking, answer, image"
+    )
+
+    # Derived by annotation.services.sample_labels_resolve, never by signals.
+    stratum = models.CharField(max_length=10, choices=Stratum.choices, default=Stratum.UNLABELLED)
+    final_label = models.FloatField(null=True, blank=True, choices=JUDGMENT_CHOICES)
+    final_label_origin = models.CharField(max_length=16, choices=LabelOrigin.choices, default="", blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["stratum", "id"]),
+            models.Index(fields=["subset", "id"]),
+            models.Index(fields=["category", "id"]),
+            models.Index(fields=["split", "id"]),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(final_label__isnull=True) | Q(final_label__in=JUDGMENTS),
+                name="sample_final_label_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(final_label__isnull=True, final_label_origin="")
+                | (Q(final_label__isnull=False) & ~Q(final_label_origin="")),
+                name="sample_final_label_has_origin",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Sample #{self.pk}"
+
+
+class Label(models.Model):
+    """One judgment on one sample from one source under one prompt version."""
+
+    class SourceKind(models.TextChoices):
+        JUROR = "juror", "Juror"
+        EXPERT = "expert", "Expert"
+        GUARD = "guard", "Guard"
+        ORACLE = "oracle", "Oracle"
+        IMPORTED = "imported", "Imported"
+
+    class Status(models.TextChoices):
+        VALID = "valid", "Valid"
+        INVALID = "invalid", "Invalid output"
+        FAILED = "failed", "Call failed"
+
+    sample = models.ForeignKey(Sample, on_delete=models.CASCADE, related_name="labels")
+    source_kind = models.CharField(max_length=10, choices=SourceKind.choices)
+    source_name = models.CharField(
+        max_length=100, help_text="Juror, checkpoint, expert username or dataset name."
+    )
+    prompt_version = models.CharField(max_length=32, blank=True)
+    analysis = models.TextField(blank=True)
+    judgment = models.FloatField(null=True, blank=True, choices=JUDGMENT_CHOICES)
+    raw_output = models.TextField(blank=True)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.VALID)
+    latency_ms = models.FloatField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["sample_id", "source_kind", "source_name"]
+        indexes = [models.Index(fields=["source_kind", "source_name", "prompt_version"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["sample", "source_kind", "source_name", "prompt_version"], name="one_label_per_source"
+            ),
+            models.CheckConstraint(
+                condition=(Q(status="valid") & Q(judgment__in=JUDGMENTS))
+                | (~Q(status="valid") & Q(judgment__isnull=True)),
+                name="label_judgment_matches_status",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source_kind}:{self.source_name} on sample #{self.sample_id}"
+
+
+class ImportJob(models.Model):
+    """An import submitted through the API, run by a Celery worker."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    data_file = models.FileField(upload_to="imports/")
+    images_archive = models.FileField(upload_to="imports/", blank=True)
+    format = models.CharField(max_length=16)
+    skip_invalid = models.BooleanField(default=False)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    created = models.PositiveIntegerField(default=0)
+    duplicates = models.PositiveIntegerField(default=0)
+    errors = models.JSONField(default=list, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+
+class AuditEvent(models.Model):
+    """Who saw which sample's image, and who wrote which label."""
+
+    class Action(models.TextChoices):
+        IMAGE_VIEW = "image_view", "Viewed image"
+        LABEL_WRITE = "label_write", "Wrote label"
+        IMPORT = "import", "Imported samples"
+        EXPORT = "export", "Exported samples"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    action = models.CharField(max_length=16, choices=Action.choices)
+    sample = models.ForeignKey(Sample, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    image = models.ForeignKey(ImageAsset, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    label = models.ForeignKey(Label, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    detail = models.JSONField(default=dict, blank=True)
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-at"]

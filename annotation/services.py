@@ -1,0 +1,490 @@
+"""Writes to the sample store. Views, the API, commands and tasks call these and nothing else writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from annotation.formats import RecordError, SampleRecord, parse_records
+from annotation.images import (
+    ArchiveRejected,
+    ImageInfo,
+    ImageRejected,
+    ImageSource,
+    ZipImageSource,
+    inspect_image,
+)
+from annotation.models import AuditEvent, ImageAsset, ImportJob, Label, LabelOrigin, Sample, Stratum
+from guardmodel.protocol import JUDGMENTS, PROMPT_VERSION
+
+BATCH = 1000
+Progress = Callable[[int], None]
+
+
+class ImportRejected(Exception):
+    """The file has errors and nothing was stored. `errors` lists each as `file:line: field: reason`."""
+
+    def __init__(self, errors: list[RecordError]) -> None:
+        super().__init__(f"{len(errors)} error(s); nothing was imported")
+        self.errors = errors
+
+
+class LabelConflict(Exception):
+    """A label from this source already exists on the sample for this prompt version."""
+
+
+@dataclass
+class ImportReport:
+    created: int = 0
+    labels_created: int = 0
+    images_created: int = 0
+    duplicates: list[str] = field(default_factory=list)
+    errors: list[RecordError] = field(default_factory=list)
+    sample_ids: list[int] = field(default_factory=list)
+
+
+def content_hash(*, question: str, thinking: str, answer: str, image_sha256: str | None) -> str:
+    canonical = json.dumps([question, thinking, answer, image_sha256 or ""], ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class _Checked:
+    record: SampleRecord
+    image: ImageInfo | None
+    content_hash: str
+
+
+def _check_images(
+    records: list[SampleRecord],
+    images: ImageSource | None,
+    name: str,
+    errors: list[RecordError],
+    progress: Progress,
+) -> list[_Checked]:
+    checked: list[_Checked] = []
+    for record in records:
+        info = None
+        if record.image is not None:
+            try:
+                if images is None:
+                    raise ImageRejected("the file names an image but no images folder or archive was given")
+                data = images.read(record.image, max_bytes=settings.GUARDTRACE_MAX_IMAGE_BYTES)
+                info = inspect_image(
+                    data,
+                    max_pixels=settings.GUARDTRACE_MAX_IMAGE_PIXELS,
+                    max_bytes=settings.GUARDTRACE_MAX_IMAGE_BYTES,
+                )
+            except ImageRejected as exc:
+                errors.append(RecordError(name, record.line, "image", f"{record.image}: {exc}"))
+                progress(1)
+                continue
+        digest = content_hash(
+            question=record.question,
+            thinking=record.thinking,
+            answer=record.answer,
+            image_sha256=info and info.sha256,
+        )
+        checked.append(_Checked(record, info, digest))
+        progress(1)
+    return checked
+
+
+def _drop_duplicates(checked: list[_Checked], name: str) -> tuple[list[_Checked], list[str]]:
+    duplicates: list[tuple[int, str]] = []
+    first_line: dict[str, int] = {}
+    unique: list[_Checked] = []
+    for item in checked:
+        if item.content_hash in first_line:
+            duplicates.append((item.record.line, f"duplicate of line {first_line[item.content_hash]}"))
+            continue
+        first_line[item.content_hash] = item.record.line
+        unique.append(item)
+    stored: dict[str, int] = {}
+    hashes = list(first_line)
+    for start in range(0, len(hashes), BATCH):
+        chunk = hashes[start : start + BATCH]
+        stored.update(Sample.objects.filter(content_hash__in=chunk).values_list("content_hash", "id"))
+    if stored:
+        kept = []
+        for item in unique:
+            if item.content_hash in stored:
+                duplicates.append(
+                    (item.record.line, f"already stored as sample #{stored[item.content_hash]}")
+                )
+            else:
+                kept.append(item)
+        unique = kept
+    return unique, [f"{name}:{line}: {reason}" for line, reason in sorted(duplicates)]
+
+
+def samples_import(
+    *,
+    data: bytes,
+    name: str,
+    fmt: str,
+    images: ImageSource | None = None,
+    skip_invalid: bool = False,
+    user=None,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """Validate the whole file, then store it in one transaction.
+
+    With errors and `skip_invalid` off, raises ImportRejected and stores nothing. Samples already stored (same
+    content hash) are reported as duplicates and not stored again.
+    """
+    tick = progress or (lambda n: None)
+    errors: list[RecordError] = []
+    records: list[SampleRecord] = []
+    for item in parse_records(data, name=name, fmt=fmt, max_chars=settings.GUARDTRACE_MAX_TEXT_CHARS):
+        if isinstance(item, RecordError):
+            errors.append(item)
+            tick(1)
+        else:
+            records.append(item)
+    checked = _check_images(records, images, name, errors, tick)
+    errors.sort(key=lambda e: e.line)
+    if errors and not skip_invalid:
+        raise ImportRejected(errors)
+    unique, duplicates = _drop_duplicates(checked, name)
+    report = ImportReport(duplicates=duplicates, errors=errors)
+    if unique:
+        _store(unique, images, report, user=user, name=name)
+    return report
+
+
+def _store_image_files(unique: list[_Checked], images: ImageSource | None) -> dict[str, ImageAsset]:
+    """Write each new image once (content-addressed), returning unsaved ImageAsset rows for those not in the DB."""
+    wanted: dict[str, _Checked] = {}
+    for item in unique:
+        if item.image is not None:
+            wanted.setdefault(item.image.sha256, item)
+    existing = set()
+    shas = list(wanted)
+    for start in range(0, len(shas), BATCH):
+        existing.update(
+            ImageAsset.objects.filter(sha256__in=shas[start : start + BATCH]).values_list("sha256", flat=True)
+        )
+    new_assets: dict[str, ImageAsset] = {}
+    for sha, item in wanted.items():
+        if sha in existing:
+            continue
+        info = item.image
+        assert info is not None and images is not None and item.record.image is not None
+        asset = ImageAsset(
+            sha256=sha, width=info.width, height=info.height, format=info.format, size_bytes=info.size_bytes
+        )
+        path = asset.file.field.generate_filename(asset, f"{sha}.{info.extension}")
+        # A file left by an earlier, rolled-back import has the same bytes: reuse it.
+        if not default_storage.exists(path):
+            path = default_storage.save(
+                path, ContentFile(images.read(item.record.image, max_bytes=info.size_bytes))
+            )
+        asset.file.name = path
+        new_assets[sha] = asset
+    return new_assets
+
+
+def _store(
+    unique: list[_Checked], images: ImageSource | None, report: ImportReport, *, user, name: str
+) -> None:
+    new_assets = _store_image_files(unique, images)
+    now = timezone.now()
+    with transaction.atomic():
+        ImageAsset.objects.bulk_create(new_assets.values(), batch_size=BATCH, ignore_conflicts=True)
+        shas = list({item.image.sha256 for item in unique if item.image})
+        image_ids: dict[str, int] = {}
+        for start in range(0, len(shas), BATCH):
+            image_ids.update(
+                ImageAsset.objects.filter(sha256__in=shas[start : start + BATCH]).values_list("sha256", "id")
+            )
+        samples = [
+            Sample(
+                question=item.record.question,
+                thinking=item.record.thinking,
+                answer=item.record.answer,
+                image_id=image_ids[item.image.sha256] if item.image else None,
+                subset=item.record.subset,
+                split=item.record.split,
+                category=item.record.category,
+                input_variant=item.record.input_variant,
+                source_dataset=item.record.source_dataset,
+                generator_model=item.record.generator_model,
+                external_id=item.record.external_id,
+                content_hash=item.content_hash,
+            )
+            for item in unique
+        ]
+        Sample.objects.bulk_create(samples, batch_size=BATCH)
+        labels = [
+            Label(
+                sample_id=sample.pk,
+                source_kind=record.source_kind,
+                source_name=record.source_name,
+                prompt_version=record.prompt_version,
+                analysis=record.analysis,
+                judgment=record.judgment,
+                raw_output=record.raw_output,
+                status=record.status,
+                latency_ms=record.latency_ms,
+                created_at=record.created_at or now,
+            )
+            for sample, item in zip(samples, unique, strict=True)
+            for record in item.record.labels
+        ]
+        Label.objects.bulk_create(labels, batch_size=BATCH)
+        report.sample_ids = [sample.pk for sample in samples]
+        samples_labels_resolve(sample_ids=report.sample_ids)
+        AuditEvent.objects.create(
+            user=user, action=AuditEvent.Action.IMPORT, detail={"file": name, "samples": len(samples)}
+        )
+    report.created = len(samples)
+    report.labels_created = len(labels)
+    report.images_created = len(new_assets)
+
+
+def _majority(values: list[float]) -> float | None:
+    """The value more than half of `values` agree on, or None."""
+    if not values:
+        return None
+    value, count = Counter(values).most_common(1)[0]
+    return value if count * 2 > len(values) else None
+
+
+def resolve_labels(
+    labels: Iterable[Label], *, prompt_version: str = PROMPT_VERSION
+) -> tuple[str, float | None, str]:
+    """(stratum, final label, origin) for one sample's labels. Pure: used by the service and its tests."""
+    juror: list[Label] = []
+    expert: list[float] = []
+    imported: list[float] = []
+    for label in labels:
+        if label.source_kind == Label.SourceKind.JUROR and label.prompt_version == prompt_version:
+            juror.append(label)
+        elif label.status == Label.Status.VALID and label.source_kind == Label.SourceKind.EXPERT:
+            expert.append(label.judgment)  # type: ignore[arg-type]
+        elif label.status == Label.Status.VALID and label.source_kind == Label.SourceKind.IMPORTED:
+            imported.append(label.judgment)  # type: ignore[arg-type]
+    valid = [label.judgment for label in juror if label.status == Label.Status.VALID]
+    if not juror:
+        stratum = Stratum.UNLABELLED
+    elif len(valid) < 3:
+        stratum = Stratum.INCOMPLETE
+    else:
+        top = Counter(valid).most_common(1)[0][1]
+        stratum = (
+            Stratum.D3_0 if top == len(valid) else Stratum.D2_1 if top * 2 > len(valid) else Stratum.D1_1_1
+        )
+    # An expert decision overrides the jury; the jury overrides a label that came with the data.
+    if (decided := _majority(expert)) is not None:
+        return stratum, decided, LabelOrigin.EXPERT
+    if stratum == Stratum.D3_0:
+        return stratum, valid[0], LabelOrigin.JURY_CONSENSUS
+    if stratum == Stratum.D2_1:
+        return stratum, _majority(valid), LabelOrigin.JURY_MAJORITY  # type: ignore[arg-type]
+    if (given := _majority(imported)) is not None:
+        return stratum, given, LabelOrigin.IMPORTED
+    return stratum, None, LabelOrigin.NONE
+
+
+def samples_labels_resolve(*, sample_ids: list[int], prompt_version: str = PROMPT_VERSION) -> int:
+    """Recompute stratum and final label of the given samples from their labels; returns how many changed."""
+    changed = 0
+    for start in range(0, len(sample_ids), BATCH):
+        chunk = sample_ids[start : start + BATCH]
+        by_sample: dict[int, list[Label]] = {pk: [] for pk in chunk}
+        for label in Label.objects.filter(sample_id__in=chunk).only(
+            "sample_id", "source_kind", "prompt_version", "status", "judgment"
+        ):
+            by_sample[label.sample_id].append(label)
+        samples = list(
+            Sample.objects.filter(id__in=chunk).only("id", "stratum", "final_label", "final_label_origin")
+        )
+        dirty = []
+        for sample in samples:
+            resolved = resolve_labels(by_sample[sample.pk], prompt_version=prompt_version)
+            if resolved != (sample.stratum, sample.final_label, sample.final_label_origin):
+                sample.stratum, sample.final_label, sample.final_label_origin = resolved
+                dirty.append(sample)
+        Sample.objects.bulk_update(dirty, ["stratum", "final_label", "final_label_origin"], batch_size=BATCH)
+        changed += len(dirty)
+    return changed
+
+
+def label_record(
+    *,
+    sample: Sample,
+    source_kind: str,
+    source_name: str,
+    judgment: float | None,
+    prompt_version: str = "",
+    analysis: str = "",
+    raw_output: str = "",
+    status: str = Label.Status.VALID,
+    latency_ms: float | None = None,
+    user=None,
+) -> Label:
+    """Store one label, recompute the sample's stratum and final label, and log who wrote it."""
+    if status == Label.Status.VALID and judgment not in JUDGMENTS:
+        raise ValueError(f"judgment {judgment!r} is not one of 0, 0.5, 1")
+    if status != Label.Status.VALID and judgment is not None:
+        raise ValueError(f"a label with status {status!r} has no judgment")
+    try:
+        with transaction.atomic():
+            label = Label.objects.create(
+                sample=sample,
+                source_kind=source_kind,
+                source_name=source_name,
+                prompt_version=prompt_version,
+                judgment=judgment,
+                analysis=analysis,
+                raw_output=raw_output,
+                status=status,
+                latency_ms=latency_ms,
+                created_by=user,
+                created_at=timezone.now(),
+            )
+            samples_labels_resolve(sample_ids=[sample.pk])
+            AuditEvent.objects.create(
+                user=user, action=AuditEvent.Action.LABEL_WRITE, sample=sample, label=label
+            )
+    except IntegrityError as exc:
+        raise LabelConflict(
+            f"sample #{sample.pk} already has a {source_kind} label from {source_name!r}"
+            f" for prompt version {prompt_version!r}"
+        ) from exc
+    return label
+
+
+def image_view_record(*, user, image: ImageAsset, sample: Sample | None) -> None:
+    AuditEvent.objects.create(user=user, action=AuditEvent.Action.IMAGE_VIEW, image=image, sample=sample)
+
+
+def _label_json(label: Label) -> dict:
+    return {
+        "source_kind": label.source_kind,
+        "source_name": label.source_name,
+        "prompt_version": label.prompt_version,
+        "judgment": label.judgment,
+        "analysis": label.analysis,
+        "raw_output": label.raw_output,
+        "status": label.status,
+        "latency_ms": label.latency_ms,
+        "created_at": label.created_at.isoformat(),
+    }
+
+
+def sample_json(sample: Sample, image_path: str | None) -> dict:
+    """A sample in our JSONL format, with all its labels (what export writes and import reads back)."""
+    return {
+        "id": sample.pk,
+        "question": sample.question,
+        "thinking": sample.thinking,
+        "answer": sample.answer,
+        "image": image_path,
+        "subset": sample.subset,
+        "split": sample.split,
+        "category": sample.category,
+        "input_variant": sample.input_variant,
+        "source_dataset": sample.source_dataset,
+        "generator_model": sample.generator_model,
+        "external_id": sample.external_id,
+        "content_hash": sample.content_hash,
+        "stratum": sample.stratum,
+        "final_label": sample.final_label,
+        "final_label_origin": sample.final_label_origin,
+        "labels": [_label_json(label) for label in sample.labels.all()],
+    }
+
+
+def samples_export(*, samples, out_dir: Path, user=None, progress: Progress | None = None) -> int:
+    """Write `samples.jsonl` and `images/<sha256>.<ext>` under out_dir; returns the number of samples."""
+    tick = progress or (lambda n: None)
+    images_dir = out_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    written: set[str] = set()
+    count = 0
+    queryset = samples.select_related("image").prefetch_related("labels").order_by("id")
+    with (out_dir / "samples.jsonl").open("w", encoding="utf-8") as out:
+        for sample in queryset.iterator(chunk_size=2000):
+            image_path = None
+            if sample.image is not None:
+                asset = sample.image
+                image_path = f"images/{asset.sha256}.{Path(asset.file.name).suffix.lstrip('.')}"
+                if asset.sha256 not in written:
+                    with asset.file.open("rb") as src:
+                        (out_dir / image_path).write_bytes(src.read())
+                    written.add(asset.sha256)
+            out.write(json.dumps(sample_json(sample, image_path), ensure_ascii=False) + "\n")
+            count += 1
+            tick(1)
+    AuditEvent.objects.create(
+        user=user,
+        action=AuditEvent.Action.EXPORT,
+        detail={"samples": count, "at": datetime.now(UTC).isoformat()},
+    )
+    return count
+
+
+def import_job_create(*, data_file, images_archive=None, fmt: str, skip_invalid: bool, user) -> ImportJob:
+    """Store the uploaded files and queue the import on the worker once the row is committed."""
+    from annotation.tasks import import_job_run_task
+
+    job = ImportJob.objects.create(
+        data_file=data_file,
+        images_archive=images_archive or "",
+        format=fmt,
+        skip_invalid=skip_invalid,
+        created_by=user,
+    )
+    transaction.on_commit(lambda: import_job_run_task.delay(job.pk))
+    return job
+
+
+def import_job_run(*, job_id: int) -> bool:
+    """Claim a pending job and run it; False when another worker has it or it already ran."""
+    claimed = ImportJob.objects.filter(pk=job_id, status=ImportJob.Status.PENDING).update(
+        status=ImportJob.Status.RUNNING
+    )
+    if not claimed:
+        return False
+    job = ImportJob.objects.get(pk=job_id)
+    images: ImageSource | None = None
+    try:
+        if job.images_archive:
+            images = ZipImageSource(job.images_archive.open("rb"), name=Path(job.images_archive.name).name)
+        with job.data_file.open("rb") as handle:
+            data = handle.read()
+        report = samples_import(
+            data=data,
+            name=Path(job.data_file.name).name,
+            fmt=job.format,
+            images=images,
+            skip_invalid=job.skip_invalid,
+            user=job.created_by,
+        )
+    except ImportRejected as exc:
+        job.status, job.errors = ImportJob.Status.FAILED, [str(e) for e in exc.errors]
+    except ArchiveRejected as exc:
+        job.status, job.errors = ImportJob.Status.FAILED, [str(exc)]
+    else:
+        job.status = ImportJob.Status.SUCCEEDED
+        job.created, job.duplicates = report.created, len(report.duplicates)
+        job.errors = [str(e) for e in report.errors] + report.duplicates
+    finally:
+        if images is not None:
+            images.close()
+    job.finished_at = timezone.now()
+    job.save(update_fields=["status", "created", "duplicates", "errors", "finished_at"])
+    return True

@@ -1,0 +1,19 @@
+from django.urls import path
+
+from annotation import api, views
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("samples/", views.sample_list, name="sample_list"),
+    path("samples/<int:sample_id>/", views.sample_detail, name="sample_detail"),
+    path("samples/<int:sample_id>/image/", views.sample_image_panel, name="sample_image"),
+    path("images/<str:sha256>/", views.image_view, name="image"),
+    path("api/samples/", api.SampleListApi.as_view(), name="api_sample_list"),
+    path("api/samples/bulk/", api.SampleBulkCreateApi.as_view(), name="api_sample_bulk_create"),
+    path("api/samples/export/", api.SampleExportApi.as_view(), name="api_sample_export"),
+    path("api/samples/<int:sample_id>/", api.SampleDetailApi.as_view(), name="api_sample_detail"),
+    path("api/labels/", api.LabelListCreateApi.as_view(), name="api_label_list"),
+    path("api/strata/", api.StratumCountsApi.as_view(), name="api_strata"),
+    path("api/imports/", api.ImportJobCreateApi.as_view(), name="api_import_create"),
+    path("api/imports/<int:job_id>/", api.ImportJobDetailApi.as_view(), name="api_import_detail"),
+]

@@ -1,0 +1,110 @@
+"""Server-rendered pages. Every page that shows sample content requires a role (annotation.roles)."""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET
+
+from annotation import selectors, services
+from annotation.models import ImageAsset, InputVariant, RiskCategory, Sample, Split, Stratum
+from annotation.roles import can_view_samples
+
+PAGE_SIZE = 50
+
+
+def role_required(view):
+    """Logged in (else redirect to login) and holding a role (else 403): samples can be harmful."""
+
+    @login_required
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not can_view_samples(request.user):
+            return render(request, "403.html", status=403)
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def _get_sample_for_user(request: HttpRequest, sample_id: int) -> Sample:
+    try:
+        return selectors.sample_detail(sample_id=sample_id)
+    except Sample.DoesNotExist:
+        raise Http404("No such sample") from None
+
+
+@require_GET
+@role_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    return render(request, "annotation/dashboard.html", {"counts": selectors.dashboard_counts()})
+
+
+@require_GET
+@role_required
+def sample_list(request: HttpRequest) -> HttpResponse:
+    filters = selectors.clean_filters(request.GET)
+    paginator = Paginator(selectors.sample_list(filters=filters), PAGE_SIZE)
+    page = paginator.get_page(request.GET.get("page"))
+    query = "&".join(f"{key}={value}" for key, value in filters.items())
+    context = {
+        "page": page,
+        "filters": filters,
+        "query": query,
+        "subsets": selectors.subsets(),
+        "choices": {
+            "split": Split.choices,
+            "category": RiskCategory.choices,
+            "stratum": Stratum.choices,
+            "input_variant": InputVariant.choices,
+        },
+    }
+    template = "annotation/sample_list.html"
+    if request.htmx:
+        template += "#results"
+    return render(request, template, context)
+
+
+@require_GET
+@role_required
+def sample_detail(request: HttpRequest, sample_id: int) -> HttpResponse:
+    sample = _get_sample_for_user(request, sample_id)
+    context = {
+        "sample": sample,
+        "steps": selectors.reasoning_steps(sample.thinking),
+        "labels": list(sample.labels.all()),
+        "reveal": request.GET.get("reveal") == "1",
+    }
+    return render(request, "annotation/sample_detail.html", context)
+
+
+@require_GET
+@role_required
+def sample_image_panel(request: HttpRequest, sample_id: int) -> HttpResponse:
+    """The revealed image: a fragment for htmx, the whole page with the image shown otherwise."""
+    sample = _get_sample_for_user(request, sample_id)
+    if not request.htmx:
+        return redirect(f"{reverse('sample_detail', args=[sample.pk])}?reveal=1")
+    return render(request, "annotation/sample_detail.html#image", {"sample": sample, "reveal": True})
+
+
+@require_GET
+@role_required
+def image_view(request: HttpRequest, sha256: str) -> FileResponse:
+    """Image bytes for logged-in users with a role; each view is written to the audit log."""
+    asset = get_object_or_404(ImageAsset, sha256=sha256)
+    sample = None
+    sample_id = request.GET.get("sample", "")
+    if sample_id.isdigit():
+        sample = Sample.objects.filter(pk=int(sample_id), image=asset).first()
+    services.image_view_record(user=request.user, image=asset, sample=sample)
+    content_type = {"JPEG": "image/jpeg"}.get(asset.format, f"image/{asset.format.lower()}")
+    response = FileResponse(asset.file.open("rb"), content_type=content_type)
+    # Never cached: every view goes through the audit log, and shared caches must not keep the image.
+    response["Cache-Control"] = "private, no-store"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class GuardmodelConfig(AppConfig):
+    name = "guardmodel"
+    verbose_name = "Guard model"
