@@ -304,7 +304,8 @@ class SampleExportApi(APIView):
         workdir = Path(tempfile.mkdtemp(prefix="guardtrace-export-"))
         try:
             services.samples_export(samples=samples, out_dir=workdir / "export", user=request.user)
-            archive = tempfile.TemporaryFile()
+            # Deleted when the response closes it after streaming.
+            archive = tempfile.TemporaryFile()  # noqa: SIM115
             with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
                 for path in sorted((workdir / "export").rglob("*")):
                     if path.is_file():

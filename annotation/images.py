@@ -94,7 +94,7 @@ class ZipImageSource(ImageSource):
                 self.zip.close()
                 raise ArchiveRejected(
                     f"{self.name}: entry {info.filename!r} escapes the archive folder ({exc})"
-                )
+                ) from None
             self.entries[str(clean)] = info
 
     def read(self, relative: str, *, max_bytes: int) -> bytes:
