@@ -113,6 +113,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = env_path("STATIC_ROOT", VAR_DIR / "staticfiles")
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+# Serve straight from static/ when collectstatic has not run (tests, a first `runserver`).
+WHITENOISE_USE_FINDERS = True
 # Media are never served by URL: images go through an authenticated view (annotation.views.image_view).
 MEDIA_ROOT = env_path("MEDIA_ROOT", VAR_DIR / "media")
 MEDIA_URL = "/media-not-served/"

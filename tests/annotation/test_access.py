@@ -1,0 +1,97 @@
+"""The three-users pattern: roles see samples; a logged-in user without a role and anonymous users never do."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from annotation.models import AuditEvent
+from tests.annotation.factories import ImageAssetFactory, LabelFactory, SampleFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def sample():
+    sample = SampleFactory(image=ImageAssetFactory(), question="A harmful question")
+    LabelFactory(sample=sample)
+    return sample
+
+
+def _pages(sample):
+    return [
+        reverse("dashboard"),
+        reverse("sample_list"),
+        reverse("sample_detail", args=[sample.pk]),
+        reverse("sample_image", args=[sample.pk]),
+        reverse("image", args=[sample.image.sha256]),
+    ]
+
+
+def _api(sample):
+    return [
+        reverse("api_sample_list"),
+        reverse("api_sample_detail", args=[sample.pk]),
+        reverse("api_label_list"),
+        reverse("api_strata"),
+        reverse("api_sample_export"),
+        reverse("api_schema"),
+    ]
+
+
+def test_anonymous_users_are_sent_to_login_on_every_page(client, sample):
+    for url in _pages(sample):
+        response = client.get(url)
+        assert response.status_code == 302, url
+        assert response["Location"].startswith(reverse("login")), url
+
+
+def test_a_user_without_a_role_is_refused_on_every_page(client_for, outsider, sample):
+    client = client_for(outsider)
+    for url in _pages(sample):
+        response = client.get(url)
+        assert response.status_code == 403, url
+        assert b"A harmful question" not in response.content
+    assert not AuditEvent.objects.filter(action=AuditEvent.Action.IMAGE_VIEW).exists()
+
+
+def test_anonymous_and_role_less_api_calls_are_refused(api_for, outsider, sample):
+    for url in _api(sample):
+        assert api_for(None).get(url).status_code == 401, url
+        if url != reverse("api_schema"):
+            assert api_for(outsider).get(url).status_code == 403, url
+    for url in (reverse("api_sample_bulk_create"), reverse("api_label_list"), reverse("api_import_create")):
+        assert api_for(None).post(url, {}).status_code == 401, url
+        assert api_for(outsider).post(url, {}).status_code == 403, url
+
+
+@pytest.mark.parametrize("role_user", ["admin_user", "expert_user", "reviewer_user"])
+def test_each_role_sees_samples(request, client_for, api_for, sample, role_user):
+    user = request.getfixturevalue(role_user)
+    client = client_for(user)
+    for url in _pages(sample):
+        assert client.get(url, HTTP_HX_REQUEST="true" if "image/" in url else None).status_code == 200, url
+    assert api_for(user).get(reverse("api_sample_detail", args=[sample.pk])).status_code == 200
+
+
+def test_only_admins_import_and_export(api_for, expert_user, reviewer_user, sample):
+    for user in (expert_user, reviewer_user):
+        assert api_for(user).get(reverse("api_sample_export")).status_code == 403
+        assert api_for(user).post(reverse("api_sample_bulk_create"), {}, format="json").status_code == 403
+
+
+def test_image_views_are_audited_with_who_and_which_sample(client_for, reviewer_user, sample):
+    response = client_for(reviewer_user).get(
+        reverse("image", args=[sample.image.sha256]) + f"?sample={sample.pk}"
+    )
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/png"
+    assert "no-store" in response["Cache-Control"]
+    event = AuditEvent.objects.get(action=AuditEvent.Action.IMAGE_VIEW)
+    assert (event.user, event.sample, event.image) == (reviewer_user, sample, sample.image)
+
+
+def test_media_files_have_no_public_url(client, client_for, admin_user, sample):
+    path = "/media/" + sample.image.file.name
+    assert client.get(path).status_code == 404
+    assert client_for(admin_user).get(path).status_code == 404

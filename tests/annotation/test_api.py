@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zipfile
+
+import pytest
+from django.urls import reverse
+
+from annotation.models import AuditEvent, Label, Sample
+from tests.annotation.factories import SampleFactory
+from tests.conftest import png_bytes, record
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_sample_list_filters_by_subset_split_category_and_stratum(api_for, reviewer_user):
+    SampleFactory.create_batch(3, subset="MM-Eval", split="test", category="privacy")
+    SampleFactory.create_batch(2, subset="S-Eval-VL")
+    api = api_for(reviewer_user)
+    body = api.get(reverse("api_sample_list"), {"subset": "MM-Eval", "category": "privacy"}).json()
+    assert body["count"] == 3 and {r["split"] for r in body["results"]} == {"test"}
+    assert api.get(reverse("api_sample_list"), {"stratum": "d3_0"}).json()["count"] == 0
+
+
+def test_bulk_create_stores_samples_with_inline_images(api_for, admin_user):
+    image = base64.b64encode(png_bytes()).decode()
+    body = {
+        "samples": [record(image="a.png", label=1), record(question="second")],
+        "images": {"a.png": f"data:image/png;base64,{image}"},
+    }
+    response = api_for(admin_user).post(reverse("api_sample_bulk_create"), body, format="json")
+    assert response.status_code == 201, response.json()
+    assert response.json()["created"] == 2
+    detail = (
+        api_for(admin_user).get(reverse("api_sample_detail", args=[response.json()["sample_ids"][0]])).json()
+    )
+    assert detail["image"]["width"] == 16 and detail["labels"][0]["judgment"] == 1.0
+    assert detail["final_label_origin"] == "imported"
+
+
+def test_bulk_create_with_a_bad_record_stores_nothing(api_for, admin_user):
+    body = {"samples": [record(), record(category="weapons", question="q2")]}
+    response = api_for(admin_user).post(reverse("api_sample_bulk_create"), body, format="json")
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        "request:2: category: unknown value 'weapons'; expected one of crime, cybersecurity, privacy, ethics, "
+        "health, hate, extremism, advice, other"
+    ]
+    assert Sample.objects.count() == 0
+
+
+def test_experts_write_their_own_labels_once(api_for, expert_user):
+    sample = SampleFactory()
+    api = api_for(expert_user)
+    body = {"sample": sample.pk, "source_kind": "expert", "source_name": "someone-else", "judgment": 0.5,
+            "analysis": "Hints at the method."}  # fmt: skip
+    response = api.post(reverse("api_label_list"), body, format="json")
+    assert response.status_code == 201, response.json()
+    assert response.json()["source_name"] == "erin"
+    sample.refresh_from_db()
+    assert (sample.final_label, sample.final_label_origin) == (0.5, "expert")
+    assert AuditEvent.objects.filter(action="label_write", user=expert_user, sample=sample).count() == 1
+    again = api.post(reverse("api_label_list"), body, format="json")
+    assert again.status_code == 409 and "already has a expert label" in again.json()["detail"]
+    assert (
+        api.post(reverse("api_label_list"), dict(body, source_kind="juror"), format="json").status_code == 403
+    )
+    assert api.post(reverse("api_label_list"), dict(body, judgment=0.7), format="json").status_code == 400
+    assert Label.objects.count() == 1
+    listed = api.get(reverse("api_label_list"), {"sample": sample.pk}).json()
+    assert [label["judgment"] for label in listed["results"]] == [0.5]
+
+
+def test_stratum_counts(api_for, reviewer_user):
+    SampleFactory.create_batch(2, stratum="d1_1_1")
+    counts = api_for(reviewer_user).get(reverse("api_strata")).json()
+    assert counts == {"unlabelled": 0, "incomplete": 0, "d3_0": 0, "d2_1": 0, "d1_1_1": 2}
+
+
+def test_export_returns_a_zip_that_import_reads(api_for, admin_user):
+    image = base64.b64encode(png_bytes()).decode()
+    api = api_for(admin_user)
+    api.post(reverse("api_sample_bulk_create"), {"samples": [record(image="a.png", label=0)], "images": {"a.png": image}},
+             format="json")  # fmt: skip
+    response = api.get(reverse("api_sample_export"))
+    assert response["Content-Type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    lines = archive.read("samples.jsonl").decode().splitlines()
+    exported = json.loads(lines[0])
+    assert archive.read(exported["image"]) == png_bytes()
+    assert exported["labels"][0]["judgment"] == 0.0
+
+
+def test_the_openapi_schema_and_docs_are_served(api_for, client_for, reviewer_user):
+    schema = api_for(reviewer_user).get(reverse("api_schema"), {"format": "json"})
+    assert schema.status_code == 200
+    paths = json.loads(schema.content)["paths"]
+    assert "/api/samples/" in paths and "/api/samples/bulk/" in paths and "/api/labels/" in paths
+    docs = client_for(reviewer_user).get(reverse("api_docs"))
+    assert docs.status_code == 200 and b"swagger-ui" in docs.content and b"cdn" not in docs.content.lower()
