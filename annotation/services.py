@@ -157,10 +157,18 @@ def samples_import(
     errors.sort(key=lambda e: e.line)
     if errors and not skip_invalid:
         raise ImportRejected(errors)
-    unique, duplicates = _drop_duplicates(checked, name)
-    report = ImportReport(duplicates=duplicates, errors=errors)
-    if unique:
-        _store(unique, images, report, user=user, name=name)
+    for attempt in range(3):
+        unique, duplicates = _drop_duplicates(checked, name)
+        report = ImportReport(duplicates=duplicates, errors=errors)
+        if not unique:
+            return report
+        try:
+            _store(unique, images, report, user=user, name=name)
+            return report
+        except IntegrityError:
+            # A concurrent import stored some of the same samples first: look again, store the rest.
+            if attempt == 2:
+                raise
     return report
 
 

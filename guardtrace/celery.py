@@ -16,13 +16,3 @@ app = Celery("guardtrace")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = (Queue("default"), Queue("jury"), Queue("gpu"))
 app.autodiscover_tasks()
-
-
-def ensure_filesystem_broker_dirs() -> None:
-    """Create the folders kombu's filesystem transport reads and writes (it does not create them itself)."""
-    from django.conf import settings
-
-    for key in ("data_folder_in", "data_folder_out", "processed_folder"):
-        folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get(key)
-        if folder:
-            os.makedirs(folder, exist_ok=True)

@@ -164,6 +164,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "processed_folder": str(CELERY_FS_DIR / "processed"),
         "store_processed": False,
     }
+    # kombu's filesystem transport does not create its folders.
+    (CELERY_FS_DIR / "queue").mkdir(parents=True, exist_ok=True)
+    (CELERY_FS_DIR / "processed").mkdir(parents=True, exist_ok=True)
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # Unacknowledged tasks return to the queue after this long (tasks use late acknowledgement).
     CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -3,12 +3,9 @@
 # Ctrl-C stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
 HOST=${GUARDTRACE_HOST:-127.0.0.1}
 PORT=${GUARDTRACE_PORT:-8000}
 
-"$PY" -c "import django; django.setup(); from guardtrace.celery import ensure_filesystem_broker_dirs as f; f()" \
-  2>/dev/null || true
 DJANGO_SETTINGS_MODULE=guardtrace.settings .venv/bin/celery -A guardtrace worker -Q default,jury,gpu \
   --concurrency 2 --loglevel INFO --logfile var/celery-worker.log &
 WORKER=$!

@@ -1,0 +1,173 @@
+"""A real Celery worker runs API imports, over the filesystem broker and over Redis."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.urls import reverse
+
+from annotation import services
+from annotation.images import DirectoryImageSource
+from annotation.models import ImportJob, Sample
+from annotation.synthetic import generate
+from guardtrace.celery import app as celery_app
+from tests.conftest import REDIS_URL
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    return f"postgres://{db['USER'] or 'postgres'}:{db['PASSWORD'] or ''}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def _reset_connections() -> None:
+    """Drop pooled broker connections so the next message goes to the broker now configured."""
+    if celery_app._pool is not None:
+        celery_app._pool.force_close_all()
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+
+
+@contextmanager
+def _worker(broker_url: str, options: dict, media_root: str):
+    """Point this process's Celery app at the broker and start a worker process on it."""
+    saved = celery_app.conf.broker_url, celery_app.conf.broker_transport_options
+    celery_app.conf.broker_url, celery_app.conf.broker_transport_options = broker_url, options
+    _reset_connections()
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "CELERY_BROKER_URL": broker_url,
+        "MEDIA_ROOT": media_root,
+    }
+    if broker_url.startswith("filesystem"):
+        env["GUARDTRACE_VAR_DIR"] = str(Path(options["data_folder_in"]).parent.parent)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "guardtrace", "worker", "-Q", "default", "--pool", "solo", "-l", "INFO"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        yield worker
+    finally:
+        worker.terminate()
+        output = worker.communicate(timeout=30)[0]
+        celery_app.conf.broker_url, celery_app.conf.broker_transport_options = saved
+        _reset_connections()
+        if worker.returncode not in (0, -15):
+            print(output)
+
+
+def _upload(api, tmp_path: Path, count: int = 24):
+    generate(tmp_path / "syn", count=count, seed=11)
+    archive = tmp_path / "images.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for image in (tmp_path / "syn" / "images").iterdir():
+            zf.write(image, f"images/{image.name}")
+    with (tmp_path / "syn" / "samples.jsonl").open("rb") as data, archive.open("rb") as images:
+        response = api.post(
+            reverse("api_import_create"), {"file": data, "images": images}, format="multipart"
+        )
+    assert response.status_code == 202, response.content
+    return response.json()["id"]
+
+
+def _wait_for(job_id: int, worker, timeout: float = 60) -> ImportJob:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = ImportJob.objects.get(pk=job_id)
+        if job.status in (ImportJob.Status.SUCCEEDED, ImportJob.Status.FAILED):
+            return job
+        assert worker.poll() is None, worker.stdout.read()
+        time.sleep(0.3)
+    raise AssertionError(f"import job {job_id} still {job.status} after {timeout}s")
+
+
+def _run_import_through_worker(api, tmp_path, broker_url, options, settings):
+    with _worker(broker_url, options, settings.MEDIA_ROOT) as worker:
+        job_id = _upload(api, tmp_path)
+        job = _wait_for(job_id, worker)
+    assert job.status == "succeeded", job.errors
+    assert job.created == 24 == Sample.objects.count()
+    assert (
+        Sample.objects.exclude(image=None)
+        .first()
+        .image.file.storage.exists(Sample.objects.exclude(image=None).first().image.file.name)
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_runs_api_imports_over_the_filesystem_broker(api_for, admin_user, tmp_path, settings):
+    folder = tmp_path / "var" / "celery"
+    options = {"data_folder_in": str(folder / "queue"), "data_folder_out": str(folder / "queue"),
+               "processed_folder": str(folder / "processed"), "store_processed": False}  # fmt: skip
+    for path in {options["data_folder_in"], options["processed_folder"]}:
+        os.makedirs(path, exist_ok=True)
+    _run_import_through_worker(api_for(admin_user), tmp_path, "filesystem://", options, settings)
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_runs_api_imports_over_redis(api_for, admin_user, tmp_path, settings):
+    _run_import_through_worker(
+        api_for(admin_user), tmp_path, REDIS_URL, {"visibility_timeout": 3600}, settings
+    )
+
+
+@pytest.mark.django_db
+def test_an_import_job_runs_once_however_often_its_message_arrives(
+    tmp_path, admin_user, django_capture_on_commit_callbacks
+):
+    generate(tmp_path, count=8, seed=2)
+    from django.core.files.base import ContentFile
+
+    job = ImportJob.objects.create(
+        data_file=ContentFile((tmp_path / "samples.jsonl").read_bytes(), name="s.jsonl"),
+        format="jsonl", created_by=admin_user,
+    )  # fmt: skip
+    # Text-only lines import; lines naming images fail because no archive came with the job.
+    job.skip_invalid = True
+    job.save()
+    assert services.import_job_run(job_id=job.pk) is True
+    assert services.import_job_run(job_id=job.pk) is False
+    job.refresh_from_db()
+    assert job.status == "succeeded" and job.created == Sample.objects.count() > 0
+    assert any("no images folder or archive was given" in e for e in job.errors)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_imports_of_the_same_file_store_each_sample_once(tmp_path):
+    generate(tmp_path, count=120, seed=4)
+    data = (tmp_path / "samples.jsonl").read_bytes()
+    reports, failures = [], []
+
+    def run():
+        try:
+            reports.append(services.samples_import(data=data, name="s.jsonl", fmt="jsonl",
+                                                   images=DirectoryImageSource(tmp_path)))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - recorded for the assertion below
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert Sample.objects.count() == 120
+    assert sum(r.created for r in reports) == 120
+    assert sum(len(r.duplicates) for r in reports) == 240
