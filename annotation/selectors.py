@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from django.core.paginator import Page, Paginator
+from django.db import connection
 from django.db.models import Count, QuerySet
+from django.db.models.functions import Left
 
 from annotation.models import InputVariant, RiskCategory, Sample, Split, Stratum
 
@@ -29,29 +32,75 @@ def sample_list(*, filters: dict[str, str]) -> QuerySet[Sample]:
     return Sample.objects.filter(**filters).select_related("image").order_by("id")
 
 
-def _counts(field: str) -> list[tuple[str, int]]:
-    return list(Sample.objects.values_list(field).annotate(n=Count("id")).order_by(field))
+_LIST_COLUMNS = (
+    "id", "subset", "split", "category", "input_variant", "image_id", "stratum", "final_label", "final_label_origin",
+)  # fmt: skip
+
+
+def sample_page(*, filters: dict[str, str], page_number: str | int | None, per_page: int) -> Page:
+    """One page of the sample list.
+
+    Deep pages stay fast at 100,000+ samples: the OFFSET runs over the id index alone, and only the page's rows
+    are then read, without their (possibly long) texts.
+    """
+    ids = Sample.objects.filter(**filters).order_by("id").values_list("id", flat=True)
+    page = Paginator(ids, per_page).get_page(page_number)
+    wanted = list(page.object_list)
+    rows = (
+        Sample.objects.filter(id__in=wanted)
+        .only(*_LIST_COLUMNS)
+        .annotate(question_preview=Left("question", 120))
+    )
+    by_id = {row.pk: row for row in rows}
+    page.object_list = [by_id[pk] for pk in wanted]
+    return page
 
 
 def dashboard_counts() -> dict:
-    stratum = dict(_counts("stratum"))
-    category = dict(_counts("category"))
+    """Counts by stratum, subset, category and split from one scan of the samples."""
+    stratum: dict[str, int] = {}
+    subset: dict[str, int] = {}
+    category: dict[str, int] = {}
+    split: dict[str, int] = {}
+    grouped = (
+        Sample.objects.values_list("stratum", "subset", "category", "split")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    for stratum_value, subset_value, category_value, split_value, n in grouped:
+        for counts, key in ((stratum, stratum_value), (subset, subset_value), (category, category_value),
+                            (split, split_value)):  # fmt: skip
+            counts[key] = counts.get(key, 0) + n
     return {
         "total": sum(stratum.values()),
         "by_stratum": [(value, label, stratum.get(value, 0)) for value, label in Stratum.choices],
-        "by_subset": _counts("subset"),
+        "by_subset": sorted(subset.items()),
         "by_category": [(value, label, category.get(value, 0)) for value, label in RiskCategory.choices],
-        "by_split": _counts("split"),
+        "by_split": sorted(split.items()),
     }
 
 
 def stratum_counts() -> dict[str, int]:
-    counts = dict(_counts("stratum"))
+    counts = dict(Sample.objects.values_list("stratum").annotate(n=Count("id")).order_by())
     return {value: counts.get(value, 0) for value in Stratum.values}
 
 
+_DISTINCT_SUBSETS = """
+WITH RECURSIVE subsets(subset) AS (
+    SELECT MIN(subset) FROM annotation_sample
+    UNION ALL
+    SELECT (SELECT MIN(s.subset) FROM annotation_sample s WHERE s.subset > subsets.subset)
+    FROM subsets WHERE subsets.subset IS NOT NULL
+)
+SELECT subset FROM subsets WHERE subset IS NOT NULL
+"""
+
+
 def subsets() -> list[str]:
-    return list(Sample.objects.order_by("subset").values_list("subset", flat=True).distinct())
+    """Distinct subsets by walking the subset index (one lookup per subset, not a scan of every sample)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_DISTINCT_SUBSETS)
+        return [row[0] for row in cursor.fetchall()]
 
 
 def sample_detail(*, sample_id: int) -> Sample:

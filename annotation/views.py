@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import wraps
 
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -48,8 +47,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @role_required
 def sample_list(request: HttpRequest) -> HttpResponse:
     filters = selectors.clean_filters(request.GET)
-    paginator = Paginator(selectors.sample_list(filters=filters), PAGE_SIZE)
-    page = paginator.get_page(request.GET.get("page"))
+    page = selectors.sample_page(filters=filters, page_number=request.GET.get("page"), per_page=PAGE_SIZE)
     query = "&".join(f"{key}={value}" for key, value in filters.items())
     context = {
         "page": page,

@@ -1,0 +1,44 @@
+"""Shared set-up for benchmarks: a fresh database of their own (never the app's), migrated."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fresh_database(name: str) -> str:
+    """Point Django at a new, empty database called `name`; PostgreSQL when DATABASE_URL says so."""
+    sys.path.insert(0, str(ROOT))
+    url = os.environ.get("DATABASE_URL", "")
+    if url.startswith(("postgres://", "postgresql://")):
+        import psycopg
+
+        base, _, _ = url.rpartition("/")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        os.environ["DATABASE_URL"] = f"{base}/{name}"
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="guardtrace-bench-"))
+        os.environ["DATABASE_URL"] = f"sqlite:///{folder / (name + '.sqlite3')}"
+    os.environ["MEDIA_ROOT"] = tempfile.mkdtemp(prefix="guardtrace-bench-media-")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "guardtrace.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    from django.db import connection
+
+    return f"{connection.vendor} ({connection.settings_dict['NAME']})"
+
+
+def machine() -> str:
+    import platform
+
+    return f"{platform.node()} · {os.cpu_count()} cores · Python {platform.python_version()}"
