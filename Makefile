@@ -28,6 +28,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy annotation guardtrace guardmodel jury training
 
 bench-quick: $(STAMP)
 	$(PY) bench/import_export.py --quick

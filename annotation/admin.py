@@ -6,8 +6,8 @@ from annotation.models import AuditEvent, ImageAsset, ImportJob, Label, Sample
 class LabelInline(admin.TabularInline):
     model = Label
     extra = 0
-    fields = ["source_kind", "source_name", "prompt_version", "judgment", "status", "created_at"]
-    readonly_fields = fields
+    fields = ("source_kind", "source_name", "prompt_version", "judgment", "status", "created_at")
+    readonly_fields = ("source_kind", "source_name", "prompt_version", "judgment", "status", "created_at")
     can_delete = False
 
 

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 from django.http import FileResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.generics import ListAPIView
@@ -120,13 +120,20 @@ class SampleBulkCreateApi(APIView):
         images = serializers.DictField(child=serializers.CharField(), required=False, default=dict)
         skip_invalid = serializers.BooleanField(default=False)
 
-    class OutputSerializer(serializers.Serializer):
-        created = serializers.IntegerField()
-        sample_ids = serializers.ListField(child=serializers.IntegerField())
-        duplicates = serializers.ListField(child=serializers.CharField())
-        errors = serializers.ListField(child=serializers.CharField())
-
-    @extend_schema(request=InputSerializer, responses={201: OutputSerializer})
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            201: inline_serializer(
+                "SampleBulkCreateResult",
+                {
+                    "created": serializers.IntegerField(),
+                    "sample_ids": serializers.ListField(child=serializers.IntegerField()),
+                    "duplicates": serializers.ListField(child=serializers.CharField()),
+                    "errors": serializers.ListField(child=serializers.CharField()),
+                },
+            )
+        },
+    )
     def post(self, request) -> Response:
         body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -151,7 +158,7 @@ class SampleBulkCreateApi(APIView):
             "duplicates": report.duplicates,
             "errors": [str(e) for e in report.errors],
         }
-        return Response(self.OutputSerializer(data).data, status=status.HTTP_201_CREATED)
+        return Response(data, status=status.HTTP_201_CREATED)
 
 
 class LabelListCreateApi(ListAPIView):

@@ -195,7 +195,7 @@ def record_from_dict(obj: Any, line: int, *, max_chars: int) -> SampleRecord:
         split=_choice(obj, "split", SPLITS, "train"),
         category=_choice(obj, "category", CATEGORIES, "other"),
         input_variant=_choice(obj, "input_variant", VARIANTS, "other" if image else "text_only"),
-        **{
+        **{  # type: ignore[arg-type]
             key: _text(obj, key, required=False, allow_empty=True, max_chars=n)
             for key, n in _SHORT_FIELDS.items()
         },

@@ -8,6 +8,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from PIL import Image, UnidentifiedImageError
 
@@ -78,10 +79,10 @@ class DirectoryImageSource(ImageSource):
 
 
 class ZipImageSource(ImageSource):
-    def __init__(self, archive: Path | io.IOBase, *, name: str | None = None) -> None:
+    def __init__(self, archive: Path | IO[bytes], *, name: str | None = None) -> None:
         self.name = name or str(archive)
         try:
-            self.zip = zipfile.ZipFile(archive)  # type: ignore[arg-type]
+            self.zip = zipfile.ZipFile(archive)
         except (zipfile.BadZipFile, OSError) as exc:
             raise ArchiveRejected(f"{self.name}: not a readable zip archive ({exc})") from exc
         self.entries: dict[str, zipfile.ZipInfo] = {}

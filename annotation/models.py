@@ -36,7 +36,8 @@ class Split(models.TextChoices):
     TEST = "test", "Test"
 
 
-RiskCategory = models.TextChoices(
+# Built from the protocol's list so the categories live in one place.
+RiskCategory = models.TextChoices(  # type: ignore[call-overload]
     "RiskCategory", [(value, (value, label)) for value, label in RISK_CATEGORIES]
 )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
 
 EXPERT, REVIEWER, ADMIN = "expert", "reviewer", "admin"
 ROLES = (EXPERT, REVIEWER, ADMIN)
@@ -13,12 +13,13 @@ User = AbstractBaseUser | AnonymousUser
 def user_roles(user: User) -> set[str]:
     if not user.is_authenticated or not user.is_active:
         return set()
-    cached = getattr(user, "_guardtrace_roles", None)
+    # Cached on the request's user object: several checks per request, one query.
+    cached: set[str] | None = user.__dict__.get("_guardtrace_roles")
     if cached is None:
-        cached = set(user.groups.filter(name__in=ROLES).values_list("name", flat=True))  # type: ignore[union-attr]
-        if user.is_superuser:  # type: ignore[union-attr]
+        cached = set(Group.objects.filter(user__pk=user.pk, name__in=ROLES).values_list("name", flat=True))
+        if getattr(user, "is_superuser", False):
             cached.add(ADMIN)
-        user._guardtrace_roles = cached  # type: ignore[union-attr]
+        user.__dict__["_guardtrace_roles"] = cached
     return cached
 
 

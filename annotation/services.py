@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO, cast
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -94,7 +95,7 @@ def _check_images(
             question=record.question,
             thinking=record.thinking,
             answer=record.answer,
-            image_sha256=info and info.sha256,
+            image_sha256=info.sha256 if info else None,
         )
         checked.append(_Checked(record, info, digest))
         progress(1)
@@ -178,7 +179,7 @@ def _store_image_files(unique: list[_Checked], images: ImageSource | None) -> di
     for item in unique:
         if item.image is not None:
             wanted.setdefault(item.image.sha256, item)
-    existing = set()
+    existing: set[str] = set()
     shas = list(wanted)
     for start in range(0, len(shas), BATCH):
         existing.update(
@@ -471,12 +472,13 @@ def import_job_run(*, job_id: int) -> bool:
     images: ImageSource | None = None
     try:
         if job.images_archive:
-            images = ZipImageSource(job.images_archive.open("rb"), name=Path(job.images_archive.name).name)
+            archive = cast(IO[bytes], job.images_archive.open("rb"))
+            images = ZipImageSource(archive, name=Path(job.images_archive.name or "images.zip").name)
         with job.data_file.open("rb") as handle:
             data = handle.read()
         report = samples_import(
             data=data,
-            name=Path(job.data_file.name).name,
+            name=Path(job.data_file.name or "upload").name,
             fmt=job.format,
             images=images,
             skip_invalid=job.skip_invalid,

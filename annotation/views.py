@@ -9,6 +9,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
+from django_htmx.middleware import HtmxDetails
 
 from annotation import selectors, services
 from annotation.models import ImageAsset, InputVariant, RiskCategory, Sample, Split, Stratum
@@ -17,12 +18,16 @@ from annotation.roles import can_view_samples
 PAGE_SIZE = 50
 
 
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+
+
 def role_required(view):
     """Logged in (else redirect to login) and holding a role (else 403): samples can be harmful."""
 
     @login_required
     @wraps(view)
-    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+    def wrapper(request: HtmxHttpRequest, *args, **kwargs) -> HttpResponse:
         if not can_view_samples(request.user):
             return render(request, "403.html", status=403)
         return view(request, *args, **kwargs)
@@ -30,7 +35,7 @@ def role_required(view):
     return wrapper
 
 
-def _get_sample_for_user(request: HttpRequest, sample_id: int) -> Sample:
+def _get_sample_for_user(request: HtmxHttpRequest, sample_id: int) -> Sample:
     try:
         return selectors.sample_detail(sample_id=sample_id)
     except Sample.DoesNotExist:
@@ -39,13 +44,13 @@ def _get_sample_for_user(request: HttpRequest, sample_id: int) -> Sample:
 
 @require_GET
 @role_required
-def dashboard(request: HttpRequest) -> HttpResponse:
+def dashboard(request: HtmxHttpRequest) -> HttpResponse:
     return render(request, "annotation/dashboard.html", {"counts": selectors.dashboard_counts()})
 
 
 @require_GET
 @role_required
-def sample_list(request: HttpRequest) -> HttpResponse:
+def sample_list(request: HtmxHttpRequest) -> HttpResponse:
     filters = selectors.clean_filters(request.GET)
     page = selectors.sample_page(filters=filters, page_number=request.GET.get("page"), per_page=PAGE_SIZE)
     query = "&".join(f"{key}={value}" for key, value in filters.items())
@@ -69,7 +74,7 @@ def sample_list(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @role_required
-def sample_detail(request: HttpRequest, sample_id: int) -> HttpResponse:
+def sample_detail(request: HtmxHttpRequest, sample_id: int) -> HttpResponse:
     sample = _get_sample_for_user(request, sample_id)
     context = {
         "sample": sample,
@@ -82,7 +87,7 @@ def sample_detail(request: HttpRequest, sample_id: int) -> HttpResponse:
 
 @require_GET
 @role_required
-def sample_image_panel(request: HttpRequest, sample_id: int) -> HttpResponse:
+def sample_image_panel(request: HtmxHttpRequest, sample_id: int) -> HttpResponse:
     """The revealed image: a fragment for htmx, the whole page with the image shown otherwise."""
     sample = _get_sample_for_user(request, sample_id)
     if not request.htmx:
@@ -92,7 +97,7 @@ def sample_image_panel(request: HttpRequest, sample_id: int) -> HttpResponse:
 
 @require_GET
 @role_required
-def image_view(request: HttpRequest, sha256: str) -> FileResponse:
+def image_view(request: HtmxHttpRequest, sha256: str) -> FileResponse:
     """Image bytes for logged-in users with a role; each view is written to the audit log."""
     asset = get_object_or_404(ImageAsset, sha256=sha256)
     sample = None

@@ -8,6 +8,7 @@ CELERY_BROKER_URL to PostgreSQL and Redis.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 
@@ -77,7 +78,7 @@ TEMPLATES = [
 ]
 
 
-def _database(url: str) -> dict:
+def _database(url: str) -> dict[str, Any]:
     try:
         config = dj_database_url.parse(url, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0))
     except Exception as exc:  # dj-database-url raises several types for a malformed URL
@@ -90,7 +91,7 @@ def _database(url: str) -> dict:
         config["CONN_MAX_AGE"] = 0
         # A file, not memory, so that a Celery worker started by the tests sees the test database.
         config["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
-    return config
+    return dict(config)
 
 
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'guardtrace.sqlite3'}")
