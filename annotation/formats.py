@@ -267,7 +267,10 @@ def _evaluation_label(result: Any, *, max_chars: int, source: str) -> LabelRecor
 
 
 def _jsonl_objects(text: str, name: str) -> Iterator[tuple[int, Any, RecordError | None]]:
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line: str.splitlines() would also split on U+2028, U+0085 and others, which JSON
+    # written with ensure_ascii=False leaves raw inside strings.
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.removesuffix("\r")
         if not line.strip():
             continue
         try:

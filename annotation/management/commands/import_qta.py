@@ -39,7 +39,7 @@ class Command(BaseCommand):
         except ArchiveRejected as exc:
             raise CommandError(str(exc)) from exc
         total = (
-            sum(1 for line in data.splitlines() if line.strip())
+            sum(1 for line in data.split(b"\n") if line.strip())
             if (format or guess_format(file.name)) == "jsonl"
             else None
         )
