@@ -196,7 +196,7 @@ def generate(out_dir: Path, *, count: int, seed: int = 0, test_fraction: float =
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
-    written = 0
+    written = group = 0
     with (out_dir / "samples.jsonl").open("w", encoding="utf-8") as out:
         while written < count:
             category = _CATEGORIES[rng.randrange(len(_CATEGORIES))]
@@ -208,6 +208,7 @@ def generate(out_dir: Path, *, count: int, seed: int = 0, test_fraction: float =
                 if roll < test_fraction
                 else ("synthetic-train", "train", "id")
             )
+            group += 1
             for case in _cases(rng, _WORDING[wording], category):
                 if written >= count:
                     break
@@ -216,9 +217,10 @@ def generate(out_dir: Path, *, count: int, seed: int = 0, test_fraction: float =
                     image_name = f"images/{written:07d}.png"
                     (out_dir / image_name).write_bytes(case.image)
                 record = {
-                    "question": case.question,
-                    # A per-sample marker keeps repeated templates distinct samples.
-                    "thinking": f"{case.thinking}\n\n(trace {seed}-{written})",
+                    # A ticket per group keeps repeated templates distinct samples; inside a group the two
+                    # image cases share every word and differ only by their image.
+                    "question": f"Ticket {seed}-{group}: {case.question}",
+                    "thinking": case.thinking,
                     "answer": case.answer,
                     "image": image_name,
                     "subset": subset,

@@ -59,12 +59,12 @@ def sample_list(request: HtmxHttpRequest) -> HttpResponse:
         "filters": filters,
         "query": query,
         "subsets": selectors.subsets(),
-        "choices": {
-            "split": Split.choices,
-            "category": RiskCategory.choices,
-            "stratum": Stratum.choices,
-            "input_variant": InputVariant.choices,
-        },
+        "choices": [
+            ("split", "Split", Split.choices),
+            ("category", "Category", RiskCategory.choices),
+            ("stratum", "Stratum", Stratum.choices),
+            ("input_variant", "Input variant", InputVariant.choices),
+        ],
     }
     template = "annotation/sample_list.html"
     if request.htmx:

@@ -26,8 +26,12 @@ def test_it_writes_every_case_kind_with_known_labels_and_decodable_images(tmp_pa
     by_text = {}
     for r in rows:
         if r["external_id"].endswith("-image"):
-            by_text.setdefault((r["question"], r["category"], r["subset"]), set()).add(r["label"])
-    assert any(labels == {0.0, 1.0} for labels in by_text.values())
+            by_text.setdefault((r["question"], r["thinking"], r["answer"]), []).append(
+                (r["label"], r["image"])
+            )
+    pairs = [cases for cases in by_text.values() if len(cases) == 2]
+    assert len(pairs) >= 40
+    assert all({label for label, _ in cases} == {0.0, 1.0} and cases[0][1] != cases[1][1] for cases in pairs)
     for r in rows:
         if r["image"]:
             with Image.open(io.BytesIO((tmp_path / r["image"]).read_bytes())) as image:
