@@ -9,6 +9,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from django.conf import settings
 from django.http import FileResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -275,6 +276,12 @@ class ImportJobCreateApi(APIView):
         body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
+        limit = settings.GUARDTRACE_MAX_UPLOAD_BYTES
+        for field in ("file", "images"):
+            if data.get(field) is not None and data[field].size > limit:
+                return Response(
+                    {field: [f"over the {limit:,}-byte upload limit"]}, status=status.HTTP_400_BAD_REQUEST
+                )
         if data.get("images") is not None and not zipfile.is_zipfile(data["images"]):
             return Response({"images": ["must be a zip archive"]}, status=status.HTTP_400_BAD_REQUEST)
         fmt = data.get("format") or ("guardtrace" if data["file"].name.lower().endswith(".json") else "jsonl")

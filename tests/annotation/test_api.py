@@ -100,3 +100,23 @@ def test_the_openapi_schema_and_docs_are_served(api_for, client_for, reviewer_us
     assert "/api/samples/" in paths and "/api/samples/bulk/" in paths and "/api/labels/" in paths
     docs = client_for(reviewer_user).get(reverse("api_docs"))
     assert docs.status_code == 200 and b"swagger-ui" in docs.content and b"cdn" not in docs.content.lower()
+
+
+def test_api_imports_refuse_oversized_uploads_and_non_zip_images(api_for, admin_user, settings):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    api = api_for(admin_user)
+    line = (json.dumps(record()) + "\n").encode()
+    settings.GUARDTRACE_MAX_UPLOAD_BYTES = 10
+    big = api.post(
+        reverse("api_import_create"), {"file": SimpleUploadedFile("s.jsonl", line)}, format="multipart"
+    )
+    assert big.status_code == 400 and "upload limit" in big.json()["file"][0]
+    settings.GUARDTRACE_MAX_UPLOAD_BYTES = 10_000
+    not_zip = api.post(
+        reverse("api_import_create"),
+        {"file": SimpleUploadedFile("s.jsonl", line), "images": SimpleUploadedFile("i.zip", b"not a zip")},
+        format="multipart",
+    )
+    assert not_zip.status_code == 400 and not_zip.json() == {"images": ["must be a zip archive"]}
+    assert not Sample.objects.exists()
