@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from guardmodel.protocol import JUDGMENTS, RISK_CATEGORIES, coerce_judgment, parse_judgment_text
+from guardmodel.protocol import JUDGMENTS, RISK_CATEGORIES, coerce_judgment, parse_output
 
 FORMATS = ("jsonl", "guardtrace")
 SPLITS = ("train", "test")
@@ -258,11 +258,10 @@ def _evaluation_label(result: Any, *, max_chars: int, source: str) -> LabelRecor
     if coerce_judgment(result) is not None:
         return LabelRecord("imported", source, coerce_judgment(result))
     if isinstance(result, str):
-        parsed = parse_judgment_text(result)
-        if parsed is None:
+        parsed = parse_output(result)
+        if parsed.judgment is None:
             raise _Invalid("evaluation_result", "no judgment of 0, 0.5 or 1 can be read from the text")
-        analysis, judgment = parsed
-        return LabelRecord("imported", source, judgment, analysis=analysis, raw_output=result)
+        return LabelRecord("imported", source, parsed.judgment, analysis=parsed.analysis, raw_output=result)
     raise _Invalid("evaluation_result", f"judgment {result!r} is not one of 0, 0.5, 1")
 
 

@@ -10,12 +10,14 @@ from django.db.models.functions import Left
 from annotation.models import InputVariant, RiskCategory, Sample, Split, Stratum
 
 FILTERS = ("subset", "split", "category", "stratum", "input_variant")
-_CHOICES = {
-    "split": Split.values,
-    "category": RiskCategory.values,
-    "stratum": Stratum.values,
-    "input_variant": InputVariant.values,
-}
+# The filters with a fixed set of values: (parameter, title shown on the list page, choices).
+CHOICE_FILTERS = (
+    ("split", "Split", Split),
+    ("category", "Category", RiskCategory),
+    ("stratum", "Stratum", Stratum),
+    ("input_variant", "Input variant", InputVariant),
+)
+_CHOICES = {key: choices.values for key, _, choices in CHOICE_FILTERS}
 
 
 def clean_filters(params) -> dict[str, str]:
@@ -43,7 +45,7 @@ def sample_page(*, filters: dict[str, str], page_number: str | int | None, per_p
     Deep pages stay fast at 100,000+ samples: the OFFSET runs over the id index alone, and only the page's rows
     are then read, without their (possibly long) texts.
     """
-    ids = Sample.objects.filter(**filters).order_by("id").values_list("id", flat=True)
+    ids = sample_list(filters=filters).values_list("id", flat=True)
     page = Paginator(ids, per_page).get_page(page_number)
     wanted = list(page.object_list)
     rows = (

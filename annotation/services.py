@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, cast
 
@@ -30,6 +30,7 @@ from annotation.models import AuditEvent, ImageAsset, ImportJob, Label, LabelOri
 from guardmodel.protocol import JUDGMENTS, PROMPT_VERSION
 
 BATCH = 1000
+logger = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 
 
@@ -53,6 +54,14 @@ class ImportReport:
     duplicates: list[str] = field(default_factory=list)
     errors: list[RecordError] = field(default_factory=list)
     sample_ids: list[int] = field(default_factory=list)
+
+
+def _in_chunks(queryset, field: str, values: list, *columns: str) -> list[tuple]:
+    """`columns` of the rows whose `field` is in `values`, queried BATCH values at a time (SQLite's variable limit)."""
+    rows: list[tuple] = []
+    for start in range(0, len(values), BATCH):
+        rows.extend(queryset.filter(**{f"{field}__in": values[start : start + BATCH]}).values_list(*columns))
+    return rows
 
 
 def content_hash(*, question: str, thinking: str, answer: str, image_sha256: str | None) -> str:
@@ -112,11 +121,7 @@ def _drop_duplicates(checked: list[_Checked], name: str) -> tuple[list[_Checked]
             continue
         first_line[item.content_hash] = item.record.line
         unique.append(item)
-    stored: dict[str, int] = {}
-    hashes = list(first_line)
-    for start in range(0, len(hashes), BATCH):
-        chunk = hashes[start : start + BATCH]
-        stored.update(Sample.objects.filter(content_hash__in=chunk).values_list("content_hash", "id"))
+    stored = dict(_in_chunks(Sample.objects, "content_hash", list(first_line), "content_hash", "id"))
     if stored:
         kept = []
         for item in unique:
@@ -158,19 +163,19 @@ def samples_import(
     errors.sort(key=lambda e: e.line)
     if errors and not skip_invalid:
         raise ImportRejected(errors)
-    for attempt in range(3):
+    retries = 2
+    while True:
         unique, duplicates = _drop_duplicates(checked, name)
         report = ImportReport(duplicates=duplicates, errors=errors)
-        if not unique:
-            return report
         try:
-            _store(unique, images, report, user=user, name=name)
+            if unique:
+                _store(unique, images, report, user=user, name=name)
             return report
         except IntegrityError:
             # A concurrent import stored some of the same samples first: look again, store the rest.
-            if attempt == 2:
+            retries -= 1
+            if retries < 0:
                 raise
-    return report
 
 
 def _store_image_files(unique: list[_Checked], images: ImageSource | None) -> dict[str, ImageAsset]:
@@ -179,12 +184,7 @@ def _store_image_files(unique: list[_Checked], images: ImageSource | None) -> di
     for item in unique:
         if item.image is not None:
             wanted.setdefault(item.image.sha256, item)
-    existing: set[str] = set()
-    shas = list(wanted)
-    for start in range(0, len(shas), BATCH):
-        existing.update(
-            ImageAsset.objects.filter(sha256__in=shas[start : start + BATCH]).values_list("sha256", flat=True)
-        )
+    existing = {sha for (sha,) in _in_chunks(ImageAsset.objects, "sha256", list(wanted), "sha256")}
     new_assets: dict[str, ImageAsset] = {}
     for sha, item in wanted.items():
         if sha in existing:
@@ -213,11 +213,7 @@ def _store(
     with transaction.atomic():
         ImageAsset.objects.bulk_create(new_assets.values(), batch_size=BATCH, ignore_conflicts=True)
         shas = list({item.image.sha256 for item in unique if item.image})
-        image_ids: dict[str, int] = {}
-        for start in range(0, len(shas), BATCH):
-            image_ids.update(
-                ImageAsset.objects.filter(sha256__in=shas[start : start + BATCH]).values_list("sha256", "id")
-            )
+        image_ids = dict(_in_chunks(ImageAsset.objects, "sha256", shas, "sha256", "id"))
         samples = [
             Sample(
                 question=item.record.question,
@@ -441,7 +437,7 @@ def samples_export(*, samples, out_dir: Path, user=None, progress: Progress | No
     AuditEvent.objects.create(
         user=user,
         action=AuditEvent.Action.EXPORT,
-        detail={"samples": count, "at": datetime.now(UTC).isoformat()},
+        detail={"samples": count},
     )
     return count
 
@@ -488,6 +484,10 @@ def import_job_run(*, job_id: int) -> bool:
         job.status, job.errors = ImportJob.Status.FAILED, [str(e) for e in exc.errors]
     except ArchiveRejected as exc:
         job.status, job.errors = ImportJob.Status.FAILED, [str(exc)]
+    except Exception as exc:
+        # Never leave a claimed job "running": a redelivered message would find it claimed and do nothing.
+        logger.exception("import job %s failed", job_id)
+        job.status, job.errors = ImportJob.Status.FAILED, [f"internal error: {type(exc).__name__}: {exc}"]
     else:
         job.status = ImportJob.Status.SUCCEEDED
         job.created, job.duplicates = report.created, len(report.duplicates)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import wraps
+from urllib.parse import urlencode
 
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
@@ -12,7 +13,7 @@ from django.views.decorators.http import require_GET
 from django_htmx.middleware import HtmxDetails
 
 from annotation import selectors, services
-from annotation.models import ImageAsset, InputVariant, RiskCategory, Sample, Split, Stratum
+from annotation.models import ImageAsset, Sample
 from annotation.roles import can_view_samples
 
 PAGE_SIZE = 50
@@ -53,18 +54,13 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
 def sample_list(request: HtmxHttpRequest) -> HttpResponse:
     filters = selectors.clean_filters(request.GET)
     page = selectors.sample_page(filters=filters, page_number=request.GET.get("page"), per_page=PAGE_SIZE)
-    query = "&".join(f"{key}={value}" for key, value in filters.items())
+    query = urlencode(filters)
     context = {
         "page": page,
         "filters": filters,
         "query": query,
         "subsets": selectors.subsets(),
-        "choices": [
-            ("split", "Split", Split.choices),
-            ("category", "Category", RiskCategory.choices),
-            ("stratum", "Stratum", Stratum.choices),
-            ("input_variant", "Input variant", InputVariant.choices),
-        ],
+        "choices": [(key, title, choices.choices) for key, title, choices in selectors.CHOICE_FILTERS],
     }
     template = "annotation/sample_list.html"
     if request.htmx:

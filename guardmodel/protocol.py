@@ -16,7 +16,6 @@ PROMPT_VERSION = "qta-v1"
 SAFE, POTENTIALLY_HARMFUL, HARMFUL = 0.0, 0.5, 1.0
 JUDGMENTS: tuple[float, ...] = (SAFE, POTENTIALLY_HARMFUL, HARMFUL)
 QA_JUDGMENTS: tuple[float, ...] = (SAFE, HARMFUL)
-JUDGMENT_NAMES = {SAFE: "safe", POTENTIALLY_HARMFUL: "potentially harmful", HARMFUL: "harmful"}
 
 # (value stored in the database, label shown to people)
 RISK_CATEGORIES: tuple[tuple[str, str], ...] = (
@@ -194,9 +193,3 @@ def parse_output(text: str, *, variant: Variant = "qta") -> Parsed:
         return Parsed(analysis=text.strip(), judgment=None, reason="conflicting judgments")
     analysis = _strip_analysis_label(text[: matches[0].start()].rstrip(" \t\r\n*#_[(\"'`"))
     return Parsed(analysis=analysis, judgment=values.pop())
-
-
-def parse_judgment_text(text: str) -> tuple[str, float] | None:
-    """(analysis, judgment) from protocol text, or None when no judgment can be read."""
-    parsed = parse_output(text)
-    return None if parsed.judgment is None else (parsed.analysis, parsed.judgment)

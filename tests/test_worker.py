@@ -171,3 +171,19 @@ def test_concurrent_imports_of_the_same_file_store_each_sample_once(tmp_path):
     assert Sample.objects.count() == 120
     assert sum(r.created for r in reports) == 120
     assert sum(len(r.duplicates) for r in reports) == 240
+
+
+@pytest.mark.django_db
+def test_a_job_that_breaks_unexpectedly_is_marked_failed_not_left_running(admin_user):
+    from django.core.files.base import ContentFile
+
+    job = ImportJob.objects.create(
+        data_file=ContentFile(b"{}", name="s.jsonl"), format="jsonl", created_by=admin_user
+    )
+    # The uploaded file has vanished from storage before the worker got to it.
+    job.data_file.storage.delete(job.data_file.name)
+    assert services.import_job_run(job_id=job.pk) is True
+    job.refresh_from_db()
+    assert job.status == "failed" and job.finished_at is not None
+    assert job.errors[0].startswith("internal error: FileNotFoundError")
+    assert services.import_job_run(job_id=job.pk) is False

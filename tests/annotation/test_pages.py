@@ -83,3 +83,13 @@ def test_static_htmx_is_served_locally(client):
     response = client.get("/static/vendor/htmx/htmx.min.js")
     assert response.status_code == 200
     assert b"htmx" in b"".join(response.streaming_content)
+
+
+def test_pagination_links_keep_filters_with_spaces_and_ampersands(client_for, expert_user):
+    SampleFactory.create_batch(55, subset="R&D set")
+    SampleFactory(subset="R")
+    client = client_for(expert_user)
+    html = client.get(reverse("sample_list"), {"subset": "R&D set"}).content.decode()
+    assert "?subset=R%26D+set&page=2" in html
+    page2 = client.get(reverse("sample_list") + "?subset=R%26D+set&page=2").context["page"]
+    assert page2.paginator.count == 55 and len(page2.object_list) == 5

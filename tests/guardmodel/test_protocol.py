@@ -110,3 +110,9 @@ def test_format_target_refuses_other_levels_and_the_version_is_named():
     with pytest.raises(ValueError, match="0.7"):
         format_target(analysis="x", judgment=0.7)
     assert PROMPT_VERSION == "qta-v1"
+
+
+def test_for_binary_metrics_potentially_harmful_counts_as_harmful():
+    from guardmodel.protocol import is_harmful
+
+    assert [is_harmful(j) for j in JUDGMENTS] == [False, True, True]
