@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from annotation.models import AuditEvent, ImageAsset, ImportJob, Label, Sample
+from guardmodel.admin import judge_samples_action
 
 
 class LabelInline(admin.TabularInline):
@@ -29,6 +30,7 @@ class SampleAdmin(admin.ModelAdmin):
     raw_id_fields = ["image"]
     inlines = [LabelInline]
     show_full_result_count = False
+    actions = [judge_samples_action]
 
 
 @admin.register(Label)

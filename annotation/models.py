@@ -147,6 +147,8 @@ class Label(models.Model):
     judgment = models.FloatField(null=True, blank=True, choices=JUDGMENT_CHOICES)
     raw_output = models.TextField(blank=True)
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.VALID)
+    error = models.TextField(blank=True, help_text="Why the output was invalid or the call failed.")
+    meta = models.JSONField(default=dict, blank=True, help_text="Token usage, truncation, attempts.")
     latency_ms = models.FloatField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from rest_framework.permissions import BasePermission
 
-from annotation.roles import can_view_samples, is_admin
+from annotation.roles import can_audit, can_view_samples, is_admin
 
 
 class CanViewSamples(BasePermission):
@@ -19,3 +19,12 @@ class IsAdminRole(BasePermission):
 
     def has_permission(self, request, view) -> bool:
         return is_admin(request.user)
+
+
+class CanAudit(BasePermission):
+    """Any role, including the auditor service-account role, may have content judged by the guard."""
+
+    message = "You need the auditor, expert, reviewer or admin role to call the audit API."
+
+    def has_permission(self, request, view) -> bool:
+        return can_audit(request.user)

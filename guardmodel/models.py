@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -7,11 +8,29 @@ from django.db.models import Q
 class GuardCheckpoint(models.Model):
     """A guard model the app can run: a local checkpoint directory or an OpenAI-compatible endpoint."""
 
-    name = models.SlugField(max_length=64, unique=True)
+    name = models.SlugField(
+        max_length=64, unique=True, help_text="Also the source name of the labels it writes."
+    )
     path = models.CharField(max_length=500, blank=True, help_text="Local checkpoint directory or hub id.")
     endpoint = models.URLField(blank=True, help_text="OpenAI-compatible base URL serving this checkpoint.")
+    served_model = models.CharField(
+        max_length=255, blank=True, help_text="Model name the endpoint serves (defaults to the path or name)."
+    )
+    api_key_env = models.CharField(
+        max_length=100, blank=True, help_text="Environment variable holding the endpoint's API key."
+    )
     base_model = models.CharField(max_length=255, blank=True)
-    is_active = models.BooleanField(default=False)
+    produced_by = models.ForeignKey(
+        "training.TrainingRun",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="checkpoints",
+        help_text="The training run that made this checkpoint.",
+    )
+    is_active = models.BooleanField(
+        default=False, help_text="The checkpoint the audit API and inspector use."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -25,3 +44,78 @@ class GuardCheckpoint(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class GuardJob(models.Model):
+    """Judging a set of samples with one checkpoint, on the gpu queue. Re-running skips samples already judged."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    checkpoint = models.ForeignKey(GuardCheckpoint, on_delete=models.CASCADE, related_name="jobs")
+    prompt_version = models.CharField(max_length=32)
+    sample_ids = models.JSONField(default=list)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0, help_text="Samples with a guard label, valid or not.")
+    skipped = models.PositiveIntegerField(default=0, help_text="Already judged before this job ran.")
+    invalid = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    evaluate_subsets = models.JSONField(
+        default=list, blank=True, help_text="When set, an evaluation on these subsets is recorded at the end."
+    )
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Guard job #{self.pk} ({self.checkpoint})"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in {self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED}
+
+    @property
+    def percent(self) -> int:
+        return int(100 * (self.done + self.skipped) / self.total) if self.total else 100
+
+
+class Evaluation(models.Model):
+    """Binary and 3-class metrics of one label source against ground truth on a set of test subsets."""
+
+    class SourceKind(models.TextChoices):
+        GUARD = "guard", "Guard checkpoint"
+        JUROR = "juror", "Juror"
+        JURY = "jury", "Jury majority"
+        ORACLE = "oracle", "Oracle"
+        IMPORTED = "imported", "Imported baseline"
+        EXPERT = "expert", "Experts"
+
+    source_kind = models.CharField(max_length=10, choices=SourceKind.choices)
+    source_name = models.CharField(max_length=200, blank=True)
+    prompt_version = models.CharField(max_length=32, blank=True)
+    truth = models.CharField(max_length=16, help_text="Which labels were the ground truth.")
+    subsets = models.JSONField(default=list)
+    metrics = models.JSONField(default=dict)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.source_label} on {', '.join(self.subsets)}"
+
+    @property
+    def source_label(self) -> str:
+        kind = self.get_source_kind_display()
+        return f"{kind}: {self.source_name}" if self.source_name else kind

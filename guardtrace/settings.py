@@ -143,6 +143,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
+    "DEFAULT_THROTTLE_RATES": {"audit": env_str("GUARDTRACE_AUDIT_RATE", "600/min")},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "GuardTrace Studio API",
@@ -180,7 +181,11 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {"jury.tasks.*": {"queue": "jury"}, "training.tasks.*": {"queue": "gpu"}}
+CELERY_TASK_ROUTES = {
+    "jury.tasks.*": {"queue": "jury"},
+    "training.tasks.*": {"queue": "gpu"},
+    "guardmodel.tasks.*": {"queue": "gpu"},
+}
 
 # Import limits: images are verified with Pillow under these, text fields are capped.
 GUARDTRACE_MAX_IMAGE_PIXELS = env_int("GUARDTRACE_MAX_IMAGE_PIXELS", 40_000_000, minimum=1)
@@ -188,6 +193,18 @@ GUARDTRACE_MAX_IMAGE_BYTES = env_int("GUARDTRACE_MAX_IMAGE_BYTES", 20 * 1024 * 1
 GUARDTRACE_MAX_TEXT_CHARS = env_int("GUARDTRACE_MAX_TEXT_CHARS", 1_000_000, minimum=1)
 GUARDTRACE_MAX_UPLOAD_BYTES = env_int("GUARDTRACE_MAX_UPLOAD_BYTES", 512 * 1024 * 1024, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 64 * 1024 * 1024, minimum=1)
+
+# Guard inference (guard jobs on the gpu queue, the audit API). Device/dtype "auto": bf16 on GPU, float32 on CPU.
+GUARDTRACE_GUARD_DEVICE = env_str("GUARDTRACE_GUARD_DEVICE", "auto")
+GUARDTRACE_GUARD_DTYPE = env_str("GUARDTRACE_GUARD_DTYPE", "auto")
+GUARDTRACE_GUARD_BATCH_SIZE = env_int("GUARDTRACE_GUARD_BATCH_SIZE", 16, minimum=1)
+GUARDTRACE_GUARD_MAX_NEW_TOKENS = env_int("GUARDTRACE_GUARD_MAX_NEW_TOKENS", 256, minimum=1)
+GUARDTRACE_GUARD_MAX_PIXELS = (
+    env_int("GUARDTRACE_GUARD_MAX_PIXELS", 0, minimum=0) or None
+)  # 0: the processor's
+GUARDTRACE_GUARD_ENDPOINT_CONCURRENCY = env_int("GUARDTRACE_GUARD_ENDPOINT_CONCURRENCY", 8, minimum=1)
+# The audit API: text beyond this many characters per field, or images beyond the byte limit above, get a 413/400.
+GUARDTRACE_AUDIT_MAX_TEXT_CHARS = env_int("GUARDTRACE_AUDIT_MAX_TEXT_CHARS", 1_000_000, minimum=1)
 
 LOGGING = {
     "version": 1,

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,54 +16,8 @@ from annotation import services
 from annotation.images import DirectoryImageSource
 from annotation.models import ImportJob, Sample
 from annotation.synthetic import generate
-from guardtrace.celery import app as celery_app
 from tests.conftest import REDIS_URL
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{db['NAME']}"
-    return f"postgres://{db['USER'] or 'postgres'}:{db['PASSWORD'] or ''}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
-def _reset_connections() -> None:
-    """Drop pooled broker connections so the next message goes to the broker now configured."""
-    if celery_app._pool is not None:
-        celery_app._pool.force_close_all()
-    celery_app._pool = None
-    celery_app.amqp._producer_pool = None
-
-
-@contextmanager
-def _worker(broker_url: str, options: dict, media_root: str):
-    """Point this process's Celery app at the broker and start a worker process on it."""
-    saved = celery_app.conf.broker_url, celery_app.conf.broker_transport_options
-    celery_app.conf.broker_url, celery_app.conf.broker_transport_options = broker_url, options
-    _reset_connections()
-    env = {
-        **os.environ,
-        "DATABASE_URL": _database_url(),
-        "CELERY_BROKER_URL": broker_url,
-        "MEDIA_ROOT": media_root,
-    }
-    if broker_url.startswith("filesystem"):
-        env["GUARDTRACE_VAR_DIR"] = str(Path(options["data_folder_in"]).parent.parent)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "guardtrace", "worker", "-Q", "default", "--pool", "solo", "-l", "INFO"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        yield worker
-    finally:
-        worker.terminate()
-        output = worker.communicate(timeout=30)[0]
-        celery_app.conf.broker_url, celery_app.conf.broker_transport_options = saved
-        _reset_connections()
-        if worker.returncode not in (0, -15):
-            print(output)
+from tests.workers import worker as _worker
 
 
 def _upload(api, tmp_path: Path, count: int = 24):

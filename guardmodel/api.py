@@ -1,0 +1,144 @@
+"""The audit API: a deployment sends one QTA sample and gets the guard's judgment back."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+
+from annotation.permissions import CanAudit
+from guardmodel import services
+from guardmodel.engine import AuditInput, ImageError, decode_image
+from guardmodel.loading import CheckpointError
+from guardmodel.protocol import PROMPT_VERSION
+
+
+class ImageField(serializers.Field):
+    """An uploaded file (multipart) or a base64 string (JSON, with or without a data: URL prefix)."""
+
+    default_error_messages = {"invalid": "expected an image file or a base64 string"}
+
+    def to_internal_value(self, data) -> bytes:
+        if hasattr(data, "read"):
+            if data.size > settings.GUARDTRACE_MAX_IMAGE_BYTES:
+                raise serializers.ValidationError(
+                    f"image is {data.size} bytes; the limit is {settings.GUARDTRACE_MAX_IMAGE_BYTES}"
+                )
+            raw = data.read()
+        elif isinstance(data, str):
+            text = data.split(",", 1)[1] if data.startswith("data:") else data
+            if len(text) * 3 // 4 > settings.GUARDTRACE_MAX_IMAGE_BYTES:
+                raise serializers.ValidationError(
+                    f"image is over the limit of {settings.GUARDTRACE_MAX_IMAGE_BYTES} bytes"
+                )
+            try:
+                raw = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise serializers.ValidationError("image is not valid base64") from None
+        else:
+            self.fail("invalid")
+        try:
+            decode_image(raw, max_pixels=settings.GUARDTRACE_MAX_IMAGE_PIXELS)
+        except ImageError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return raw
+
+    def to_representation(self, value):  # pragma: no cover - input only
+        return None
+
+
+def _text(**kwargs) -> serializers.CharField:
+    return serializers.CharField(trim_whitespace=False, **kwargs)
+
+
+def _check_length(value: str) -> str:
+    limit = settings.GUARDTRACE_AUDIT_MAX_TEXT_CHARS  # read per request: the limit is a setting
+    if len(value) > limit:
+        raise serializers.ValidationError(
+            f"{len(value)} characters; no more than {limit} characters are accepted"
+        )
+    return value
+
+
+class AuditInputSerializer(serializers.Serializer):
+    question = _text()
+    thinking = _text(allow_blank=True, required=False, default="")
+    answer = _text(allow_blank=True)
+    image = ImageField(required=False, allow_null=True)
+    checkpoint = serializers.SlugField(required=False, allow_blank=True, default="",
+                                       help_text="A checkpoint name; the active one when left out.")  # fmt: skip
+
+    validate_question = validate_thinking = validate_answer = staticmethod(_check_length)
+
+
+class AuditApi(APIView):
+    """Judge one Question–Thinking–Answer sample (and its image) with a guard checkpoint.
+
+    Nothing sent here is stored. 400 names the bad field, 503 means no usable checkpoint, 502 that the guard failed.
+    """
+
+    permission_classes = [CanAudit]
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "audit"
+
+    @extend_schema(
+        request=AuditInputSerializer,
+        responses=inline_serializer(
+            "AuditOutput",
+            {
+                "status": serializers.ChoiceField(["valid", "invalid"]),
+                "judgment": serializers.FloatField(allow_null=True),
+                "harmful": serializers.BooleanField(allow_null=True),
+                "analysis": serializers.CharField(),
+                "checkpoint": serializers.CharField(),
+                "prompt_version": serializers.CharField(),
+                "latency_ms": serializers.FloatField(),
+                "truncated_tokens": serializers.IntegerField(),
+            },
+        ),
+    )
+    def post(self, request):
+        serializer = AuditInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            checkpoint = services.active_checkpoint(data["checkpoint"])
+        except CheckpointError as exc:
+            code = status.HTTP_400_BAD_REQUEST if data["checkpoint"] else status.HTTP_503_SERVICE_UNAVAILABLE
+            return Response(
+                {"checkpoint": [str(exc)]} if data["checkpoint"] else {"detail": str(exc)}, status=code
+            )
+        try:
+            verdict = services.audit(
+                AuditInput(data["question"], data["thinking"], data["answer"], data.get("image")), checkpoint
+            )
+        except CheckpointError as exc:
+            return Response(
+                {"detail": f"checkpoint {checkpoint.name}: {exc}"}, status=status.HTTP_503_SERVICE_UNAVAILABLE
+            )
+        if verdict.status == "failed":
+            return Response(
+                {"detail": f"the guard failed: {verdict.error}", "checkpoint": checkpoint.name},
+                status=status.HTTP_502_BAD_GATEWAY,
+            )
+        return Response(
+            {
+                "status": verdict.status,
+                "judgment": verdict.judgment,
+                "harmful": None if verdict.judgment is None else verdict.judgment >= 0.5,
+                "analysis": verdict.analysis,
+                "error": verdict.error,
+                "checkpoint": checkpoint.name,
+                "prompt_version": PROMPT_VERSION,
+                "latency_ms": round(verdict.latency_ms, 1),
+                "truncated_tokens": verdict.truncated_tokens,
+            }
+        )

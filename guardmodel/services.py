@@ -1,0 +1,380 @@
+"""Guard checkpoints, guard jobs (judging samples into labels), evaluations and the audit call."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import traceback
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from annotation.models import Label, Sample, Split
+from guardmodel import metrics
+from guardmodel.engine import AuditInput, EngineOptions, Guard, OpenAIGuard, TransformersGuard, Verdict
+from guardmodel.loading import CheckpointError, check_checkpoint_dir, is_local
+from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob
+from guardmodel.protocol import PROMPT_VERSION
+
+log = logging.getLogger(__name__)
+CHUNK = 64  # samples per commit: a killed worker loses at most this much work
+
+
+class EvaluationError(ValueError):
+    pass
+
+
+# -- checkpoints --------------------------------------------------------------------------------------------------
+
+
+def checkpoint_register(
+    *, name: str, path: str = "", endpoint: str = "", base_model: str = "", served_model: str = "",
+    api_key_env: str = "", produced_by=None, activate: bool = False,
+) -> GuardCheckpoint:  # fmt: skip
+    """Register a checkpoint; a local directory is checked first so a bad path fails here, naming the missing file."""
+    if not path and not endpoint:
+        raise CheckpointError("a checkpoint needs a path or an endpoint")
+    if path and is_local(path):
+        path = str(Path(path).expanduser().resolve())
+        check_checkpoint_dir(Path(path))
+    with transaction.atomic():
+        checkpoint = GuardCheckpoint.objects.create(
+            name=name, path=path, endpoint=endpoint, base_model=base_model, served_model=served_model,
+            api_key_env=api_key_env, produced_by=produced_by,
+        )  # fmt: skip
+        if activate:
+            checkpoint_activate(checkpoint)
+    return checkpoint
+
+
+def checkpoint_activate(checkpoint: GuardCheckpoint) -> None:
+    with transaction.atomic():
+        GuardCheckpoint.objects.filter(is_active=True).exclude(pk=checkpoint.pk).update(is_active=False)
+        GuardCheckpoint.objects.filter(pk=checkpoint.pk).update(is_active=True)
+    checkpoint.is_active = True
+
+
+def engine_options() -> EngineOptions:
+    return EngineOptions(
+        max_new_tokens=settings.GUARDTRACE_GUARD_MAX_NEW_TOKENS,
+        batch_size=settings.GUARDTRACE_GUARD_BATCH_SIZE,
+        max_pixels=settings.GUARDTRACE_GUARD_MAX_PIXELS,
+        max_image_pixels=settings.GUARDTRACE_MAX_IMAGE_PIXELS,
+        device=settings.GUARDTRACE_GUARD_DEVICE,
+        dtype=settings.GUARDTRACE_GUARD_DTYPE,
+    )
+
+
+_backends: dict[tuple, Guard] = {}
+_backends_lock = threading.Lock()
+
+
+def backend_for(checkpoint: GuardCheckpoint) -> Guard:
+    """The checkpoint's backend, kept loaded in this process (one local model at a time: memory)."""
+    key = (checkpoint.pk, checkpoint.path, checkpoint.endpoint, checkpoint.served_model)
+    with _backends_lock:
+        if key in _backends:
+            return _backends[key]
+        if checkpoint.endpoint:
+            backend: Guard = OpenAIGuard(
+                checkpoint.endpoint,
+                checkpoint.served_model or checkpoint.path or checkpoint.name,
+                name=checkpoint.name,
+                api_key=os.environ.get(checkpoint.api_key_env) if checkpoint.api_key_env else None,
+                max_concurrency=settings.GUARDTRACE_GUARD_ENDPOINT_CONCURRENCY,
+                max_tokens=settings.GUARDTRACE_GUARD_MAX_NEW_TOKENS,
+            )
+        else:
+            for old in [k for k in _backends if not k[2]]:
+                del _backends[old]
+            backend = TransformersGuard(checkpoint.path, engine_options(), name=checkpoint.name)
+        _backends[key] = backend
+        return backend
+
+
+def sample_input(sample: Sample) -> AuditInput:
+    image = None
+    if sample.image_id:
+        with sample.image.file.open("rb") as handle:  # type: ignore[union-attr]
+            image = handle.read()
+    return AuditInput(question=sample.question, thinking=sample.thinking, answer=sample.answer, image=image)
+
+
+def verdict_label(verdict: Verdict, *, sample_id: int, kind: str, name: str, prompt_version: str) -> Label:
+    return Label(
+        sample_id=sample_id,
+        source_kind=kind,
+        source_name=name,
+        prompt_version=prompt_version,
+        analysis=verdict.analysis,
+        judgment=verdict.judgment if verdict.status == "valid" else None,
+        raw_output=verdict.raw_output,
+        status=verdict.status,
+        error=verdict.error,
+        meta=verdict.meta(),
+        latency_ms=verdict.latency_ms,
+        created_at=timezone.now(),
+    )
+
+
+# -- guard jobs ---------------------------------------------------------------------------------------------------
+
+
+def test_subsets() -> list[str]:
+    # order_by() first: Sample's default ordering by id would make every row distinct.
+    return list(
+        Sample.objects.filter(split=Split.TEST)
+        .exclude(subset="")
+        .order_by("subset")
+        .values_list("subset", flat=True)
+        .distinct()
+    )
+
+
+def guard_job_create(
+    *,
+    checkpoint: GuardCheckpoint,
+    sample_ids: Iterable[int],
+    user=None,
+    evaluate_subsets: list[str] | None = None,
+) -> GuardJob:
+    ids = sorted(set(sample_ids))
+    job = GuardJob.objects.create(
+        checkpoint=checkpoint,
+        prompt_version=PROMPT_VERSION,
+        sample_ids=ids,
+        total=len(ids),
+        evaluate_subsets=evaluate_subsets or [],
+        created_by=user,
+    )
+    _enqueue(job)
+    return job
+
+
+def _enqueue(job: GuardJob) -> None:
+    from guardmodel.tasks import guard_job_run_task
+
+    transaction.on_commit(lambda: guard_job_run_task.delay(job.pk))
+
+
+def guard_job_resume(job: GuardJob) -> bool:
+    """Queue a failed, cancelled or stuck job again; what it already judged is skipped."""
+    updated = (
+        GuardJob.objects.filter(pk=job.pk)
+        .exclude(status=GuardJob.Status.SUCCEEDED)
+        .update(status=GuardJob.Status.PENDING, error="", finished_at=None)
+    )
+    if updated:
+        _enqueue(job)
+    return bool(updated)
+
+
+def guard_job_cancel(job: GuardJob) -> bool:
+    """Stops a running job after its current chunk; a pending one never starts."""
+    return bool(
+        GuardJob.objects.filter(
+            pk=job.pk, status__in=[GuardJob.Status.PENDING, GuardJob.Status.RUNNING]
+        ).update(status=GuardJob.Status.CANCELLED, finished_at=timezone.now())
+    )
+
+
+def _judged_ids(job: GuardJob, ids: list[int]) -> set[int]:
+    return set(
+        Label.objects.filter(
+            sample_id__in=ids,
+            source_kind=Label.SourceKind.GUARD,
+            source_name=job.checkpoint.name,
+            prompt_version=job.prompt_version,
+        ).values_list("sample_id", flat=True)
+    )
+
+
+def guard_job_run(*, job_id: int, redelivered: bool = False) -> bool:
+    """Claim the job and judge its samples chunk by chunk, each chunk's labels committed at once.
+
+    A duplicated message finds the job claimed and does nothing; a redelivered one (the worker died) takes it over;
+    either way the unique constraint on labels keeps one label per sample × checkpoint × prompt version.
+    """
+    claimable = [GuardJob.Status.PENDING, *([GuardJob.Status.RUNNING] if redelivered else [])]
+    if not GuardJob.objects.filter(pk=job_id, status__in=claimable).update(
+        status=GuardJob.Status.RUNNING, started_at=timezone.now()
+    ):
+        return False
+    job = GuardJob.objects.select_related("checkpoint").get(pk=job_id)
+    try:
+        backend = backend_for(job.checkpoint)
+        ids = list(job.sample_ids)
+        done_before = _judged_ids(job, ids)
+        todo = [i for i in ids if i not in done_before]
+        GuardJob.objects.filter(pk=job.pk).update(skipped=len(done_before), done=0, invalid=0, failed=0)
+        for start in range(0, len(todo), CHUNK):
+            if GuardJob.objects.filter(pk=job.pk, status=GuardJob.Status.CANCELLED).exists():
+                return True
+            chunk_ids = todo[start : start + CHUNK]
+            samples = list(Sample.objects.filter(pk__in=chunk_ids).select_related("image"))
+            verdicts = backend.judge([sample_input(s) for s in samples])
+            labels = [
+                verdict_label(v, sample_id=s.pk, kind=Label.SourceKind.GUARD, name=job.checkpoint.name,
+                              prompt_version=job.prompt_version)
+                for s, v in zip(samples, verdicts, strict=True)
+            ]  # fmt: skip
+            counts = Counter(v.status for v in verdicts)
+            with transaction.atomic():
+                Label.objects.bulk_create(labels, ignore_conflicts=True)
+                GuardJob.objects.filter(pk=job.pk).update(
+                    done=job_counter("done", len(labels)),
+                    invalid=job_counter("invalid", counts["invalid"]),
+                    failed=job_counter("failed", counts["failed"]),
+                )
+        if job.evaluate_subsets:
+            evaluation_run(
+                source_kind=Evaluation.SourceKind.GUARD, source_name=job.checkpoint.name,
+                subsets=job.evaluate_subsets, user=job.created_by, prompt_version=job.prompt_version,
+            )  # fmt: skip
+    except Exception as exc:
+        log.exception("guard job %s failed", job_id)
+        GuardJob.objects.filter(pk=job.pk).update(
+            status=GuardJob.Status.FAILED,
+            error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}",
+            finished_at=timezone.now(),
+        )
+        return True
+    GuardJob.objects.filter(pk=job.pk, status=GuardJob.Status.RUNNING).update(
+        status=GuardJob.Status.SUCCEEDED, finished_at=timezone.now()
+    )
+    return True
+
+
+def job_counter(field: str, amount: int):
+    from django.db.models import F
+
+    return F(field) + amount
+
+
+# -- evaluation ---------------------------------------------------------------------------------------------------
+
+TRUTHS = ("imported", "expert", "final")
+
+
+def _majority(values: list[float]) -> float | None:
+    if not values:
+        return None
+    value, count = Counter(values).most_common(1)[0]
+    return value if count * 2 > len(values) else None
+
+
+def _truth(sample_ids: list[int], truth: str) -> dict[int, float]:
+    if truth == "final":
+        return dict(
+            Sample.objects.filter(pk__in=sample_ids, final_label__isnull=False).values_list(  # type: ignore[arg-type]
+                "pk", "final_label"
+            )
+        )
+    kind = Label.SourceKind.IMPORTED if truth == "imported" else Label.SourceKind.EXPERT
+    grouped: dict[int, list[float]] = defaultdict(list)
+    for sample_id, judgment in Label.objects.filter(
+        sample_id__in=sample_ids, source_kind=kind, status=Label.Status.VALID
+    ).values_list("sample_id", "judgment"):
+        grouped[sample_id].append(judgment)  # type: ignore[arg-type]
+    return {sid: m for sid, values in grouped.items() if (m := _majority(values)) is not None}
+
+
+def _predictions(sample_ids: list[int], kind: str, name: str, prompt_version: str) -> dict[int, float | None]:
+    """sample id → judgment (None when the source's label is invalid or failed); absent when it has no label."""
+    if kind == Evaluation.SourceKind.JURY:
+        votes: dict[int, list[float | None]] = defaultdict(list)
+        for sample_id, judgment in Label.objects.filter(
+            sample_id__in=sample_ids, source_kind=Label.SourceKind.JUROR, prompt_version=prompt_version
+        ).values_list("sample_id", "judgment"):
+            votes[sample_id].append(judgment)
+        # The jury's answer is the strict majority of its votes (3:0 or 2:1); a 1:1:1 split has none.
+        return {sid: _majority([v for v in vs if v is not None]) for sid, vs in votes.items()}
+    labels = Label.objects.filter(sample_id__in=sample_ids, source_kind=kind)
+    if name:
+        labels = labels.filter(source_name=name)
+    if kind in (Evaluation.SourceKind.GUARD, Evaluation.SourceKind.JUROR, Evaluation.SourceKind.ORACLE):
+        labels = labels.filter(prompt_version=prompt_version)
+    grouped: dict[int, list[float | None]] = defaultdict(list)
+    for sample_id, judgment in labels.values_list("sample_id", "judgment"):
+        grouped[sample_id].append(judgment)
+    return {sid: _majority([v for v in vs if v is not None]) for sid, vs in grouped.items()}
+
+
+def evaluation_run(
+    *, source_kind: str, source_name: str = "", subsets: list[str] | None = None, truth: str = "imported",
+    prompt_version: str = PROMPT_VERSION, user=None,
+) -> Evaluation:  # fmt: skip
+    """Score one label source against the ground truth on the test subsets and store the result."""
+    if source_kind not in Evaluation.SourceKind.values:
+        raise EvaluationError(
+            f"unknown source kind {source_kind!r}; use one of {', '.join(Evaluation.SourceKind.values)}"
+        )
+    if truth not in TRUTHS:
+        raise EvaluationError(f"unknown truth {truth!r}; use one of {', '.join(TRUTHS)}")
+    subsets = subsets or test_subsets()
+    if not subsets:
+        raise EvaluationError("no test subsets: import samples with split=test first")
+    known = set(
+        Sample.objects.filter(subset__in=subsets).order_by().values_list("subset", flat=True).distinct()
+    )
+    if unknown := [s for s in subsets if s not in known]:
+        raise EvaluationError(f"no samples in subset(s): {', '.join(unknown)}")
+    if (
+        source_kind not in (Evaluation.SourceKind.JURY,)
+        and source_name
+        and not Label.objects.filter(source_kind=source_kind, source_name=source_name).exists()
+    ):
+        raise EvaluationError(f"no labels from {source_kind} {source_name!r}")
+    samples = list(Sample.objects.filter(subset__in=subsets).values_list("pk", "subset", "category"))
+    ids = [pk for pk, _, _ in samples]
+    truths = _truth(ids, truth)
+    if not truths:
+        raise EvaluationError(f"no {truth} ground-truth labels in {', '.join(subsets)}")
+    predicted = _predictions(ids, source_kind, source_name, prompt_version)
+    rows = [
+        metrics.Row(subset, category, truths[pk], predicted.get(pk), missing=pk not in predicted)
+        for pk, subset, category in samples
+        if pk in truths
+    ]
+    return Evaluation.objects.create(
+        source_kind=source_kind,
+        source_name=source_name,
+        prompt_version=prompt_version if source_kind in ("guard", "juror", "jury", "oracle") else "",
+        truth=truth,
+        subsets=list(subsets),
+        metrics=metrics.evaluate_rows(rows, list(subsets)),
+        created_by=user,
+    )
+
+
+def evaluations_latest(limit: int = 12) -> list[Evaluation]:
+    """The newest evaluation per (source, subsets, truth), newest first."""
+    seen: set[tuple] = set()
+    latest = []
+    for evaluation in Evaluation.objects.order_by("-created_at", "-pk")[:500]:
+        key = (evaluation.source_kind, evaluation.source_name, tuple(evaluation.subsets), evaluation.truth)
+        if key not in seen:
+            seen.add(key)
+            latest.append(evaluation)
+    return latest[:limit]
+
+
+# -- the audit API ------------------------------------------------------------------------------------------------
+
+
+def active_checkpoint(name: str = "") -> GuardCheckpoint:
+    query = Q(name=name) if name else Q(is_active=True)
+    checkpoint = GuardCheckpoint.objects.filter(query).first()
+    if checkpoint is None:
+        raise CheckpointError(f"no checkpoint named {name!r}" if name else "no active guard checkpoint")
+    return checkpoint
+
+
+def audit(item: AuditInput, checkpoint: GuardCheckpoint) -> Verdict:
+    return backend_for(checkpoint).judge([item])[0]
