@@ -147,3 +147,25 @@ def test_the_admin_action_judges_selected_samples_with_a_chosen_checkpoint(
     html = progress.content.decode()
     assert "Succeeded" in html and 'value="100"' in html and "hx-trigger" not in html and "<html" not in html
     assert "guard/jobs" in client.get(reverse("admin:guardmodel_guardjob_changelist")).content.decode()
+
+
+@pytest.mark.django_db
+def test_the_demo_builds_and_activates_a_tiny_guard_once(settings, tmp_path):
+    from django.core.management import call_command
+
+    settings.VAR_DIR = tmp_path
+    call_command("demo_guard")
+    call_command("demo_guard")
+    checkpoint = GuardCheckpoint.objects.get()
+    assert checkpoint.name == "tiny-guard" and checkpoint.is_active
+    assert (tmp_path / "models" / "tiny-guard" / "model.safetensors").is_file()
+
+
+@pytest.mark.django_db
+def test_build_tiny_guard_registers_and_refuses_a_non_empty_directory(tmp_path):
+    from django.core.management import CommandError, call_command
+
+    call_command("build_tiny_guard", str(tmp_path / "g"), "--register", "g1", "--activate")
+    assert GuardCheckpoint.objects.get(name="g1").is_active
+    with pytest.raises(CommandError, match="not empty"):
+        call_command("build_tiny_guard", str(tmp_path / "g"))
