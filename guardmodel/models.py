@@ -46,15 +46,20 @@ class GuardCheckpoint(models.Model):
         return self.name
 
 
+class JobStatus(models.TextChoices):
+    """Lifecycle of long work on a worker (guard jobs, training runs)."""
+
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
 class GuardJob(models.Model):
     """Judging a set of samples with one checkpoint, on the gpu queue. Re-running skips samples already judged."""
 
-    class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
+    Status = JobStatus
 
     checkpoint = models.ForeignKey(GuardCheckpoint, on_delete=models.CASCADE, related_name="jobs")
     prompt_version = models.CharField(max_length=32)

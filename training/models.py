@@ -3,6 +3,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from guardmodel.models import JobStatus
+
 
 class TrainingRun(models.Model):
     """One round of guard training (SFT, DPO or oracle-guided refined DPO)."""
@@ -12,12 +14,7 @@ class TrainingRun(models.Model):
         DPO = "dpo", "DPO"
         OGDPO = "ogdpo", "Oracle-guided DPO"
 
-    class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
+    Status = JobStatus
 
     stage = models.CharField(max_length=8, choices=Stage.choices)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
