@@ -259,7 +259,7 @@ def _store(
     report.images_created = len(new_assets)
 
 
-def _majority(values: list[float]) -> float | None:
+def majority(values: list[float]) -> float | None:
     """The value more than half of `values` agree on, or None."""
     if not values:
         return None
@@ -292,13 +292,13 @@ def resolve_labels(
             Stratum.D3_0 if top == len(valid) else Stratum.D2_1 if top * 2 > len(valid) else Stratum.D1_1_1
         )
     # An expert decision overrides the jury; the jury overrides a label that came with the data.
-    if (decided := _majority(expert)) is not None:
+    if (decided := majority(expert)) is not None:
         return stratum, decided, LabelOrigin.EXPERT
     if stratum == Stratum.D3_0:
         return stratum, valid[0], LabelOrigin.JURY_CONSENSUS
     if stratum == Stratum.D2_1:
-        return stratum, _majority(valid), LabelOrigin.JURY_MAJORITY  # type: ignore[arg-type]
-    if (given := _majority(imported)) is not None:
+        return stratum, majority(valid), LabelOrigin.JURY_MAJORITY  # type: ignore[arg-type]
+    if (given := majority(imported)) is not None:
         return stratum, given, LabelOrigin.IMPORTED
     return stratum, None, LabelOrigin.NONE
 

@@ -159,10 +159,14 @@ class TransformersGuard:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def _count(self, text: str, image: Any) -> int:
-        encoded = self.processor(
-            text=[text], images=[image] if image is not None else None, return_tensors=None
-        )
-        return len(encoded["input_ids"][0])
+        """Prompt length in tokens. Qwen-style processors say how many tokens an image expands to, so the text is
+        only tokenized (the pixels are processed once, in the batch); other processors are run in full."""
+        if image is None or not hasattr(self.processor, "_get_num_multimodal_tokens"):
+            encoded = self.processor(text=[text], images=[image] if image is not None else None)
+            return len(encoded["input_ids"][0])
+        placeholders = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        expanded = self.processor._get_num_multimodal_tokens(image_sizes=[(image.height, image.width)])
+        return placeholders - 1 + expanded["num_image_tokens"][0]  # the one placeholder becomes that many
 
     def _prepare(self, index: int, item: AuditInput) -> _Prepared:
         image = None

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from annotation.models import Label, Sample, Split
+from annotation.services import majority
 from guardmodel import metrics
 from guardmodel.engine import AuditInput, EngineOptions, Guard, OpenAIGuard, TransformersGuard, Verdict
 from guardmodel.loading import CheckpointError, check_checkpoint_dir, is_local
@@ -143,7 +144,9 @@ def guard_job_create(
     sample_ids: Iterable[int],
     user=None,
     evaluate_subsets: list[str] | None = None,
+    enqueue: bool = True,
 ) -> GuardJob:
+    """A job over these samples, queued on the gpu worker once committed (enqueue=False: the caller runs it)."""
     ids = sorted(set(sample_ids))
     job = GuardJob.objects.create(
         checkpoint=checkpoint,
@@ -153,7 +156,8 @@ def guard_job_create(
         evaluate_subsets=evaluate_subsets or [],
         created_by=user,
     )
-    _enqueue(job)
+    if enqueue:
+        _enqueue(job)
     return job
 
 
@@ -228,9 +232,9 @@ def guard_job_run(*, job_id: int, redelivered: bool = False) -> bool:
             with transaction.atomic():
                 Label.objects.bulk_create(labels, ignore_conflicts=True)
                 GuardJob.objects.filter(pk=job.pk).update(
-                    done=job_counter("done", len(labels)),
-                    invalid=job_counter("invalid", counts["invalid"]),
-                    failed=job_counter("failed", counts["failed"]),
+                    done=F("done") + len(labels),
+                    invalid=F("invalid") + counts["invalid"],
+                    failed=F("failed") + counts["failed"],
                 )
         if job.evaluate_subsets:
             evaluation_run(
@@ -251,22 +255,11 @@ def guard_job_run(*, job_id: int, redelivered: bool = False) -> bool:
     return True
 
 
-def job_counter(field: str, amount: int):
-    from django.db.models import F
-
-    return F(field) + amount
-
-
 # -- evaluation ---------------------------------------------------------------------------------------------------
 
 TRUTHS = ("imported", "expert", "final")
-
-
-def _majority(values: list[float]) -> float | None:
-    if not values:
-        return None
-    value, count = Counter(values).most_common(1)[0]
-    return value if count * 2 > len(values) else None
+# Model-written labels belong to a prompt version; imported and expert labels do not.
+VERSIONED_SOURCES = ("guard", "juror", "jury", "oracle")
 
 
 def _truth(sample_ids: list[int], truth: str) -> dict[int, float]:
@@ -282,7 +275,7 @@ def _truth(sample_ids: list[int], truth: str) -> dict[int, float]:
         sample_id__in=sample_ids, source_kind=kind, status=Label.Status.VALID
     ).values_list("sample_id", "judgment"):
         grouped[sample_id].append(judgment)  # type: ignore[arg-type]
-    return {sid: m for sid, values in grouped.items() if (m := _majority(values)) is not None}
+    return {sid: m for sid, values in grouped.items() if (m := majority(values)) is not None}
 
 
 def _predictions(sample_ids: list[int], kind: str, name: str, prompt_version: str) -> dict[int, float | None]:
@@ -294,16 +287,16 @@ def _predictions(sample_ids: list[int], kind: str, name: str, prompt_version: st
         ).values_list("sample_id", "judgment"):
             votes[sample_id].append(judgment)
         # The jury's answer is the strict majority of its votes (3:0 or 2:1); a 1:1:1 split has none.
-        return {sid: _majority([v for v in vs if v is not None]) for sid, vs in votes.items()}
+        return {sid: majority([v for v in vs if v is not None]) for sid, vs in votes.items()}
     labels = Label.objects.filter(sample_id__in=sample_ids, source_kind=kind)
     if name:
         labels = labels.filter(source_name=name)
-    if kind in (Evaluation.SourceKind.GUARD, Evaluation.SourceKind.JUROR, Evaluation.SourceKind.ORACLE):
+    if kind in VERSIONED_SOURCES:
         labels = labels.filter(prompt_version=prompt_version)
     grouped: dict[int, list[float | None]] = defaultdict(list)
     for sample_id, judgment in labels.values_list("sample_id", "judgment"):
         grouped[sample_id].append(judgment)
-    return {sid: _majority([v for v in vs if v is not None]) for sid, vs in grouped.items()}
+    return {sid: majority([v for v in vs if v is not None]) for sid, vs in grouped.items()}
 
 
 def evaluation_run(
@@ -345,7 +338,7 @@ def evaluation_run(
     return Evaluation.objects.create(
         source_kind=source_kind,
         source_name=source_name,
-        prompt_version=prompt_version if source_kind in ("guard", "juror", "jury", "oracle") else "",
+        prompt_version=prompt_version if source_kind in VERSIONED_SOURCES else "",
         truth=truth,
         subsets=list(subsets),
         metrics=metrics.evaluate_rows(rows, list(subsets)),

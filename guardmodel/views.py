@@ -54,7 +54,7 @@ def evaluation_list(request: HtmxHttpRequest) -> HttpResponse:
     )
     context = {
         "table": comparison_table(evaluations),
-        "all_evaluations": Evaluation.objects.order_by("-created_at")[:100],
+        "all_evaluations": Evaluation.objects.defer("metrics").order_by("-created_at")[:100],
         "chosen": {e.pk for e in evaluations},
         "chart_width": CHART_WIDTH,
         "bar_height": BAR_HEIGHT,

@@ -128,3 +128,13 @@ def test_progress_is_reported_per_sample(tiny_dir, batch_size):
     guard = TransformersGuard(tiny_dir, EngineOptions(max_new_tokens=2, batch_size=batch_size, device="cpu"))
     guard.judge(_items()[:5], progress=seen.append)
     assert sum(seen) == 5
+
+
+@pytest.mark.parametrize("size", [(16, 16), (112, 112), (300, 120), (37, 500), (1000, 1000)])
+def test_the_prompt_length_shortcut_equals_the_processors_count(tiny_dir, size):
+    from guardmodel.engine import decode_image
+
+    guard = TransformersGuard(tiny_dir, EngineOptions(device="cpu"))
+    image = decode_image(png_bytes(size=size))
+    text = guard._render(AuditInput("q", "t", "a"), "t", True)
+    assert guard._count(text, image) == len(guard.processor(text=[text], images=[image])["input_ids"][0])

@@ -6,7 +6,6 @@ import pytest
 from django.core.management import call_command
 from django.urls import reverse
 
-from annotation.models import Label
 from guardmodel import services
 from guardmodel.models import Evaluation
 from tests.annotation.factories import LabelFactory, SampleFactory
@@ -119,8 +118,3 @@ def test_the_pages_need_a_role(labelled, client, client_for, outsider):
     for url in (reverse("evaluation_list"), reverse("evaluation_detail", args=[evaluation.pk])):
         assert client.get(url).status_code == 302
     assert client_for(outsider).get(reverse("evaluation_list")).status_code == 403
-
-
-def test_invalid_labels_from_the_guard_are_kept_with_their_raw_output(labelled):
-    label = Label.objects.get(source_name="g1", status="invalid")
-    assert label.raw_output == "no idea" and label.judgment is None

@@ -53,6 +53,7 @@ def test_a_worker_on_the_gpu_queue_judges_samples_into_guard_labels(tiny_dir, tm
     assert labels.count() == 24 and set(labels.values_list("sample_id", flat=True)) == set(ids)
     # An untrained tiny model does not follow the format: every label says so, with the raw output kept.
     assert job.invalid == labels.filter(status="invalid").count() == 24
+    assert all(label.raw_output and label.error and label.judgment is None for label in labels)
     assert all(label.meta["completion_tokens"] > 0 for label in labels)
     evaluation = Evaluation.objects.get(source_kind="guard", source_name="tiny")
     assert evaluation.subsets == subsets and evaluation.metrics["invalid"] > 0
@@ -169,3 +170,17 @@ def test_build_tiny_guard_registers_and_refuses_a_non_empty_directory(tmp_path):
     assert GuardCheckpoint.objects.get(name="g1").is_active
     with pytest.raises(CommandError, match="not empty"):
         call_command("build_tiny_guard", str(tmp_path / "g"))
+
+
+@pytest.mark.django_db
+def test_judge_samples_sync_judges_the_test_subsets_and_evaluates(tiny_dir, tmp_path, capsys):
+    from django.core.management import call_command
+
+    _import_synthetic(tmp_path, 16)
+    services.checkpoint_register(name="tiny", path=str(tiny_dir), activate=True)
+    test_ids = set(Sample.objects.filter(split="test").values_list("pk", flat=True))
+    call_command("judge_samples", "--sync", "--evaluate")
+    job = GuardJob.objects.get()
+    assert job.status == "succeeded" and set(job.sample_ids) == test_ids and job.done == len(test_ids)
+    assert "Succeeded" in capsys.readouterr().out
+    assert Evaluation.objects.get().subsets == services.test_subsets()

@@ -27,11 +27,11 @@ class Command(BaseCommand):
         ids = list(Sample.objects.filter(subset__in=subsets).values_list("pk", flat=True))
         if not ids:
             raise CommandError(f"no samples in {', '.join(subsets) or 'any test subset'}")
+        job = services.guard_job_create(
+            checkpoint=checkpoint, sample_ids=ids, evaluate_subsets=subsets if o["evaluate"] else None,
+            enqueue=not o["sync"],
+        )  # fmt: skip
         if o["sync"]:
-            job = GuardJob.objects.create(
-                checkpoint=checkpoint, prompt_version=services.PROMPT_VERSION, sample_ids=sorted(ids),
-                total=len(ids), evaluate_subsets=subsets if o["evaluate"] else [],
-            )  # fmt: skip
             services.guard_job_run(job_id=job.pk)
             job.refresh_from_db()
             self.stdout.write(
@@ -41,7 +41,4 @@ class Command(BaseCommand):
             if job.status == GuardJob.Status.FAILED:
                 raise CommandError(job.error.splitlines()[0])
         else:
-            job = services.guard_job_create(
-                checkpoint=checkpoint, sample_ids=ids, evaluate_subsets=subsets if o["evaluate"] else None
-            )
             self.stdout.write(f"{job} queued: {job.total} samples; progress at /guard/jobs/{job.pk}/")
