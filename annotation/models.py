@@ -174,6 +174,25 @@ class Label(models.Model):
         return f"{self.source_kind}:{self.source_name} on sample #{self.sample_id}"
 
 
+class ExpertQueueItem(models.Model):
+    """A sample waiting for expert labels: the jury split 1:1:1, or a reviewer sent it."""
+
+    class Reason(models.TextChoices):
+        JURY_SPLIT = "jury_split", "Jury split 1:1:1"
+        REVIEWER = "reviewer", "Sent by a reviewer"
+
+    sample = models.OneToOneField(Sample, on_delete=models.CASCADE, related_name="expert_queue_item")
+    reason = models.CharField(max_length=16, choices=Reason.choices)
+    prompt_version = models.CharField(max_length=32, blank=True, help_text="Jury prompt version that split.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"expert queue: sample #{self.sample_id}"
+
+
 class ImportJob(models.Model):
     """An import submitted through the API, run by a Celery worker."""
 

@@ -26,7 +26,16 @@ from annotation.images import (
     ZipImageSource,
     inspect_image,
 )
-from annotation.models import AuditEvent, ImageAsset, ImportJob, Label, LabelOrigin, Sample, Stratum
+from annotation.models import (
+    AuditEvent,
+    ExpertQueueItem,
+    ImageAsset,
+    ImportJob,
+    Label,
+    LabelOrigin,
+    Sample,
+    Stratum,
+)
 from guardmodel.protocol import JUDGMENTS, PROMPT_VERSION
 
 BATCH = 1000
@@ -325,6 +334,32 @@ def samples_labels_resolve(*, sample_ids: list[int], prompt_version: str = PROMP
         Sample.objects.bulk_update(dirty, ["stratum", "final_label", "final_label_origin"], batch_size=BATCH)
         changed += len(dirty)
     return changed
+
+
+def expert_queue_sync(*, sample_ids: list[int], prompt_version: str = PROMPT_VERSION) -> tuple[int, int]:
+    """Queue the D1:1:1 samples among these for experts, and unqueue jury-split items whose sample is no longer
+    1:1:1 and has no expert label yet. Idempotent; returns (added, removed)."""
+    added = removed = 0
+    for start in range(0, len(sample_ids), BATCH):
+        chunk = sample_ids[start : start + BATCH]
+        split = set(Sample.objects.filter(pk__in=chunk, stratum=Stratum.D1_1_1).values_list("pk", flat=True))
+        queued = set(ExpertQueueItem.objects.filter(sample_id__in=chunk).values_list("sample_id", flat=True))
+        new = [
+            ExpertQueueItem(
+                sample_id=pk, reason=ExpertQueueItem.Reason.JURY_SPLIT, prompt_version=prompt_version
+            )
+            for pk in sorted(split - queued)
+        ]
+        ExpertQueueItem.objects.bulk_create(new, ignore_conflicts=True)
+        added += len(new)
+        stale = queued - split
+        if stale:
+            removed += (
+                ExpertQueueItem.objects.filter(sample_id__in=stale, reason=ExpertQueueItem.Reason.JURY_SPLIT)
+                .exclude(sample__labels__source_kind=Label.SourceKind.EXPERT)
+                .delete()[0]
+            )
+    return added, removed
 
 
 def label_record(

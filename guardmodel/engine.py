@@ -46,6 +46,10 @@ class Verdict:
     completion_tokens: int = 0
     truncated_tokens: int = 0  # reasoning tokens removed from the middle to fit the context
     attempts: int = 1
+    # One entry per call made for this sample: {"attempt", "outcome", "ms"}; outcome is "ok", "invalid output"
+    # (re-asked with the format reminder) or the error.
+    attempt_log: list[dict] = field(default_factory=list)
+    first_output: str = ""  # the unreadable reply that led to a re-ask
 
     @classmethod
     def from_output(cls, text: str, *, variant: protocol.Variant = "qta", **extra: Any) -> Verdict:
@@ -66,6 +70,8 @@ class Verdict:
             "completion_tokens": self.completion_tokens,
             "truncated_tokens": self.truncated_tokens,
             "attempts": self.attempts,
+            **({"attempt_log": self.attempt_log} if self.attempt_log else {}),
+            **({"first_output": self.first_output} if self.first_output else {}),
         }
 
 
@@ -131,10 +137,13 @@ class TransformersGuard:
     batches (less padding), reasoning truncated from the middle when a prompt would overflow the context (the image
     tokens are never cut), and a batch that runs out of memory is halved and retried."""
 
-    def __init__(self, source: str | Path, options: EngineOptions | None = None, *, name: str = ""):
+    def __init__(
+        self, source: str | Path, options: EngineOptions | None = None, *, name: str = "", reask: bool = False
+    ):
         from guardmodel.loading import choose_placement, load_model, load_processor
 
         self.options = options or EngineOptions()
+        self.reask = reask  # re-ask once with the format reminder when the output cannot be read
         self.source = str(source)
         self.name = name or Path(self.source).name
         self.placement = choose_placement(self.options.device, self.options.dtype)
@@ -151,11 +160,13 @@ class TransformersGuard:
         self.oom_halvings = 0
 
     # -- prompt building ---------------------------------------------------------------------------------------
-    def _render(self, item: AuditInput, thinking: str, has_image: bool) -> str:
+    def _render(self, item: AuditInput, thinking: str, has_image: bool, followup: str | None = None) -> str:
         messages = protocol.build_messages(
             question=item.question, thinking=thinking, answer=item.answer, has_image=has_image,
             variant=self.options.variant,
         )  # fmt: skip
+        if followup is not None:
+            messages = protocol.reask_messages(messages, followup)
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def _count(self, text: str, image: Any) -> int:
@@ -168,11 +179,11 @@ class TransformersGuard:
         expanded = self.processor._get_num_multimodal_tokens(image_sizes=[(image.height, image.width)])
         return placeholders - 1 + expanded["num_image_tokens"][0]  # the one placeholder becomes that many
 
-    def _prepare(self, index: int, item: AuditInput) -> _Prepared:
+    def _prepare(self, index: int, item: AuditInput, followup: str | None = None) -> _Prepared:
         image = None
         if item.image is not None:
             image = decode_image(item.image, max_pixels=self.options.max_image_pixels)
-        text = self._render(item, item.thinking, image is not None)
+        text = self._render(item, item.thinking, image is not None, followup)
         length = self._count(text, image)
         truncated = 0
         if length > self.max_input_tokens:
@@ -188,7 +199,7 @@ class TransformersGuard:
                     + TRUNCATION_MARK.format(n=cut)
                     + (self.tokenizer.decode(ids[len(ids) - keep_tail :]) if keep_tail else "")
                 )
-                text = self._render(item, thinking, image is not None)
+                text = self._render(item, thinking, image is not None, followup)
                 length = self._count(text, image)
                 if length <= self.max_input_tokens or cut >= len(ids):
                     break
@@ -244,11 +255,39 @@ class TransformersGuard:
     def judge(
         self, items: Sequence[AuditInput], progress: Callable[[int], None] | None = None
     ) -> list[Verdict]:
+        verdicts = self._judge_pass(items, None, progress)
+        if not self.reask:
+            return verdicts
+        # One re-ask, with the format reminder after the unreadable reply, for each invalid output.
+        again = [i for i, v in enumerate(verdicts) if v.status == "invalid"]
+        if again:
+            second = self._judge_pass(
+                [items[i] for i in again], [verdicts[i].raw_output for i in again], None
+            )
+            for i, verdict in zip(again, second, strict=True):
+                first = verdicts[i]
+                verdict.first_output = first.raw_output
+                verdict.attempts = first.attempts + verdict.attempts
+                verdict.latency_ms += first.latency_ms
+                verdict.attempt_log = [
+                    {"attempt": 1, "outcome": "invalid output", "ms": round(first.latency_ms, 1)},
+                    {"attempt": 2, "outcome": "ok" if verdict.status == "valid" else verdict.status,
+                     "ms": round(verdict.latency_ms - first.latency_ms, 1)},
+                ]  # fmt: skip
+                verdicts[i] = verdict
+        return verdicts
+
+    def _judge_pass(
+        self,
+        items: Sequence[AuditInput],
+        followups: Sequence[str] | None,
+        progress: Callable[[int], None] | None,
+    ) -> list[Verdict]:
         verdicts: list[Verdict | None] = [None] * len(items)
         prepared: list[_Prepared] = []
         for index, item in enumerate(items):
             try:
-                prepared.append(self._prepare(index, item))
+                prepared.append(self._prepare(index, item, followups[index] if followups else None))
             except ValueError as exc:  # ImageError is a ValueError
                 verdicts[index] = Verdict(status="failed", error=str(exc), attempts=0)
         prepared.sort(key=lambda p: p.prompt_tokens)  # similar lengths together: less padding
@@ -343,6 +382,7 @@ class OpenAIGuard:
         max_tokens: int = 512,
         retry: RetryPolicy | None = None,
         variant: protocol.Variant = "qta",
+        reask: bool = False,
     ):
         import openai
 
@@ -352,20 +392,18 @@ class OpenAIGuard:
         self.max_concurrency = max(1, max_concurrency)
         self.retry = retry or RetryPolicy()
         self.variant: protocol.Variant = variant
+        self.reask = reask  # re-ask once with the format reminder when the output cannot be read
         # The client's own retries are off: ours log each attempt and end in a failed verdict, not an exception.
         self.client = openai.OpenAI(
             base_url=base_url, api_key=api_key or "unused", timeout=timeout_s, max_retries=0
         )
 
-    def _call(self, item: AuditInput) -> Verdict:
-        try:
-            messages = openai_messages(item, self.variant)
-        except Exception as exc:
-            return Verdict(status="failed", error=f"image could not be decoded ({exc})", attempts=0)
-        started = time.perf_counter()
-        attempt = 0
+    def _request(self, messages: list[dict], log_: list[dict]) -> Any:
+        """One chat completion, retried with backoff and jitter on retryable errors; each attempt goes in `log_`.
+        Raises the last error when the attempts are spent or the error is not retryable."""
         while True:
-            attempt += 1
+            attempt = len(log_) + 1
+            started = time.perf_counter()
             try:
                 response = self.client.chat.completions.create(
                     model=self.model,
@@ -374,30 +412,65 @@ class OpenAIGuard:
                     max_tokens=self.max_tokens,  # type: ignore[arg-type]
                 )
             except Exception as exc:
+                log_.append({"attempt": attempt, "outcome": f"{type(exc).__name__}: {exc}",
+                             "ms": round((time.perf_counter() - started) * 1000, 1)})  # fmt: skip
                 retry = is_retryable(exc) and attempt < self.retry.attempts
                 log.warning(
-                    "guard %s attempt %d failed: %s%s", self.name, attempt, exc, "; retrying" if retry else ""
+                    "%s attempt %d failed: %s%s", self.name, attempt, exc, "; retrying" if retry else ""
                 )
                 if not retry:
-                    return Verdict(
-                        status="failed", error=f"{type(exc).__name__}: {exc}", attempts=attempt,
-                        latency_ms=(time.perf_counter() - started) * 1000,
-                    )  # fmt: skip
+                    raise
                 self.retry.sleep(self.retry.delay(attempt))
                 continue
-            text = response.choices[0].message.content or "" if response.choices else ""
-            usage = response.usage
-            return Verdict.from_output(
-                text, variant=self.variant, attempts=attempt, latency_ms=(time.perf_counter() - started) * 1000,
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
+            log_.append(
+                {"attempt": attempt, "outcome": "ok", "ms": round((time.perf_counter() - started) * 1000, 1)}
+            )
+            return response
+
+    def judge_one(self, item: AuditInput) -> Verdict:
+        """One sample: retried calls, then (with `reask`) one re-ask with the format reminder if unreadable."""
+        try:
+            messages = openai_messages(item, self.variant)
+        except Exception as exc:
+            return Verdict(status="failed", error=f"image could not be decoded ({exc})", attempts=0)
+        started = time.perf_counter()
+        attempts: list[dict] = []
+        first_output = ""
+        prompt_tokens = completion_tokens = 0
+        while True:
+            try:
+                response = self._request(messages, attempts)
+            except Exception as exc:
+                return Verdict(
+                    status="failed", error=f"{type(exc).__name__}: {exc}", attempts=len(attempts),
+                    latency_ms=(time.perf_counter() - started) * 1000, attempt_log=attempts,
+                    first_output=first_output, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                )  # fmt: skip
+            text = (response.choices[0].message.content or "") if response.choices else ""
+            if response.usage:
+                prompt_tokens += response.usage.prompt_tokens
+                completion_tokens += response.usage.completion_tokens
+            verdict = Verdict.from_output(
+                text, variant=self.variant, attempts=len(attempts), latency_ms=(time.perf_counter() - started) * 1000,
+                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, first_output=first_output,
             )  # fmt: skip
+            if verdict.status == "valid" or not self.reask or first_output:
+                verdict.attempt_log = attempts if len(attempts) > 1 else []
+                return verdict
+            attempts[-1]["outcome"] = "invalid output"
+            log.info(
+                "%s: output could not be read (%s); re-asking with the format reminder",
+                self.name,
+                verdict.error,
+            )
+            first_output = text
+            messages = protocol.reask_messages(openai_messages(item, self.variant), text)
 
     def judge(
         self, items: Sequence[AuditInput], progress: Callable[[int], None] | None = None
     ) -> list[Verdict]:
         def one(item: AuditInput) -> Verdict:
-            verdict = self._call(item)
+            verdict = self.judge_one(item)
             if progress:
                 progress(1)
             return verdict

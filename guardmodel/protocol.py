@@ -101,6 +101,15 @@ def build_messages(
     ]
 
 
+def reask_messages(messages: list[dict], previous_output: str) -> list[dict]:
+    """The conversation again, with the unreadable reply and the format reminder after it (one re-ask)."""
+    return [
+        *messages,
+        {"role": "assistant", "content": [{"type": "text", "text": previous_output}]},
+        {"role": "user", "content": [{"type": "text", "text": FORMAT_REMINDER}]},
+    ]
+
+
 def format_judgment(judgment: float) -> str:
     return "0.5" if judgment == POTENTIALLY_HARMFUL else str(int(judgment))
 

@@ -51,6 +51,19 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     return number
 
 
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+    value = _raw(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperEnv(f"{name}={value!r}: expected a number") from None
+    if number != number or (minimum is not None and number < minimum):  # NaN, or below the minimum
+        raise ImproperEnv(f"{name}={value!r}: must be a number of at least {minimum}")
+    return number
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     value = _raw(name)
     if value is None or value.strip() == "":

@@ -12,7 +12,7 @@ from typing import Any
 
 import dj_database_url
 
-from guardtrace.env import ImproperEnv, env_bool, env_int, env_list, env_path, env_str
+from guardtrace.env import ImproperEnv, env_bool, env_float, env_int, env_list, env_path, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = env_path("GUARDTRACE_VAR_DIR", BASE_DIR / "var")
@@ -205,6 +205,14 @@ GUARDTRACE_GUARD_MAX_PIXELS = (
 GUARDTRACE_GUARD_ENDPOINT_CONCURRENCY = env_int("GUARDTRACE_GUARD_ENDPOINT_CONCURRENCY", 8, minimum=1)
 # The audit API: text beyond this many characters per field, or images beyond the byte limit above, get a 413/400.
 GUARDTRACE_AUDIT_MAX_TEXT_CHARS = env_int("GUARDTRACE_AUDIT_MAX_TEXT_CHARS", 1_000_000, minimum=1)
+
+# The jury. A juror's driver holds a lease this long, renewing it as it works; a dead driver's work is taken over
+# once its lease has run out. Calls are retried this many times in all, with exponential backoff and full jitter.
+GUARDTRACE_JURY_LEASE_S = env_int("GUARDTRACE_JURY_LEASE_S", 30, minimum=2)
+GUARDTRACE_JURY_ATTEMPTS = env_int("GUARDTRACE_JURY_ATTEMPTS", 4, minimum=1)
+GUARDTRACE_JURY_BACKOFF_S = env_float("GUARDTRACE_JURY_BACKOFF_S", 0.5, minimum=0.0)
+GUARDTRACE_JURY_BACKOFF_MAX_S = env_float("GUARDTRACE_JURY_BACKOFF_MAX_S", 30.0, minimum=0.0)
+GUARDTRACE_JURY_FLUSH = env_int("GUARDTRACE_JURY_FLUSH", 128, minimum=1)  # results written per transaction
 
 LOGGING = {
     "version": 1,

@@ -1,9 +1,195 @@
-from django.contrib import admin
+"""Jurors, jury runs and preference pairs in the admin. Runs start from the run form (a selection by subset, split,
+stratum, category or all unlabelled) or from the Samples list ("Run the jury on the selected samples")."""
 
-from jury.models import Juror
+from __future__ import annotations
+
+from pathlib import Path
+
+from django import forms
+from django.contrib import admin, messages
+from django.db import models
+from django.db.models import QuerySet
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+
+from annotation.admin import SampleAdmin
+from annotation.models import Sample, Split, Stratum
+from guardmodel.loading import CheckpointError, check_checkpoint_dir
+from guardmodel.protocol import PROMPT_VERSION
+from jury import services, strata
+from jury.models import Juror, JuryRun, PreferencePair
+
+
+class JurorForm(forms.ModelForm):
+    class Meta:
+        model = Juror
+        fields = "__all__"
+
+    def clean(self):
+        data = super().clean()
+        backend = data.get("backend")
+        if backend == Juror.Backend.OPENAI and not data.get("base_url"):
+            self.add_error(
+                "base_url", "An OpenAI-compatible juror needs the server's base URL, e.g. http://vllm:8000/v1"
+            )
+        if backend == Juror.Backend.TRANSFORMERS and data.get("model_name"):
+            try:
+                check_checkpoint_dir(Path(data["model_name"]).expanduser())
+            except CheckpointError as exc:
+                self.add_error("model_name", str(exc))
+        if data.get("prompt_version") and data["prompt_version"] != PROMPT_VERSION:
+            self.add_error(
+                "prompt_version", f"this version of the app speaks prompt version {PROMPT_VERSION}"
+            )
+        return data
 
 
 @admin.register(Juror)
 class JurorAdmin(admin.ModelAdmin):
-    list_display = ["name", "backend", "model_name", "prompt_version", "enabled", "is_oracle"]
+    form = JurorForm
+    formfield_overrides = {models.URLField: {"assume_scheme": "http"}}  # model servers are mostly plain HTTP
+    list_display = [
+        "name",
+        "backend",
+        "model_name",
+        "base_url",
+        "max_concurrency",
+        "timeout_s",
+        "enabled",
+        "is_oracle",
+    ]
     list_filter = ["backend", "enabled", "is_oracle"]
+    fieldsets = [
+        (None, {"fields": ["name", "backend", "model_name", "enabled", "is_oracle"]}),
+        ("OpenAI-compatible server", {"fields": ["base_url", "api_key_env"]}),
+        ("Calls", {"fields": ["prompt_version", "max_concurrency", "timeout_s", "max_tokens"]}),
+    ]
+
+
+class JuryRunForm(forms.Form):
+    subset = forms.CharField(required=False)
+    split = forms.ChoiceField(choices=[("", "any"), *Split.choices], required=False)
+    stratum = forms.ChoiceField(choices=[("", "any"), *Stratum.choices], required=False)
+    unlabelled = forms.BooleanField(required=False, help_text="Only samples no juror has labelled yet.")
+    jurors = forms.ModelMultipleChoiceField(
+        queryset=services.sitting_jurors(), required=False, help_text="None chosen: every enabled juror."
+    )
+
+
+@admin.register(JuryRun)
+class JuryRunAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "status",
+        "progress_link",
+        "samples",
+        "total",
+        "skipped",
+        "created_by",
+        "created_at",
+        "finished_at",
+    ]
+    list_filter = ["status"]
+    readonly_fields = [
+        "selection",
+        "prompt_version",
+        "status",
+        "samples",
+        "total",
+        "skipped",
+        "created_by",
+        "finished_at",
+    ]
+    actions = ["cancel", "resume"]
+
+    @admin.display(description="Progress")
+    def progress_link(self, run: JuryRun) -> str:
+        return format_html('<a href="{}">progress page</a>', reverse("jury_run", args=[run.pk]))
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def add_view(self, request, form_url="", extra_context=None):
+        """The run form: pick the samples by subset / split / stratum / unlabelled and the jurors."""
+        form = JuryRunForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            selection = {k: data[k] for k in ("subset", "split", "stratum") if data[k]}
+            if data["unlabelled"]:
+                selection["unlabelled"] = True
+            try:
+                run = services.jury_run_create(
+                    selection=selection, jurors=list(data["jurors"]) or None, user=request.user
+                )
+            except services.JuryError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(
+                    request, f"{run} started: {run.total} labels to ask for over {run.samples} samples."
+                )
+                return redirect("jury_run", run_id=run.pk)
+        context = {**self.admin_site.each_context(request), "title": "Start a jury run", "form": form,
+                   "opts": self.model._meta, "jurors": services.sitting_jurors()}  # fmt: skip
+        return TemplateResponse(request, "admin/jury/run_form.html", context)
+
+    @admin.action(description="Cancel the selected runs")
+    def cancel(self, request, queryset: QuerySet[JuryRun]):
+        n = sum(services.jury_run_cancel(run) for run in queryset)
+        self.message_user(request, f"{n} run(s) cancelled; calls in flight finish and are kept.")
+
+    @admin.action(description="Resume the selected runs")
+    def resume(self, request, queryset: QuerySet[JuryRun]):
+        n = sum(services.jury_run_resume(run) for run in queryset)
+        self.message_user(request, f"{n} run(s) resumed; what is labelled is not asked again.")
+
+
+@admin.register(PreferencePair)
+class PreferencePairAdmin(admin.ModelAdmin):
+    list_display = ["sample_id", "prompt_version", "chosen_from", "rejected_from", "created_at"]
+    raw_id_fields = ["sample", "chosen", "rejected"]
+    list_select_related = ["chosen", "rejected"]
+    show_full_result_count = False
+
+    @admin.display(description="Chosen")
+    def chosen_from(self, pair: PreferencePair) -> str:
+        return f"{pair.chosen.source_name}: {pair.chosen.judgment:g}"
+
+    @admin.display(description="Rejected")
+    def rejected_from(self, pair: PreferencePair) -> str:
+        return f"{pair.rejected.source_name}: {pair.rejected.judgment:g}"
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+def run_jury_action(modeladmin, request, queryset: QuerySet[Sample]):
+    """Sample admin action: one label per enabled juror on each selected sample."""
+    try:
+        run = services.jury_run_create(
+            selection={"sample_ids": list(queryset.values_list("pk", flat=True))}, user=request.user
+        )
+    except services.JuryError as exc:
+        modeladmin.message_user(request, str(exc), messages.ERROR)
+        return None
+    modeladmin.message_user(request, f"{run} started: {run.total} labels to ask for.")
+    return redirect("jury_run", run_id=run.pk)
+
+
+run_jury_action.short_description = "Run the jury on the selected samples"  # type: ignore[attr-defined]
+
+
+def restratify_action(modeladmin, request, queryset: QuerySet[Sample]):
+    report = strata.stratify(sample_ids=list(queryset.values_list("pk", flat=True)))
+    modeladmin.message_user(
+        request,
+        f"{report.samples} samples re-stratified: {report.changed} changed, {report.pairs_created} pairs made, "
+        f"{report.pairs_removed} removed, {report.queued} queued for experts.",
+    )
+
+
+restratify_action.short_description = "Re-stratify the selected samples"  # type: ignore[attr-defined]
+
+# The jury extends the Samples list with its actions (annotation does not import the jury).
+SampleAdmin.actions = [*SampleAdmin.actions, run_jury_action, restratify_action]

@@ -1,7 +1,17 @@
+"""Jurors, jury runs and their per-sample work items.
+
+A run is a set of `JuryTask`s, one per sample × juror. A juror's tasks are worked by one driver at a time (the
+holder of its `JurorLease`), which claims them by conditional update and writes each result together with the
+task's new status, so a label is written once however often the work is delivered.
+"""
+
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
+from django.db.models import Q
 
+from guardmodel.models import JobStatus
 from guardmodel.protocol import PROMPT_VERSION
 
 
@@ -12,11 +22,14 @@ class Juror(models.Model):
         OPENAI = "openai", "OpenAI-compatible HTTP"
         TRANSFORMERS = "transformers", "Local transformers"
 
-    name = models.SlugField(max_length=64, unique=True)
+    name = models.SlugField(max_length=64, unique=True, help_text="Also the source name of its labels.")
     backend = models.CharField(max_length=16, choices=Backend.choices)
-    model_name = models.CharField(max_length=255, help_text="Served model name, or a local checkpoint path.")
+    model_name = models.CharField(
+        max_length=255,
+        help_text="Served model name (HTTP), or the local checkpoint directory (transformers).",
+    )
     base_url = models.URLField(
-        blank=True, help_text="For OpenAI-compatible servers, e.g. http://vllm:8000/v1"
+        blank=True, help_text="For OpenAI-compatible servers, e.g. http://vllm-gemma:8000/v1"
     )
     api_key_env = models.CharField(
         max_length=64,
@@ -24,13 +37,112 @@ class Juror(models.Model):
         help_text="Name of the environment variable holding the API key (never the key).",
     )
     prompt_version = models.CharField(max_length=32, default=PROMPT_VERSION)
-    max_concurrency = models.PositiveIntegerField(default=8)
-    timeout_s = models.PositiveIntegerField(default=120)
+    max_concurrency = models.PositiveIntegerField(
+        default=8, help_text="Requests in flight (HTTP), or the batch size (local transformers)."
+    )
+    timeout_s = models.PositiveIntegerField(default=120, help_text="Per request, before it is retried.")
+    max_tokens = models.PositiveIntegerField(default=512, help_text="Longest reply asked for.")
     enabled = models.BooleanField(default=True)
-    is_oracle = models.BooleanField(default=False, help_text="Used to verify hard negatives, not as a juror.")
+    is_oracle = models.BooleanField(
+        default=False, help_text="The external verifier for hard negatives: never sits on a jury run."
+    )
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(backend="openai", base_url=""), name="openai_juror_has_base_url"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def queue(self) -> str:
+        """Local models run where the GPU is; HTTP jurors are I/O bound and run on the jury queue."""
+        return "gpu" if self.backend == self.Backend.TRANSFORMERS else "jury"
+
+
+class JurorLease(models.Model):
+    """Who drives a juror's work right now. Held by one driver, renewed while it works, taken over once expired."""
+
+    juror = models.OneToOneField(Juror, primary_key=True, on_delete=models.CASCADE, related_name="lease")
+    token = models.CharField(max_length=32, blank=True)
+    until = models.DateTimeField(null=True, blank=True)
+
+
+class JuryRun(models.Model):
+    """One pass of the jury over a selection of samples."""
+
+    Status = JobStatus
+
+    selection = models.JSONField(default=dict, help_text="How the samples were chosen.")
+    prompt_version = models.CharField(max_length=32, default=PROMPT_VERSION)
+    jurors = models.ManyToManyField(Juror, related_name="runs")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING, db_index=True)
+    samples = models.PositiveIntegerField(default=0)
+    total = models.PositiveIntegerField(default=0, help_text="Tasks: samples × jurors still to label.")
+    skipped = models.PositiveIntegerField(default=0, help_text="Sample × juror pairs already labelled.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Jury run #{self.pk}"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class JuryTask(models.Model):
+    """One sample for one juror within a run."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        CLAIMED = "claimed", "In flight"
+        VALID = "valid", "Valid label"
+        INVALID = "invalid", "Invalid output"
+        FAILED = "failed", "Call failed"
+
+    run = models.ForeignKey(JuryRun, on_delete=models.CASCADE, related_name="tasks")
+    sample = models.ForeignKey("annotation.Sample", on_delete=models.CASCADE, related_name="+")
+    juror = models.ForeignKey(Juror, on_delete=models.CASCADE, related_name="tasks")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    # "<lease token>:<claim number>" while claimed; a result is written only by the claim's holder.
+    claim_token = models.CharField(max_length=48, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "sample", "juror"], name="one_task_per_run_sample_juror")
+        ]
+        indexes = [
+            models.Index(fields=["juror", "status", "run"]),
+            models.Index(fields=["run", "juror", "status"]),
+            models.Index(fields=["claim_token"]),
+            models.Index(fields=["run", "completed_at"]),
+        ]
+
+
+class PreferencePair(models.Model):
+    """A D2:1 sample's DPO pair: chosen = a majority juror's annotation, rejected = the minority juror's."""
+
+    sample = models.ForeignKey("annotation.Sample", on_delete=models.CASCADE, related_name="preference_pairs")
+    prompt_version = models.CharField(max_length=32)
+    chosen = models.ForeignKey("annotation.Label", on_delete=models.CASCADE, related_name="+")
+    rejected = models.ForeignKey("annotation.Label", on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["sample_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["sample", "prompt_version"], name="one_pair_per_sample_version")
+        ]
+
+    def __str__(self) -> str:
+        return f"pair on sample #{self.sample_id}"

@@ -1,7 +1,10 @@
 """A real OpenAI-compatible HTTP server on loopback, standing in for vLLM / SGLang / a hosted API in tests.
 
-It speaks `POST /v1/chat/completions` over real HTTP; what it answers is decided by `respond(body)`, and faults
-(status codes for the first requests, a delay) are injected on the server side, as a real server would fail.
+It speaks `POST /v1/chat/completions` over real HTTP (keep-alive, as vLLM does); what it answers is decided by
+`respond(body)` (which sees the model name, so one server can play several jurors), and faults are injected on the
+server side, as a real server would fail: a status code, "timeout" (answer only after `hang_s`), or "unparseable"
+(a 200 whose text has no judgment). `faults` serves the first requests in order; `fault_for(body)` decides per
+request after that.
 """
 
 from __future__ import annotations
@@ -17,27 +20,52 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from PIL import Image
 
 
-def keyword_judge(body: dict) -> str:
-    """Judges like a (very simple) guard: 1 when the user turn mentions 'steps', else 0."""
-    text = " ".join(
+def user_text(body: dict) -> str:
+    return " ".join(
         part.get("text", "") for m in body["messages"] if m["role"] == "user" for part in m["content"]
     )
-    judgment = "1" if "steps" in text.lower() else "0"
+
+
+def keyword_judge(body: dict) -> str:
+    """Judges like a (very simple) guard: 1 when the user turn mentions 'steps', else 0."""
+    judgment = "1" if "steps" in user_text(body).lower() else "0"
     return f"**Analysis:** The reasoning was read.\n**Judgment:** {judgment}"
 
 
+Fault = int | str
+
+
+def by_model(answers: dict[str, str | Callable[[dict], str]]) -> Callable[[dict], str]:
+    """A respond() that answers per model name: a fixed text, or a function of the request."""
+
+    def respond(body: dict) -> str:
+        answer = answers[body["model"]]
+        return answer if isinstance(answer, str) else answer(body)
+
+    return respond
+
+
 class LoopbackOpenAI:
-    def __init__(self, respond: Callable[[dict], str] = keyword_judge, *, faults: list[int] | None = None,
-                 delay_s: float = 0.0):  # fmt: skip
+    def __init__(
+        self, respond: Callable[[dict], str] = keyword_judge, *, faults: list[Fault] | None = None,
+        delay_s: float = 0.0, fault_for: Callable[[dict], Fault | None] | None = None, hang_s: float = 5.0,
+    ):  # fmt: skip
         self.respond = respond
         self.faults = list(faults or [])
+        self.fault_for = fault_for
+        self.hang_s = hang_s
         self.delay_s = delay_s
         self.requests: list[dict] = []
+        self.authorizations: list[str | None] = []  # the Authorization header of each request
         self.images: list[tuple[int, int]] = []  # decoded sizes of the images received
         self._lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = (
+                "HTTP/1.1"  # keep-alive: one connection per client thread, as with a real server
+            )
+
             def log_message(self, *args) -> None:
                 pass
 
@@ -53,13 +81,18 @@ class LoopbackOpenAI:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server._lock:
                     server.requests.append(body)
+                    server.authorizations.append(self.headers.get("Authorization"))
                     fault = server.faults.pop(0) if server.faults else None
+                if fault is None and server.fault_for is not None:
+                    fault = server.fault_for(body)
                 if server.delay_s:
                     time.sleep(server.delay_s)
                 if self.path != "/v1/chat/completions":
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
-                if fault:
+                if fault == "timeout":
+                    time.sleep(server.hang_s)  # the client gives up first
+                elif isinstance(fault, int):
                     self._send(fault, {"error": {"message": f"injected {fault}"}})
                     return
                 for message in body["messages"]:
@@ -68,7 +101,7 @@ class LoopbackOpenAI:
                             encoded = part["image_url"]["url"].split(",", 1)[1]
                             with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
                                 server.images.append(image.size)
-                text = server.respond(body)
+                text = "I would rather not say." if fault == "unparseable" else server.respond(body)
                 self._send(200, {
                     "id": "cmpl-1", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop",
@@ -78,6 +111,8 @@ class LoopbackOpenAI:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        # A client that gave up on a "timeout" fault has closed its socket: nothing to report.
+        self.httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

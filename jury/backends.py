@@ -1,0 +1,91 @@
+"""A juror's model behind one interface: `judge(items)` for a unit of work, `unit` items at a time, with `workers`
+units in flight. HTTP jurors take one sample per unit and many units in flight; a local model takes a batch per
+unit, one at a time. Both re-ask once with the format reminder when an output cannot be read."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from guardmodel.engine import AuditInput, OpenAIGuard, RetryPolicy, TransformersGuard, Verdict
+from guardmodel.services import engine_options
+from jury.models import Juror
+
+
+@dataclass
+class JurorBackend:
+    name: str
+    unit: int
+    workers: int
+    guard: OpenAIGuard | TransformersGuard | None = None
+    error: str = ""  # set when the backend could not be made: every unit then fails with it
+
+    def judge(self, items: Sequence[AuditInput]) -> list[Verdict]:
+        if self.guard is None:
+            return [Verdict(status="failed", error=self.error, attempts=0) for _ in items]
+        if isinstance(self.guard, OpenAIGuard):
+            return [self.guard.judge_one(item) for item in items]
+        return self.guard.judge(items)
+
+
+def retry_policy() -> RetryPolicy:
+    return RetryPolicy(
+        attempts=settings.GUARDTRACE_JURY_ATTEMPTS,
+        base_delay_s=settings.GUARDTRACE_JURY_BACKOFF_S,
+        max_delay_s=settings.GUARDTRACE_JURY_BACKOFF_MAX_S,
+    )
+
+
+def _config(juror: Juror) -> tuple:
+    return (juror.pk, juror.backend, juror.model_name, juror.base_url, juror.api_key_env, juror.max_concurrency,
+            juror.timeout_s, juror.max_tokens, retry_policy())  # fmt: skip
+
+
+_cache: dict[int, tuple[tuple, JurorBackend]] = {}
+_lock = threading.Lock()
+
+
+def backend_for_juror(juror: Juror) -> JurorBackend:
+    """The juror's backend, kept in this process while its configuration is unchanged. A backend that cannot be
+    made (a checkpoint directory missing a file, say) is returned broken, with the reason, rather than raising."""
+    config = _config(juror)
+    with _lock:
+        cached = _cache.get(juror.pk)
+        if cached and cached[0] == config:
+            return cached[1]
+        if juror.backend == Juror.Backend.OPENAI:
+            key = os.environ.get(juror.api_key_env) if juror.api_key_env else None
+            if juror.api_key_env and key is None:
+                backend = JurorBackend(juror.name, 1, juror.max_concurrency,
+                                       error=f"environment variable {juror.api_key_env} (the API key) is not set")  # fmt: skip
+            else:
+                guard = OpenAIGuard(
+                    juror.base_url, juror.model_name, name=juror.name, api_key=key, timeout_s=juror.timeout_s,
+                    max_concurrency=juror.max_concurrency, max_tokens=juror.max_tokens, retry=retry_policy(),
+                    reask=True,
+                )  # fmt: skip
+                backend = JurorBackend(juror.name, 1, juror.max_concurrency, guard)
+        else:
+            # One local model per process at a time: memory.
+            for pk in [pk for pk, (cfg, _) in _cache.items() if cfg[1] == Juror.Backend.TRANSFORMERS]:
+                del _cache[pk]
+            options = engine_options()
+            options.batch_size = juror.max_concurrency
+            options.max_new_tokens = juror.max_tokens
+            try:
+                local = TransformersGuard(juror.model_name, options, name=juror.name, reask=True)
+            except (
+                Exception
+            ) as exc:  # a missing file, a model transformers cannot load: the juror's work fails
+                backend = JurorBackend(
+                    juror.name, juror.max_concurrency, 1, error=f"{type(exc).__name__}: {exc}"
+                )
+            else:
+                backend = JurorBackend(juror.name, juror.max_concurrency, 1, local)
+        if not backend.error:  # a broken one is made again next time: the file may have been fixed
+            _cache[juror.pk] = (config, backend)
+        return backend

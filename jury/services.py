@@ -1,0 +1,464 @@
+"""Jury runs: creating them over a selection of samples, driving each juror's work, cancelling, resuming, progress.
+
+How a run's work is done without losing or doubling a label:
+- a run is one `JuryTask` per sample × juror; each juror's tasks are driven by one process at a time, the holder of
+  its `JurorLease` (renewed while it works, taken over once expired), so the juror's concurrency limit holds across
+  workers and runs;
+- the driver claims tasks by conditional update (pending, or claimed by a driver whose lease is gone), keeps up to
+  the juror's limit of calls in flight from a thread pool, and writes each result in the same transaction that
+  moves its task out of *claimed* — only if the task is still claimed by this driver;
+- labels are unique per sample × source × prompt version in the database, so even a result written twice by two
+  drivers (one of which lost its lease) leaves one label;
+- the Celery message is acknowledged late, and a worker that starts up re-queues the drivers of unfinished runs, so
+  a killed worker's work is taken over after its lease expires.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
+from django.utils import timezone
+
+from annotation.models import Label, Sample, Split, Stratum
+from guardmodel.engine import AuditInput, Verdict
+from guardmodel.protocol import PROMPT_VERSION
+from guardmodel.services import sample_input, verdict_label
+from jury import strata
+from jury.backends import backend_for_juror
+from jury.models import Juror, JurorLease, JuryRun, JuryTask
+
+log = logging.getLogger(__name__)
+OPEN = (JuryTask.Status.PENDING, JuryTask.Status.CLAIMED)
+
+
+class JuryError(ValueError):
+    """A run cannot be started as asked; the message names the field."""
+
+
+# -- selection and creation -------------------------------------------------------------------------------------
+
+SELECTION_FIELDS = ("sample_ids", "subset", "split", "stratum", "category", "unlabelled")
+
+
+def select_samples(selection: dict) -> QuerySet[Sample]:
+    """Samples matching every given criterion. Unknown fields and bad values raise JuryError naming the field."""
+    unknown = sorted(set(selection) - set(SELECTION_FIELDS))
+    if unknown:
+        raise JuryError(
+            f"selection: unknown field(s) {', '.join(unknown)}; expected {', '.join(SELECTION_FIELDS)}"
+        )
+    samples = Sample.objects.all()
+    if (ids := selection.get("sample_ids")) is not None:
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise JuryError("selection.sample_ids: expected a list of sample ids (integers)")
+        samples = samples.filter(pk__in=ids)
+    if subset := selection.get("subset"):
+        samples = samples.filter(subset=subset)
+    for field, choices in (("split", Split.values), ("stratum", Stratum.values)):
+        if value := selection.get(field):
+            if value not in choices:
+                raise JuryError(f"selection.{field}: {value!r} is not one of {', '.join(choices)}")
+            samples = samples.filter(**{field: value})
+    if category := selection.get("category"):
+        samples = samples.filter(category=category)
+    if selection.get("unlabelled"):
+        samples = samples.filter(stratum=Stratum.UNLABELLED)
+    return samples
+
+
+def sitting_jurors() -> QuerySet[Juror]:
+    return Juror.objects.filter(enabled=True, is_oracle=False)
+
+
+def jury_run_create(
+    *, selection: dict, jurors: list[Juror] | None = None, user=None, enqueue: bool = True
+) -> JuryRun:
+    """A run giving each selected sample one label per juror for its prompt version. Pairs already labelled
+    validly, or waiting in another unfinished run, are skipped; failed and invalid labels are asked again."""
+    jurors = list(jurors) if jurors is not None else list(sitting_jurors())
+    if not jurors:
+        raise JuryError("jurors: none enabled — configure jurors in the admin (Jury → Jurors) first")
+    if oracles := [j.name for j in jurors if j.is_oracle]:
+        raise JuryError(f"jurors: {', '.join(oracles)} is the oracle and does not sit on the jury")
+    if disabled := [j.name for j in jurors if not j.enabled]:
+        raise JuryError(f"jurors: {', '.join(disabled)} is disabled")
+    ids = list(select_samples(selection).order_by("pk").values_list("pk", flat=True))
+    if not ids:
+        raise JuryError("selection: no samples match")
+    with transaction.atomic():
+        run = JuryRun.objects.create(selection=selection, prompt_version=PROMPT_VERSION, samples=len(ids),
+                                     created_by=user)  # fmt: skip
+        run.jurors.set(jurors)
+        total = 0
+        for juror in jurors:
+            labelled = set(
+                Label.objects.filter(source_kind=Label.SourceKind.JUROR, source_name=juror.name,
+                                     prompt_version=juror.prompt_version, status=Label.Status.VALID)
+                .values_list("sample_id", flat=True)
+            )  # fmt: skip
+            waiting = set(
+                JuryTask.objects.filter(juror=juror, status__in=OPEN, run__status=JuryRun.Status.RUNNING)
+                .exclude(run=run)
+                .values_list("sample_id", flat=True)
+            )
+            todo = [
+                JuryTask(run=run, sample_id=pk, juror=juror) for pk in ids if pk not in labelled | waiting
+            ]
+            JuryTask.objects.bulk_create(todo, batch_size=2000)
+            total += len(todo)
+        run.total, run.skipped = total, len(ids) * len(jurors) - total
+        if not total:
+            run.status, run.finished_at = JuryRun.Status.SUCCEEDED, timezone.now()
+        run.save(update_fields=["total", "skipped", "status", "finished_at"])
+        if enqueue and total:
+            transaction.on_commit(lambda: enqueue_drivers(jurors))
+    return run
+
+
+def enqueue_drivers(jurors) -> None:
+    from jury.tasks import juror_drive_task
+
+    for juror in jurors:
+        juror_drive_task.apply_async((juror.pk,), queue=juror.queue)
+
+
+def jury_run_cancel(run: JuryRun) -> bool:
+    """Stops claiming the run's tasks; calls already in flight finish and are written."""
+    return bool(
+        JuryRun.objects.filter(pk=run.pk, status=JuryRun.Status.RUNNING).update(
+            status=JuryRun.Status.CANCELLED, finished_at=timezone.now()
+        )
+    )
+
+
+def jury_run_resume(run: JuryRun) -> bool:
+    """Runs a cancelled run again, or re-queues the drivers of a running one (say its worker was lost)."""
+    if (
+        not JuryRun.objects.filter(pk=run.pk)
+        .exclude(status=JuryRun.Status.SUCCEEDED)
+        .update(status=JuryRun.Status.RUNNING, finished_at=None)
+    ):
+        return False
+    jurors = Juror.objects.filter(tasks__run=run, tasks__status__in=OPEN).distinct()
+    transaction.on_commit(lambda: enqueue_drivers(list(jurors)))
+    _finish_runs([run.pk])
+    return True
+
+
+def resume_unfinished() -> int:
+    """Queue a driver for every juror with open tasks in running runs (a worker starting up calls this)."""
+    jurors = list(
+        Juror.objects.filter(
+            enabled=True, tasks__status__in=OPEN, tasks__run__status=JuryRun.Status.RUNNING
+        ).distinct()
+    )
+    enqueue_drivers(jurors)
+    return len(jurors)
+
+
+def _finish_runs(run_ids) -> None:
+    open_tasks = JuryTask.objects.filter(run=OuterRef("pk"), status__in=OPEN)
+    JuryRun.objects.filter(pk__in=list(run_ids), status=JuryRun.Status.RUNNING).exclude(
+        Exists(open_tasks)
+    ).update(status=JuryRun.Status.SUCCEEDED, finished_at=timezone.now())
+
+
+# -- progress -------------------------------------------------------------------------------------------------------
+
+THROUGHPUT_WINDOW_S = 60
+
+
+@dataclass
+class JurorProgress:
+    juror: Juror
+    valid: int = 0
+    invalid: int = 0
+    failed: int = 0
+    pending: int = 0
+    in_flight: int = 0
+    per_second: float = 0.0
+
+    @property
+    def done(self) -> int:
+        return self.valid + self.invalid + self.failed
+
+    @property
+    def total(self) -> int:
+        return self.done + self.pending + self.in_flight
+
+    @property
+    def percent(self) -> int:
+        return int(100 * self.done / self.total) if self.total else 100
+
+    @property
+    def eta_s(self) -> float | None:
+        left = self.pending + self.in_flight
+        if not left:
+            return 0.0
+        return left / self.per_second if self.per_second else None
+
+
+def run_progress(run: JuryRun) -> list[JurorProgress]:
+    """Per juror: labels by outcome, tasks left, labels per second over the last minute, and time left."""
+    jurors = {j.pk: j for j in run.jurors.all()}
+    progress = {pk: JurorProgress(juror) for pk, juror in jurors.items()}
+    field = {
+        "valid": "valid",
+        "invalid": "invalid",
+        "failed": "failed",
+        "pending": "pending",
+        "claimed": "in_flight",
+    }
+    for juror_id, status, n in (
+        JuryTask.objects.filter(run=run).values_list("juror_id", "status").annotate(n=Count("id")).order_by()
+    ):
+        setattr(progress[juror_id], field[status], n)
+    now = timezone.now()
+    since = max(run.created_at, now - timedelta(seconds=THROUGHPUT_WINDOW_S))
+    window = max(1.0, (now - since).total_seconds())
+    for juror_id, n in (
+        JuryTask.objects.filter(run=run, completed_at__gte=since)
+        .values_list("juror_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    ):
+        progress[juror_id].per_second = n / window
+    return sorted(progress.values(), key=lambda p: p.juror.name)
+
+
+# -- driving a juror's work -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class DriveOutcome:
+    labels: int = 0
+    busy_for: float | None = None  # another driver holds the juror: try again after this many seconds
+
+
+def _lease_acquire(juror_id: int, token: str) -> float | None:
+    """Take the juror's lease; None when taken, else the seconds until the current holder's lease runs out."""
+    now = timezone.now()
+    with contextlib.suppress(IntegrityError):  # created at the same moment by another driver
+        JurorLease.objects.get_or_create(juror_id=juror_id)
+    taken = (
+        JurorLease.objects.filter(juror_id=juror_id)
+        .filter(Q(until__isnull=True) | Q(until__lt=now))
+        .update(token=token, until=now + timedelta(seconds=settings.GUARDTRACE_JURY_LEASE_S))
+    )
+    if taken:
+        return None
+    until = JurorLease.objects.get(juror_id=juror_id).until
+    return max(0.0, (until - now).total_seconds()) if until else 0.0
+
+
+def _lease_renew(juror_id: int, token: str) -> bool:
+    return bool(
+        JurorLease.objects.filter(juror_id=juror_id, token=token).update(
+            until=timezone.now() + timedelta(seconds=settings.GUARDTRACE_JURY_LEASE_S)
+        )
+    )
+
+
+def _lease_release(juror_id: int, token: str) -> None:
+    JurorLease.objects.filter(juror_id=juror_id, token=token).update(until=None, token="")
+
+
+def _open_work(juror_id: int) -> QuerySet[JuryTask]:
+    return JuryTask.objects.filter(juror_id=juror_id, status__in=OPEN, run__status=JuryRun.Status.RUNNING)
+
+
+def juror_drive(juror_id: int) -> DriveOutcome:
+    """Work the juror's open tasks across all running runs until none is left (or the lease is lost)."""
+    outcome = DriveOutcome()
+    while True:
+        token = uuid.uuid4().hex
+        if (wait_s := _lease_acquire(juror_id, token)) is not None:
+            outcome.busy_for = wait_s
+            return outcome
+        try:
+            outcome.labels += _Driver(juror_id, token).run()
+        finally:
+            _lease_release(juror_id, token)
+        # A run created while this driver was finishing found the lease held and left its work to us.
+        if not _open_work(juror_id).filter(juror__enabled=True).exists():
+            return outcome
+
+
+@dataclass(frozen=True)
+class _Item:
+    task_id: int
+    run_id: int
+    sample_id: int
+
+
+class _Driver:
+    def __init__(self, juror_id: int, token: str):
+        self.juror = Juror.objects.get(pk=juror_id)
+        self.token = token
+        self.claims = 0
+        self.kind = Label.SourceKind.ORACLE if self.juror.is_oracle else Label.SourceKind.JUROR
+
+    # The database is touched from this thread only; the pool's threads only call the model.
+    def run(self) -> int:
+        if not self.juror.enabled:
+            return 0
+        backend = backend_for_juror(self.juror)
+        target = max(2 * backend.unit, 4 * backend.unit * backend.workers)
+        lease_s = settings.GUARDTRACE_JURY_LEASE_S
+        flush_every = settings.GUARDTRACE_JURY_FLUSH
+        inflight: dict[Future, list[_Item]] = {}
+        buffer: list[tuple[_Item, Verdict]] = []
+        written = 0
+        last_beat = last_flush = last_cancel_check = next_claim = time.monotonic()
+        pool = ThreadPoolExecutor(backend.workers, thread_name_prefix=f"juror-{self.juror.name}")
+        try:
+            while True:
+                now = time.monotonic()
+                if now - last_beat > lease_s / 3:
+                    if not _lease_renew(self.juror.pk, self.token):
+                        log.warning("juror %s: lease lost; another driver took over", self.juror.name)
+                        return written
+                    last_beat = now
+                queued = sum(len(items) for items in inflight.values())
+                claimed_nothing = False
+                if queued <= target // 2 and (now >= next_claim or not inflight):
+                    items, inputs = self._claim(target - queued)
+                    for start in range(0, len(items), backend.unit):
+                        unit = slice(start, start + backend.unit)
+                        inflight[pool.submit(_judge, backend, inputs[unit])] = items[unit]
+                    if not items:
+                        claimed_nothing = True
+                        next_claim = (
+                            now + 1.0
+                        )  # new runs, or a dead driver's tasks, are looked for each second
+                if not inflight and not buffer and claimed_nothing:
+                    return written
+                if inflight:
+                    done, _ = wait(list(inflight), timeout=0.1, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        buffer.extend(zip(inflight.pop(future), future.result(), strict=True))
+                now = time.monotonic()
+                if buffer and (len(buffer) >= flush_every or now - last_flush >= 0.5 or not inflight):
+                    written += self._flush(buffer)
+                    buffer, last_flush = [], now
+                if inflight and now - last_cancel_check >= 1.0:
+                    self._drop_cancelled(inflight)
+                    last_cancel_check = now
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            # Whatever this driver claimed and did not write goes back to the queue.
+            JuryTask.objects.filter(
+                claim_token__startswith=f"{self.token}:", status=JuryTask.Status.CLAIMED
+            ).update(status=JuryTask.Status.PENDING, claim_token="")
+
+    def _claim(self, want: int) -> tuple[list[_Item], list]:
+        self.claims += 1
+        claim = f"{self.token}:{self.claims}"
+        claimable = Q(status=JuryTask.Status.PENDING) | (
+            Q(status=JuryTask.Status.CLAIMED) & ~Q(claim_token__startswith=f"{self.token}:")
+        )
+        candidates = (
+            JuryTask.objects.filter(claimable, juror=self.juror, run__status=JuryRun.Status.RUNNING)
+            .order_by("run_id", "id")
+            .values("pk")[:want]
+        )
+        if not JuryTask.objects.filter(claimable, pk__in=Subquery(candidates)).update(
+            status=JuryTask.Status.CLAIMED, claim_token=claim
+        ):
+            return [], []
+        items = [_Item(*row) for row in JuryTask.objects.filter(claim_token=claim).order_by("id").values_list(
+            "pk", "run_id", "sample_id")]  # fmt: skip
+        samples = Sample.objects.select_related("image").in_bulk([i.sample_id for i in items])
+        inputs: list[AuditInput | Exception] = []
+        for item in items:
+            try:
+                inputs.append(sample_input(samples[item.sample_id]))
+            except Exception as exc:  # an image file missing from storage fails this sample only
+                inputs.append(exc)
+        return items, inputs
+
+    def _drop_cancelled(self, inflight: dict[Future, list[_Item]]) -> None:
+        runs = {item.run_id for items in inflight.values() for item in items}
+        cancelled = set(
+            JuryRun.objects.filter(pk__in=runs)
+            .exclude(status=JuryRun.Status.RUNNING)
+            .values_list("pk", flat=True)
+        )
+        if not cancelled:
+            return
+        released: list[int] = []
+        for future, items in list(inflight.items()):
+            if items[0].run_id in cancelled and future.cancel():
+                released.extend(item.task_id for item in items)
+                del inflight[future]
+        JuryTask.objects.filter(pk__in=released, status=JuryTask.Status.CLAIMED).update(
+            status=JuryTask.Status.PENDING, claim_token=""
+        )
+
+    def _flush(self, buffer: list[tuple[_Item, Verdict]]) -> int:
+        """Write the results this driver still owns, with their tasks' new status, in one transaction."""
+        juror, now = self.juror, timezone.now()
+        with transaction.atomic():
+            owned = set(
+                JuryTask.objects.select_for_update()
+                .filter(pk__in=[item.task_id for item, _ in buffer], status=JuryTask.Status.CLAIMED,
+                        claim_token__startswith=f"{self.token}:")
+                .values_list("pk", flat=True)
+            )  # fmt: skip
+            rows = [(item, verdict) for item, verdict in buffer if item.task_id in owned]
+            if not rows:
+                return 0
+            sample_ids = [item.sample_id for item, _ in rows]
+            mine = Label.objects.filter(
+                sample_id__in=sample_ids, source_kind=self.kind, source_name=juror.name,
+                prompt_version=juror.prompt_version,
+            )  # fmt: skip
+            # A failed or invalid label from an earlier run is replaced; a valid one never is.
+            if stale := list(mine.exclude(status=Label.Status.VALID).values_list("pk", flat=True)):
+                Label.objects.filter(pk__in=stale).delete()
+            labels = []
+            by_status: dict[str, list[int]] = defaultdict(list)
+            for item, verdict in rows:
+                label = verdict_label(verdict, sample_id=item.sample_id, kind=self.kind, name=juror.name,
+                                      prompt_version=juror.prompt_version)  # fmt: skip
+                label.meta["run"] = item.run_id
+                labels.append(label)
+                by_status[verdict.status].append(item.task_id)
+            Label.objects.bulk_create(labels, ignore_conflicts=True)
+            for status, task_ids in by_status.items():
+                JuryTask.objects.filter(pk__in=task_ids).update(
+                    status=status, completed_at=now, claim_token=""
+                )
+            if self.kind == Label.SourceKind.JUROR:
+                strata.stratify(sample_ids=sample_ids, prompt_version=juror.prompt_version)
+            _finish_runs({item.run_id for item, _ in rows})
+        return len(rows)
+
+
+def _judge(backend, inputs: list) -> list[Verdict]:
+    """One unit of work on a pool thread: never raises, so one bad sample or call never stops the driver."""
+    verdicts: list[Verdict | None] = [None] * len(inputs)
+    good = [(i, x) for i, x in enumerate(inputs) if not isinstance(x, Exception)]
+    for i, x in enumerate(inputs):
+        if isinstance(x, Exception):
+            verdicts[i] = Verdict(
+                status="failed", error=f"sample could not be read: {type(x).__name__}: {x}", attempts=0
+            )
+    try:
+        results = backend.judge([x for _, x in good]) if good else []
+    except Exception as exc:
+        log.exception("juror %s: a unit of work failed", backend.name)
+        results = [Verdict(status="failed", error=f"{type(exc).__name__}: {exc}") for _ in good]
+    for (i, _), verdict in zip(good, results, strict=True):
+        verdicts[i] = verdict
+    return [v for v in verdicts if v is not None]
