@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.db import models
 from django.db.models import QuerySet
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -21,7 +20,6 @@ class GuardCheckpointAdmin(admin.ModelAdmin):
     raw_id_fields = ["produced_by"]
     readonly_fields = ["is_active"]
     actions = ["make_active", "judge_test_subsets"]
-    formfield_overrides = {models.URLField: {"assume_scheme": "http"}}  # model servers are mostly plain HTTP
 
     def save_model(self, request, obj, form, change):
         if obj.path and is_local(obj.path):

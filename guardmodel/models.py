@@ -1,8 +1,25 @@
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
+
+
+def validate_base_url(value: str) -> None:
+    """An http(s) URL with a host. Unlike URLField, a bare service name (http://vllm:8000/v1, as in Docker
+    Compose or Kubernetes) is accepted."""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValidationError(f"{value!r}: the port is not a number") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
+        raise ValidationError(
+            f"{value!r}: expected an http:// or https:// URL with a host, e.g. http://vllm:8000/v1"
+        )
 
 
 class GuardCheckpoint(models.Model):
@@ -12,7 +29,10 @@ class GuardCheckpoint(models.Model):
         max_length=64, unique=True, help_text="Also the source name of the labels it writes."
     )
     path = models.CharField(max_length=500, blank=True, help_text="Local checkpoint directory or hub id.")
-    endpoint = models.URLField(blank=True, help_text="OpenAI-compatible base URL serving this checkpoint.")
+    endpoint = models.CharField(
+        max_length=500, blank=True, validators=[validate_base_url],
+        help_text="OpenAI-compatible base URL serving this checkpoint.",
+    )  # fmt: skip
     served_model = models.CharField(
         max_length=255, blank=True, help_text="Model name the endpoint serves (defaults to the path or name)."
     )

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -20,7 +21,7 @@ from annotation.services import majority
 from guardmodel import metrics
 from guardmodel.engine import AuditInput, EngineOptions, Guard, OpenAIGuard, TransformersGuard, Verdict
 from guardmodel.loading import CheckpointError, check_checkpoint_dir, is_local
-from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob
+from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob, validate_base_url
 from guardmodel.protocol import PROMPT_VERSION
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,11 @@ def checkpoint_register(
     """Register a checkpoint; a local directory is checked first so a bad path fails here, naming the missing file."""
     if not path and not endpoint:
         raise CheckpointError("a checkpoint needs a path or an endpoint")
+    if endpoint:
+        try:
+            validate_base_url(endpoint)
+        except ValidationError as exc:
+            raise CheckpointError(f"endpoint: {exc.messages[0]}") from None
     if path and is_local(path):
         path = str(Path(path).expanduser().resolve())
         check_checkpoint_dir(Path(path))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from django import forms
 from django.contrib import admin, messages
-from django.db import models
 from django.db.models import QuerySet
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -49,7 +48,6 @@ class JurorForm(forms.ModelForm):
 @admin.register(Juror)
 class JurorAdmin(admin.ModelAdmin):
     form = JurorForm
-    formfield_overrides = {models.URLField: {"assume_scheme": "http"}}  # model servers are mostly plain HTTP
     list_display = [
         "name",
         "backend",
@@ -124,7 +122,7 @@ class JuryRunAdmin(admin.ModelAdmin):
                     selection=selection, jurors=list(data["jurors"]) or None, user=request.user
                 )
             except services.JuryError as exc:
-                self.message_user(request, str(exc), messages.ERROR)
+                form.add_error(None, str(exc))
             else:
                 self.message_user(
                     request, f"{run} started: {run.total} labels to ask for over {run.samples} samples."

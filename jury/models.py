@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from guardmodel.models import JobStatus
+from guardmodel.models import JobStatus, validate_base_url
 from guardmodel.protocol import PROMPT_VERSION
 
 
@@ -28,9 +28,10 @@ class Juror(models.Model):
         max_length=255,
         help_text="Served model name (HTTP), or the local checkpoint directory (transformers).",
     )
-    base_url = models.URLField(
-        blank=True, help_text="For OpenAI-compatible servers, e.g. http://vllm-gemma:8000/v1"
-    )
+    base_url = models.CharField(
+        max_length=500, blank=True, validators=[validate_base_url],
+        help_text="For OpenAI-compatible servers, e.g. http://vllm-gemma:8000/v1",
+    )  # fmt: skip
     api_key_env = models.CharField(
         max_length=64,
         blank=True,

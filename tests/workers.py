@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -32,9 +33,12 @@ def _reset_connections() -> None:
 
 @contextmanager
 def worker(
-    broker_url: str, options: dict, media_root: str, queues: str = "default", extra_env: dict | None = None
-):
-    """Point this process's Celery app at the broker and start a worker process on it."""
+    broker_url: str, options: dict, media_root: str, queues: str = "default", extra_env: dict | None = None,
+    concurrency: int = 1,
+):  # fmt: skip
+    """Point this process's Celery app at the broker and start a worker process on it (its own process group, so
+    `kill_worker` can take it down with its pool children, as a crash would). One process (`solo` pool) unless
+    `concurrency` asks for a prefork pool."""
     saved = celery_app.conf.broker_url, celery_app.conf.broker_transport_options
     celery_app.conf.broker_url, celery_app.conf.broker_transport_options = broker_url, options
     _reset_connections()
@@ -47,19 +51,29 @@ def worker(
     }
     if broker_url.startswith("filesystem"):
         env["GUARDTRACE_VAR_DIR"] = str(Path(options["data_folder_in"]).parent.parent)
+    pool = (
+        ["--pool", "solo"] if concurrency == 1 else ["--pool", "prefork", "--concurrency", str(concurrency)]
+    )
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "guardtrace", "worker", "-Q", queues, "--pool", "solo", "-l", "INFO"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "celery", "-A", "guardtrace", "worker", "-Q", queues, *pool, "-l", "INFO"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     try:
         yield process
     finally:
-        process.terminate()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
         output = process.communicate(timeout=30)[0]
         celery_app.conf.broker_url, celery_app.conf.broker_transport_options = saved
         _reset_connections()
-        if process.returncode not in (0, -15):
+        if process.returncode not in (0, -15, -9):
             print(output)
+
+
+def kill_worker(process: subprocess.Popen) -> None:
+    """SIGKILL the worker and its pool children at once: no shutdown, no acknowledgement, calls cut mid-flight."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
 
 
 def filesystem_broker(root: Path) -> dict:
