@@ -21,6 +21,7 @@ run: $(STAMP)
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py demo_setup
 	$(PY) manage.py demo_guard
+	$(PY) manage.py demo_jury
 	bash scripts/run_embedded.sh
 
 test: $(STAMP)
@@ -35,6 +36,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/import_export.py --quick
 	$(PY) bench/pages.py --quick
 	$(PY) bench/guard_inference.py --quick
+	$(PY) bench/jury.py --quick
 
 vendor-htmx:
 	cd /tmp && npm pack htmx.org@2.0.8 && tar xzf htmx.org-2.0.8.tgz && cp package/dist/htmx.min.js package/LICENSE $(CURDIR)/static/vendor/htmx/

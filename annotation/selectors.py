@@ -7,7 +7,7 @@ from django.db import connection
 from django.db.models import Count, QuerySet
 from django.db.models.functions import Left
 
-from annotation.models import InputVariant, RiskCategory, Sample, Split, Stratum
+from annotation.models import ExpertQueueItem, InputVariant, RiskCategory, Sample, Split, Stratum
 
 FILTERS = ("subset", "split", "category", "stratum", "input_variant")
 # The filters with a fixed set of values: (parameter, title shown on the list page, choices).
@@ -80,6 +80,7 @@ def dashboard_counts() -> dict:
         "by_subset": sorted(subset.items()),
         "by_category": [(value, label, category.get(value, 0)) for value, label in RiskCategory.choices],
         "by_split": sorted(split.items()),
+        "expert_queue": ExpertQueueItem.objects.count(),
     }
 
 

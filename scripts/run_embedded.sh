@@ -7,7 +7,7 @@ HOST=${GUARDTRACE_HOST:-127.0.0.1}
 PORT=${GUARDTRACE_PORT:-8000}
 
 DJANGO_SETTINGS_MODULE=guardtrace.settings .venv/bin/celery -A guardtrace worker -Q default,jury,gpu \
-  --concurrency 2 --loglevel INFO --logfile var/celery-worker.log &
+  --concurrency 3 --loglevel INFO --logfile var/celery-worker.log &
 WORKER=$!
 stop() {
   trap - INT TERM EXIT

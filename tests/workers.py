@@ -9,6 +9,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import kombu.pools
 from django.db import connection
 
 from guardtrace.celery import app as celery_app
@@ -24,7 +25,9 @@ def _database_url() -> str:
 
 
 def _reset_connections() -> None:
-    """Drop pooled broker connections so the next message goes to the broker now configured."""
+    """Drop pooled broker connections so the next message goes to the broker now configured (kombu's global
+    producer pools too: they are keyed by broker URL and would hand back a closed pool for a URL used before)."""
+    kombu.pools.reset()
     if celery_app._pool is not None:
         celery_app._pool.force_close_all()
     celery_app._pool = None

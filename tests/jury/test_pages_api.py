@@ -136,7 +136,9 @@ def test_the_juror_form_says_what_a_backend_needs(client_for, admin_user, tmp_pa
                                           "prompt_version": "qta-v9"},
     ).content.decode()  # fmt: skip
     assert "prompt version qta-v1" in page
-    page = client.post(reverse("admin:jury_juror_add"), {**base, "backend": "openai", "base_url": "vllm:8000/v1"})
+    page = client.post(
+        reverse("admin:jury_juror_add"), {**base, "backend": "openai", "base_url": "vllm:8000/v1"}
+    )
     assert "expected an http:// or https:// URL with a host" in page.content.decode().replace("&#x27;", "'")
     assert not Juror.objects.exists()
     saved = client.post(

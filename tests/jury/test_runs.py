@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from annotation import selectors
 from annotation.models import ExpertQueueItem, Label, Sample
 from jury import services, strata
 from jury.models import JurorLease, JuryRun, JuryTask, PreferencePair
@@ -44,6 +45,10 @@ def test_a_run_labels_each_sample_once_per_juror_and_sorts_them_into_strata(jury
     assert (pair.rejected.source_name, pair.rejected.judgment) == ("b", 0.5)
     assert "juror a weighed" in pair.chosen.analysis and "juror b weighed" in pair.rejected.analysis
     assert list(ExpertQueueItem.objects.values_list("sample_id", "reason")) == [(d111.pk, "jury_split")]
+    counts = selectors.dashboard_counts()
+    assert {v: n for v, _, n in counts["by_stratum"]} == {"unlabelled": 0, "incomplete": 1, "d3_0": 1, "d2_1": 1,
+                                                          "d1_1_1": 1}  # fmt: skip
+    assert counts["expert_queue"] == 1
     # Every request: temperature 0, the image as a data URL; usage and latency kept on the label.
     assert all(body["temperature"] == 0 for body in jury_server.requests)
     assert jury_server.images and all(size == (16, 16) for size in jury_server.images)

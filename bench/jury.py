@@ -1,0 +1,169 @@
+"""Jury orchestration efficiency: 3 jurors against OpenAI-compatible servers on loopback answering in 200 ms.
+
+Run: DATABASE_URL=postgres://postgres@127.0.0.1:5432/test .venv/bin/python bench/jury.py [--quick]
+(3,000 samples × 3 jurors, 32 requests in flight per juror; --quick: 300 samples). Each juror's driver
+(`jury.services.juror_drive`, what the Celery task runs) works in its own process, as on a prefork worker; the
+three servers run in three more processes, through the real `openai` client over HTTP. Two passes: clean, then with 10%
+of responses failing (half 500s, half timeouts past the juror's 1 s timeout). Fresh database
+`guardtrace_bench_jury`.
+
+Ideal time = samples × 0.2 s / 32 (the three jurors work in parallel); efficiency = ideal / measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import random
+import time
+
+from _setup import ROOT, fresh_database, machine
+
+DELAY_S = 0.2
+CONCURRENCY = 32
+NAMES = ("gemma", "mistral", "qwen")
+
+
+def _serve(ready, stop, fault_rate: float, seed: int) -> None:
+    """One juror's model server, in a process of its own (as three real servers would be)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from tests.loopback import LoopbackOpenAI, keyword_judge
+
+    rng = random.Random(seed)
+
+    def fault(body: dict):
+        if rng.random() >= fault_rate:
+            return None
+        return 500 if rng.random() < 0.5 else "timeout"
+
+    with LoopbackOpenAI(keyword_judge, delay_s=DELAY_S, fault_for=fault, hang_s=1.5) as server:
+        ready.put((seed, server.url))
+        cpu = time.process_time()
+        stop.wait()
+        ready.put(
+            (seed, time.process_time() - cpu)
+        )  # its own CPU time: it shares the machine with the drivers
+
+
+def _drive(juror_id: int, results) -> None:
+    from django.db import connection
+
+    from jury import services
+
+    connection.close()  # a connection of its own, not the parent's
+    counts = {"statements": 0, "writes": 0}
+
+    def count(execute, sql, params, many, context):
+        counts["statements"] += 1
+        if sql.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            counts["writes"] += 1
+        return execute(sql, params, many, context)
+
+    cpu = time.process_time()
+    with connection.execute_wrapper(count):
+        labels = services.juror_drive(juror_id).labels
+    results.put({"labels": labels, "cpu_s": time.process_time() - cpu, **counts})
+
+
+def _pass(samples: int, fault_rate: float) -> dict:
+    from django.db import connection
+    from django.db.models import Count
+
+    from annotation.models import Label
+    from jury import services
+    from jury.models import Juror
+
+    ctx = mp.get_context("fork")
+    ready, stop, results = ctx.Queue(), ctx.Event(), ctx.Queue()
+    servers = [ctx.Process(target=_serve, args=(ready, stop, fault_rate, n)) for n in range(len(NAMES))]
+    for server in servers:
+        server.start()
+    urls = [url for _, url in sorted(ready.get(timeout=30) for _ in servers)]
+    Label.objects.all().delete()
+    Juror.objects.all().delete()
+    jurors = [
+        Juror.objects.create(
+            name=name,
+            backend="openai",
+            model_name=name,
+            base_url=url,
+            timeout_s=1,
+            max_concurrency=CONCURRENCY,
+        )  # fmt: skip
+        for name, url in zip(NAMES, urls, strict=True)
+    ]
+    run = services.jury_run_create(selection={}, enqueue=False)
+    connection.close()
+    start = time.perf_counter()
+    drivers = [ctx.Process(target=_drive, args=(j.pk, results)) for j in jurors]
+    for driver in drivers:
+        driver.start()
+    reports = [results.get(timeout=3600) for _ in drivers]
+    for driver in drivers:
+        driver.join()
+    wall = time.perf_counter() - start
+    stop.set()
+    server_cpu_s = sum(cpu for _, cpu in (ready.get(timeout=30) for _ in servers))
+    for server in servers:
+        server.join()
+    run.refresh_from_db()
+    labels = Label.objects.filter(source_kind="juror")
+    pairs = labels.values("sample_id", "source_name").annotate(n=Count("id"))
+    written = sum(r["labels"] for r in reports)
+    return {
+        "wall_s": wall,
+        "ideal_s": samples * DELAY_S / CONCURRENCY,
+        "labels": labels.count(),
+        "missing": samples * len(NAMES) - pairs.count(),
+        "duplicated": labels.count() - pairs.count(),
+        "failed": labels.filter(status="failed").count(),
+        "cpu_ms_per_label": 1000 * sum(r["cpu_s"] for r in reports) / max(1, written),
+        "writes_per_label": sum(r["writes"] for r in reports) / max(1, written),
+        "statements_per_label": sum(r["statements"] for r in reports) / max(1, written),
+        "status": run.status,
+        "cpu_busy": (sum(r["cpu_s"] for r in reports) + server_cpu_s) / (wall * (os.cpu_count() or 1)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    samples = 300 if args.quick else 3000
+    os.environ.setdefault("GUARDTRACE_JURY_BACKOFF_S", "0.2")
+    os.environ.setdefault("LOG_LEVEL", "ERROR")  # retried calls log a warning each
+    database = fresh_database("guardtrace_bench_jury")
+
+    from annotation.models import Sample
+
+    Sample.objects.bulk_create(
+        [Sample(question=f"Question {n}: list the steps for topic {n}" if n % 3 else f"Question {n}: hello",
+                thinking="Step one.\n\nStep two.", answer="An answer.", content_hash=f"{n:064x}")
+         for n in range(samples)],
+        batch_size=5000,
+    )  # fmt: skip
+    clean = _pass(samples, 0.0)
+    faulty = _pass(samples, 0.10)
+    print(f"machine: {machine()} · database: {database}")
+    print(f"{samples} samples × {len(NAMES)} jurors, servers answering in {DELAY_S * 1000:.0f} ms, "
+          f"{CONCURRENCY} in flight per juror")  # fmt: skip
+    header = ("pass", "measured s", "ideal s", "efficiency", "labels", "missing", "doubled", "failed",
+              "cpu ms/label", "writes/label", "statements/label", "machine CPU busy")  # fmt: skip
+    print(" | ".join(header))
+    for name, r in (("clean", clean), ("10% faults", faulty)):
+        print(f"{name} | {r['wall_s']:.1f} | {r['ideal_s']:.1f} | {r['ideal_s'] / r['wall_s']:.3f} | {r['labels']} | "
+              f"{r['missing']} | {r['duplicated']} | {r['failed']} | {r['cpu_ms_per_label']:.2f} | "
+              f"{r['writes_per_label']:.3f} | {r['statements_per_label']:.3f} | {100 * r['cpu_busy']:.0f}%")  # fmt: skip
+    print(f"figure efficiency = {clean['ideal_s'] / clean['wall_s']:.3f} ratio")
+    print(f"figure efficiency_under_faults = {faulty['ideal_s'] / faulty['wall_s']:.3f} ratio")
+    print(f"figure labels_missing_under_faults = {faulty['missing']} labels")
+    print(f"figure labels_duplicated_under_faults = {faulty['duplicated']} labels")
+    print(f"figure cpu_ms_per_label = {clean['cpu_ms_per_label']:.2f} ms")
+    print(f"figure db_writes_per_label = {clean['writes_per_label']:.3f} statements")
+
+
+if __name__ == "__main__":
+    main()
