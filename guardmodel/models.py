@@ -76,6 +76,10 @@ class JobStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
+# The statuses after which long work does no more.
+FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
 class GuardJob(models.Model):
     """Judging a set of samples with one checkpoint, on the gpu queue. Re-running skips samples already judged."""
 
@@ -107,7 +111,7 @@ class GuardJob(models.Model):
 
     @property
     def finished(self) -> bool:
-        return self.status in {self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED}
+        return self.status in FINISHED
 
     @property
     def percent(self) -> int:

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from guardmodel.models import JobStatus, validate_base_url
+from guardmodel.models import FINISHED, JobStatus, validate_base_url
 from guardmodel.protocol import PROMPT_VERSION
 
 
@@ -97,7 +97,7 @@ class JuryRun(models.Model):
 
     @property
     def finished(self) -> bool:
-        return self.status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+        return self.status in FINISHED
 
 
 class JuryTask(models.Model):

@@ -280,6 +280,8 @@ def _open_work(juror_id: int) -> QuerySet[JuryTask]:
 def juror_drive(juror_id: int) -> DriveOutcome:
     """Work the juror's open tasks across all running runs until none is left (or the lease is lost)."""
     outcome = DriveOutcome()
+    if not Juror.objects.filter(pk=juror_id).exists():  # deleted since the message was sent: nothing to do
+        return outcome
     while True:
         token = uuid.uuid4().hex
         if (wait_s := _lease_acquire(juror_id, token)) is not None:

@@ -150,6 +150,7 @@ def test_a_second_driver_finds_the_juror_busy_and_takes_over_once_the_lease_is_g
     assert Label.objects.filter(source_name="a").count() == 6
     assert set(Label.objects.values_list("sample_id", flat=True)) == {s.pk for s in samples}
     assert JurorLease.objects.get(juror=juror).token == ""  # released
+    assert services.juror_drive(juror.pk + 1000) == services.DriveOutcome()  # a juror deleted meanwhile
 
 
 def test_a_driver_that_lost_its_claim_writes_nothing(jury_server, make_jurors, voted):
