@@ -313,27 +313,42 @@ def resolve_labels(
 
 
 def samples_labels_resolve(*, sample_ids: list[int], prompt_version: str = PROMPT_VERSION) -> int:
-    """Recompute stratum and final label of the given samples from their labels; returns how many changed."""
+    """Recompute stratum and final label of the given samples from their labels; returns how many changed.
+
+    The samples' rows are locked first (in id order, so two writers never deadlock): two transactions that each add
+    a label to the same sample then resolve it one after the other, the second seeing the first's label. Without
+    the lock, each could miss the other's uncommitted label and leave the sample *incomplete* with three labels."""
     changed = 0
-    for start in range(0, len(sample_ids), BATCH):
-        chunk = sample_ids[start : start + BATCH]
-        by_sample: dict[int, list[Label]] = {pk: [] for pk in chunk}
-        for label in Label.objects.filter(sample_id__in=chunk).only(
-            "sample_id", "source_kind", "prompt_version", "status", "judgment"
-        ):
-            by_sample[label.sample_id].append(label)
-        samples = list(
-            Sample.objects.filter(id__in=chunk).only("id", "stratum", "final_label", "final_label_origin")
-        )
-        dirty = []
-        for sample in samples:
-            resolved = resolve_labels(by_sample[sample.pk], prompt_version=prompt_version)
-            if resolved != (sample.stratum, sample.final_label, sample.final_label_origin):
-                sample.stratum, sample.final_label, sample.final_label_origin = resolved
-                dirty.append(sample)
-        Sample.objects.bulk_update(dirty, ["stratum", "final_label", "final_label_origin"], batch_size=BATCH)
-        changed += len(dirty)
+    ids = sorted(set(sample_ids))
+    for start in range(0, len(ids), BATCH):
+        chunk = ids[start : start + BATCH]
+        with transaction.atomic():
+            changed += _resolve_chunk(chunk, prompt_version)
     return changed
+
+
+def _resolve_chunk(chunk: list[int], prompt_version: str) -> int:
+    samples = list(
+        # NO KEY UPDATE: it waits for another resolver, but not for writers whose new label rows merely
+        # reference the sample (their foreign-key check holds KEY SHARE) — waiting on those would deadlock.
+        Sample.objects.select_for_update(no_key=True)
+        .filter(id__in=chunk)
+        .order_by("id")
+        .only("id", "stratum", "final_label", "final_label_origin")
+    )
+    by_sample: dict[int, list[Label]] = {pk: [] for pk in chunk}
+    for label in Label.objects.filter(sample_id__in=chunk).only(
+        "sample_id", "source_kind", "prompt_version", "status", "judgment"
+    ):
+        by_sample[label.sample_id].append(label)
+    dirty = []
+    for sample in samples:
+        resolved = resolve_labels(by_sample[sample.pk], prompt_version=prompt_version)
+        if resolved != (sample.stratum, sample.final_label, sample.final_label_origin):
+            sample.stratum, sample.final_label, sample.final_label_origin = resolved
+            dirty.append(sample)
+    Sample.objects.bulk_update(dirty, ["stratum", "final_label", "final_label_origin"], batch_size=BATCH)
+    return len(dirty)
 
 
 def expert_queue_sync(*, sample_ids: list[int], prompt_version: str = PROMPT_VERSION) -> tuple[int, int]:

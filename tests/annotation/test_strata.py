@@ -57,3 +57,42 @@ def test_recording_labels_updates_the_sample():
     label_record(sample=sample, source_kind="expert", source_name="erin", judgment=0.5)
     sample.refresh_from_db()
     assert (sample.final_label, sample.final_label_origin) == (0.5, LabelOrigin.EXPERT)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_writers_adding_the_last_labels_at_once_leave_the_sample_stratified():
+    """Each writer inserts its label, then resolves; without the row lock both would miss the other's label."""
+    import threading
+
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from annotation.services import samples_labels_resolve
+
+    sample = SampleFactory()
+    Label.objects.create(sample=sample, source_kind="juror", source_name="a", prompt_version="qta-v1",
+                         judgment=1.0, created_at=timezone.now())  # fmt: skip
+    both_inserted = threading.Barrier(2)
+    failures = []
+
+    def write(name: str) -> None:
+        try:
+            with transaction.atomic():
+                Label.objects.create(sample_id=sample.pk, source_kind="juror", source_name=name,
+                                     prompt_version="qta-v1", judgment=1.0, created_at=timezone.now())  # fmt: skip
+                both_inserted.wait(timeout=10)
+                samples_labels_resolve(sample_ids=[sample.pk])
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=write, args=(name,)) for name in ("b", "c")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    sample.refresh_from_db()
+    assert (sample.stratum, sample.final_label) == ("d3_0", 1.0)
