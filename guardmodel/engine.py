@@ -50,6 +50,7 @@ class Verdict:
     # (re-asked with the format reminder) or the error.
     attempt_log: list[dict] = field(default_factory=list)
     first_output: str = ""  # the unreadable reply that led to a re-ask
+    reasked: bool = False
 
     @classmethod
     def from_output(cls, text: str, *, variant: protocol.Variant = "qta", **extra: Any) -> Verdict:
@@ -71,7 +72,7 @@ class Verdict:
             "truncated_tokens": self.truncated_tokens,
             "attempts": self.attempts,
             **({"attempt_log": self.attempt_log} if self.attempt_log else {}),
-            **({"first_output": self.first_output} if self.first_output else {}),
+            **({"first_output": self.first_output} if self.reasked else {}),
         }
 
 
@@ -266,7 +267,7 @@ class TransformersGuard:
             )
             for i, verdict in zip(again, second, strict=True):
                 first = verdicts[i]
-                verdict.first_output = first.raw_output
+                verdict.first_output, verdict.reasked = first.raw_output, True
                 verdict.attempts = first.attempts + verdict.attempts
                 verdict.latency_ms += first.latency_ms
                 verdict.attempt_log = [
@@ -445,6 +446,9 @@ class OpenAIGuard:
         started = time.perf_counter()
         attempts: list[dict] = []
         first_output = ""
+        reasked = (
+            False  # not `first_output`: an empty reply is unreadable too, and must not be re-asked forever
+        )
         prompt_tokens = completion_tokens = 0
         while True:
             try:
@@ -454,6 +458,7 @@ class OpenAIGuard:
                     status="failed", error=f"{type(exc).__name__}: {exc}", attempts=len(attempts),
                     latency_ms=(time.perf_counter() - started) * 1000, attempt_log=attempts,
                     first_output=first_output, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                    reasked=reasked,
                 )  # fmt: skip
             choices = response.get("choices") or [{}]
             text = str((choices[0].get("message") or {}).get("content") or "")
@@ -463,8 +468,9 @@ class OpenAIGuard:
             verdict = Verdict.from_output(
                 text, variant=self.variant, attempts=len(attempts), latency_ms=(time.perf_counter() - started) * 1000,
                 prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, first_output=first_output,
+                reasked=reasked,
             )  # fmt: skip
-            if verdict.status == "valid" or not self.reask or first_output:
+            if verdict.status == "valid" or not self.reask or reasked:
                 verdict.attempt_log = attempts if len(attempts) > 1 else []
                 return verdict
             attempts[-1]["outcome"] = "invalid output"
@@ -473,8 +479,8 @@ class OpenAIGuard:
                 self.name,
                 verdict.error,
             )
-            first_output = text
-            messages = protocol.reask_messages(openai_messages(item, self.variant), text)
+            first_output, reasked = text, True
+            messages = protocol.reask_messages(messages, text)
 
     def judge(
         self, items: Sequence[AuditInput], progress: Callable[[int], None] | None = None

@@ -111,9 +111,8 @@ def jury_run_create(
                 .exclude(run=run)
                 .values_list("sample_id", flat=True)
             )
-            todo = [
-                JuryTask(run=run, sample_id=pk, juror=juror) for pk in ids if pk not in labelled | waiting
-            ]
+            skip = labelled | waiting  # once, not per sample
+            todo = [JuryTask(run=run, sample_id=pk, juror=juror) for pk in ids if pk not in skip]
             JuryTask.objects.bulk_create(todo, batch_size=2000)
             total += len(todo)
         run.total, run.skipped = total, len(ids) * len(jurors) - total

@@ -7,13 +7,12 @@ each D2:1 sample and an expert-queue item for each D1:1:1 sample. Every step is 
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 from django.db import transaction
 
 from annotation.models import Label, Sample, Stratum
-from annotation.services import BATCH, expert_queue_sync, samples_labels_resolve
+from annotation.services import BATCH, expert_queue_sync, majority, samples_labels_resolve
 from guardmodel.protocol import PROMPT_VERSION
 from jury.models import PreferencePair
 
@@ -35,12 +34,11 @@ def choose_pair(labels: list[Label]) -> tuple[Label, Label] | None:
     valid = sorted(
         (lab for lab in labels if lab.status == Label.Status.VALID), key=lambda lab: lab.source_name
     )
-    counts = Counter(lab.judgment for lab in valid)
-    if len(valid) != 3 or sorted(counts.values()) != [1, 2]:
+    value = majority([lab.judgment for lab in valid])  # type: ignore[misc]
+    if len(valid) != 3 or value is None or all(lab.judgment == value for lab in valid):
         return None
-    majority_value = counts.most_common(1)[0][0]
-    chosen = next(lab for lab in valid if lab.judgment == majority_value)
-    rejected = next(lab for lab in valid if lab.judgment != majority_value)
+    chosen = next(lab for lab in valid if lab.judgment == value)
+    rejected = next(lab for lab in valid if lab.judgment != value)
     return chosen, rejected
 
 

@@ -213,3 +213,15 @@ def test_an_api_key_is_read_from_the_named_environment_variable(make_jurors, vot
         _drive([juror])
         assert server.authorizations == ["Bearer sk-test-123"]
     assert Label.objects.get().status == "valid"
+
+
+def test_an_empty_reply_is_asked_again_once_not_until_the_server_relents(make_jurors, voted):
+    replies = iter(["", "", "Analysis: finally.\nJudgment: 1"])
+    (sample,) = voted("1,1,1")
+    with LoopbackOpenAI(lambda body: next(replies)) as server:
+        (juror,) = make_jurors(server.url, names=["a"])
+        services.jury_run_create(selection={}, enqueue=False)
+        _drive([juror])
+        assert len(server.requests) == 2
+    label = _labels(sample, "a")
+    assert (label.status, label.raw_output, label.meta["first_output"]) == ("invalid", "", "")
