@@ -4,9 +4,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint bench-quick vendor-htmx clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: run test install browser lint bench-quick vendor-htmx clean
 
 install: $(STAMP)
+
+# The browser tests drive Debian's Chromium (Playwright's own browser download is not used). Installed when
+# missing and apt-get can run; without it those tests are reported as skipped (as failed under CI).
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else SUDO=none; fi; \
+	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null 2>&1; then \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null \
+	      || echo "could not install chromium: the browser tests will not run"; \
+	  else echo "$(CHROMIUM) is missing: apt-get install chromium chromium-driver to run the browser tests"; fi; }
 
 # torch==2.13.0 first: it takes the CPU wheel; an unpinned torch pulled in by transformers would bring CUDA.
 $(STAMP): pyproject.toml
@@ -24,7 +36,7 @@ run: $(STAMP)
 	$(PY) manage.py demo_jury
 	bash scripts/run_embedded.sh
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 from annotation import selectors, services
 from annotation.formats import FORMATS, SOURCE_KINDS
 from annotation.images import ImageRejected, ImageSource
-from annotation.models import ImportJob, Label, Sample
+from annotation.models import ExpertQueueItem, ImportJob, Label, Sample
 from annotation.permissions import IsAdminRole
 from annotation.roles import is_admin, is_expert
 
@@ -88,7 +88,11 @@ class SampleDetailApi(APIView):
             sample = selectors.sample_detail(sample_id=sample_id)
         except Sample.DoesNotExist:
             raise NotFound(f"no sample #{sample_id}") from None
-        return Response(SampleDetailOutputSerializer(sample).data)
+        data = SampleDetailOutputSerializer(sample).data
+        # Experts stay blind to other experts' labels on items still being decided.
+        visible = selectors.visible_labels(sample.labels.all(), request.user)
+        data["labels"] = LabelOutputSerializer(visible, many=True).data
+        return Response(data)
 
 
 class _Base64Images(ImageSource):
@@ -196,7 +200,7 @@ class LabelListCreateApi(ListAPIView):
         for key in ("source_kind", "source_name"):
             if params.get(key):
                 labels = labels.filter(**{key: params[key]})
-        return labels
+        return selectors.visible_labels(labels, self.request.user)
 
     @extend_schema(request=InputSerializer, responses={201: LabelOutputSerializer})
     def post(self, request) -> Response:
@@ -216,6 +220,17 @@ class LabelListCreateApi(ListAPIView):
             sample = Sample.objects.get(pk=data["sample"])
         except Sample.DoesNotExist:
             raise NotFound(f"no sample #{data['sample']}") from None
+        if (
+            data["source_kind"] == Label.SourceKind.EXPERT
+            and not is_admin(request.user)
+            and ExpertQueueItem.objects.filter(sample=sample).exists()
+        ):
+            return Response(
+                {
+                    "detail": f"sample #{sample.pk} is in the expert queue: label it through /api/v1/expert/claim"
+                },
+                status=status.HTTP_409_CONFLICT,
+            )
         judgment = None if data["judgment"] is None else float(data["judgment"])
         try:
             label = services.label_record(

@@ -277,9 +277,16 @@ def majority(values: list[float]) -> float | None:
 
 
 def resolve_labels(
-    labels: Iterable[Label], *, prompt_version: str = PROMPT_VERSION
+    labels: Iterable[Label],
+    *,
+    prompt_version: str = PROMPT_VERSION,
+    queued: bool = False,
+    expert_decision: float | None = None,
 ) -> tuple[str, float | None, str]:
-    """(stratum, final label, origin) for one sample's labels. Pure: used by the service and its tests."""
+    """(stratum, final label, origin) for one sample's labels. Pure: used by the service and its tests.
+
+    For a sample in the expert queue (`queued`), the experts' word is the queue item's decision (K labels' majority
+    or an adjudication), not a running majority of the labels that are in so far."""
     juror: list[Label] = []
     expert: list[float] = []
     imported: list[float] = []
@@ -301,7 +308,8 @@ def resolve_labels(
             Stratum.D3_0 if top == len(valid) else Stratum.D2_1 if top * 2 > len(valid) else Stratum.D1_1_1
         )
     # An expert decision overrides the jury; the jury overrides a label that came with the data.
-    if (decided := majority(expert)) is not None:
+    decided = expert_decision if queued else majority(expert)
+    if decided is not None:
         return stratum, decided, LabelOrigin.EXPERT
     if stratum == Stratum.D3_0:
         return stratum, valid[0], LabelOrigin.JURY_CONSENSUS
@@ -336,6 +344,7 @@ def _resolve_chunk(chunk: list[int], prompt_version: str) -> int:
         .order_by("id")
         .only("id", "stratum", "final_label", "final_label_origin")
     )
+    decisions = dict(ExpertQueueItem.objects.filter(sample_id__in=chunk).values_list("sample_id", "decision"))
     by_sample: dict[int, list[Label]] = {pk: [] for pk in chunk}
     for label in Label.objects.filter(sample_id__in=chunk).only(
         "sample_id", "source_kind", "prompt_version", "status", "judgment"
@@ -343,38 +352,17 @@ def _resolve_chunk(chunk: list[int], prompt_version: str) -> int:
         by_sample[label.sample_id].append(label)
     dirty = []
     for sample in samples:
-        resolved = resolve_labels(by_sample[sample.pk], prompt_version=prompt_version)
+        resolved = resolve_labels(
+            by_sample[sample.pk],
+            prompt_version=prompt_version,
+            queued=sample.pk in decisions,
+            expert_decision=decisions.get(sample.pk),
+        )
         if resolved != (sample.stratum, sample.final_label, sample.final_label_origin):
             sample.stratum, sample.final_label, sample.final_label_origin = resolved
             dirty.append(sample)
     Sample.objects.bulk_update(dirty, ["stratum", "final_label", "final_label_origin"], batch_size=BATCH)
     return len(dirty)
-
-
-def expert_queue_sync(*, sample_ids: list[int], prompt_version: str = PROMPT_VERSION) -> tuple[int, int]:
-    """Queue the D1:1:1 samples among these for experts, and unqueue jury-split items whose sample is no longer
-    1:1:1 and has no expert label yet. Idempotent; returns (added, removed)."""
-    added = removed = 0
-    for start in range(0, len(sample_ids), BATCH):
-        chunk = sample_ids[start : start + BATCH]
-        split = set(Sample.objects.filter(pk__in=chunk, stratum=Stratum.D1_1_1).values_list("pk", flat=True))
-        queued = set(ExpertQueueItem.objects.filter(sample_id__in=chunk).values_list("sample_id", flat=True))
-        new = [
-            ExpertQueueItem(
-                sample_id=pk, reason=ExpertQueueItem.Reason.JURY_SPLIT, prompt_version=prompt_version
-            )
-            for pk in sorted(split - queued)
-        ]
-        ExpertQueueItem.objects.bulk_create(new, ignore_conflicts=True)
-        added += len(new)
-        stale = queued - split
-        if stale:
-            removed += (
-                ExpertQueueItem.objects.filter(sample_id__in=stale, reason=ExpertQueueItem.Reason.JURY_SPLIT)
-                .exclude(sample__labels__source_kind=Label.SourceKind.EXPERT)
-                .delete()[0]
-            )
-    return added, removed
 
 
 def label_record(

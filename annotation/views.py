@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from functools import wraps
 from urllib.parse import urlencode
 
@@ -11,6 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 from django_htmx.middleware import HtmxDetails
+from PIL import Image, ImageFilter
 
 from annotation import selectors, services
 from annotation.models import ImageAsset, Sample
@@ -75,7 +77,7 @@ def sample_detail(request: HtmxHttpRequest, sample_id: int) -> HttpResponse:
     context = {
         "sample": sample,
         "steps": selectors.reasoning_steps(sample.thinking),
-        "labels": list(sample.labels.all()),
+        "labels": list(selectors.visible_labels(sample.labels.all(), request.user)),
         "reveal": request.GET.get("reveal") == "1",
     }
     return render(request, "annotation/sample_detail.html", context)
@@ -106,4 +108,25 @@ def image_view(request: HtmxHttpRequest, sha256: str) -> FileResponse:
     # Never cached: every view goes through the audit log, and shared caches must not keep the image.
     response["Cache-Control"] = "private, no-store"
     response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+PREVIEW_SIDE = 24  # pixels: enough for the shape of the image, too few to recognise what it shows
+
+
+@require_GET
+@role_required
+def image_preview(request: HtmxHttpRequest, sha256: str) -> HttpResponse:
+    """A tiny, blurred stand-in for an image that has not been revealed. Nothing in it can be recognised, so it
+    is not an image view for the audit log; revealing loads the real image through `image_view`."""
+    asset = get_object_or_404(ImageAsset, sha256=sha256)
+    with asset.file.open("rb") as handle, Image.open(handle) as image:
+        image.draft("RGB", (PREVIEW_SIDE * 4, PREVIEW_SIDE * 4))  # JPEG: decode at a reduced size
+        small = image.convert("RGB")
+        small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+        small = small.filter(ImageFilter.GaussianBlur(radius=2))
+        buffer = io.BytesIO()
+        small.save(buffer, format="PNG")
+    response = HttpResponse(buffer.getvalue(), content_type="image/png")
+    response["Cache-Control"] = "private, no-store"
     return response

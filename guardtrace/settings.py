@@ -214,6 +214,13 @@ GUARDTRACE_JURY_BACKOFF_S = env_float("GUARDTRACE_JURY_BACKOFF_S", 0.5, minimum=
 GUARDTRACE_JURY_BACKOFF_MAX_S = env_float("GUARDTRACE_JURY_BACKOFF_MAX_S", 30.0, minimum=0.0)
 GUARDTRACE_JURY_FLUSH = env_int("GUARDTRACE_JURY_FLUSH", 128, minimum=1)  # results written per transaction
 
+# The expert queue. Each item needs this many blind expert labels (the paper: three). A claimed item is held for
+# the lease (renewed while its page is open) and returns to the queue when abandoned. The daily cap limits how
+# many items one expert is shown per day: seeing harmful content is a real cost for these people.
+GUARDTRACE_EXPERT_LABELS = env_int("GUARDTRACE_EXPERT_LABELS", 3, minimum=1)
+GUARDTRACE_EXPERT_LEASE_S = env_int("GUARDTRACE_EXPERT_LEASE_S", 900, minimum=10)
+GUARDTRACE_EXPERT_DAILY_CAP = env_int("GUARDTRACE_EXPERT_DAILY_CAP", 150, minimum=1)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

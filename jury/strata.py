@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from django.db import transaction
 
 from annotation.models import Label, Sample, Stratum
-from annotation.services import BATCH, expert_queue_sync, majority, samples_labels_resolve
+from annotation.review import expert_queue_sync
+from annotation.services import BATCH, majority, samples_labels_resolve
 from guardmodel.protocol import PROMPT_VERSION
 from jury.models import PreferencePair
 

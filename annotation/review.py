@@ -1,0 +1,444 @@
+"""Writes for the expert queue (claims, labels, skips, adjudication) and for reviewers' triage of disagreements.
+
+Concurrency rules, each backed by the database rather than by care:
+- a slot is claimed by a conditional UPDATE on its row (after `SELECT … FOR UPDATE SKIP LOCKED` on PostgreSQL,
+  so twenty experts asking at once get twenty different slots without retrying), and its claim token changes on
+  every claim, so a stale tab can never write into someone else's claim;
+- unique constraints give each expert at most one claim at a time and at most one slot per item and round (blind,
+  independent labels);
+- a submission locks the sample and the item, then flips its own slot from claimed to submitted by a conditional
+  UPDATE: a second submit of the same claim (two tabs, a retried request) changes no row and is refused, and the
+  K-th label always sees the other K-1.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import cast
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
+
+from annotation.models import (
+    AuditEvent,
+    ExpertQueueItem,
+    ExpertSkip,
+    ExpertSlot,
+    Label,
+    ReviewDecision,
+    ReviewStatus,
+    Sample,
+    Stratum,
+    expert_round_key,
+)
+from annotation.selectors import items_seen_today, reasoning_steps
+from annotation.services import BATCH, majority, samples_labels_resolve
+from guardmodel.protocol import JUDGMENTS, PROMPT_VERSION
+
+Item = ExpertQueueItem
+Slot = ExpertSlot
+
+
+class ReviewError(Exception):
+    """A queue action that cannot be done; the message says why, for the person who asked."""
+
+
+class ClaimLost(ReviewError):
+    """The claim is no longer this expert's (submitted already, skipped, or taken over after expiry)."""
+
+
+class DailyCapReached(ReviewError):
+    pass
+
+
+@dataclass(frozen=True)
+class ExpertSubmission:
+    judgment: float
+    analysis: str
+    first_harmful_step: int | None = None
+    prefilled_from: str = ""
+
+
+# --- the queue ----------------------------------------------------------------------------------------------------
+
+
+def _slots_for(items: Iterable[tuple[int, int, int]]) -> list[Slot]:
+    """Open slots for (item id, round, K) triples."""
+    return [Slot(item_id=pk, round=rnd, index=i) for pk, rnd, k in items for i in range(k)]
+
+
+def expert_queue_sync(*, sample_ids: list[int], prompt_version: str = PROMPT_VERSION) -> tuple[int, int]:
+    """Queue the D1:1:1 samples among these for experts, and unqueue jury-split items whose sample is no longer
+    1:1:1 and that no expert has touched. Idempotent; returns (added, removed)."""
+    added = removed = 0
+    needed = settings.GUARDTRACE_EXPERT_LABELS
+    for start in range(0, len(sample_ids), BATCH):
+        chunk = sample_ids[start : start + BATCH]
+        split = set(Sample.objects.filter(pk__in=chunk, stratum=Stratum.D1_1_1).values_list("pk", flat=True))
+        queued = set(Item.objects.filter(sample_id__in=chunk).values_list("sample_id", flat=True))
+        new = sorted(split - queued)
+        if new:
+            Item.objects.bulk_create(
+                [
+                    Item(
+                        sample_id=pk,
+                        reason=Item.Reason.JURY_SPLIT,
+                        prompt_version=prompt_version,
+                        labels_needed=needed,
+                    )
+                    for pk in new
+                ],  # fmt: skip
+                ignore_conflicts=True,
+            )
+            # ignore_conflicts leaves the primary keys unset: read back the items that have no slots yet.
+            bare = Item.objects.filter(sample_id__in=new).exclude(
+                Exists(Slot.objects.filter(item=OuterRef("pk")))
+            )
+            Slot.objects.bulk_create(
+                _slots_for(bare.values_list("pk", "round", "labels_needed")), ignore_conflicts=True
+            )
+            added += len(new)
+        stale = queued - split
+        if stale:
+            deleted = (
+                Item.objects.filter(sample_id__in=stale, reason=Item.Reason.JURY_SPLIT)
+                .exclude(Exists(Slot.objects.filter(item=OuterRef("pk")).exclude(status=Slot.Status.OPEN)))
+                .exclude(sample__labels__source_kind=Label.SourceKind.EXPERT)
+                .delete()[1]
+            )
+            removed += deleted.get(Item._meta.label, 0)
+    return added, removed
+
+
+def expert_queue_send(*, sample: Sample, user, reason: str = Item.Reason.REVIEWER, note: str = "") -> Item:
+    """Put a sample in front of experts: a new item, or a new round of a decided one. An item still waiting for
+    labels is left as it is."""
+    needed = settings.GUARDTRACE_EXPERT_LABELS
+    with transaction.atomic():
+        Sample.objects.select_for_update(no_key=True).filter(pk=sample.pk).first()
+        item = Item.objects.select_for_update().filter(sample=sample).first()
+        if item is None:
+            item = Item.objects.create(
+                sample=sample, reason=reason, labels_needed=needed, sent_by=user, note=note,
+                prompt_version=PROMPT_VERSION,
+            )  # fmt: skip
+        elif item.status == ReviewStatus.OPEN:
+            return item
+        else:
+            item.round += 1
+            item.status = ReviewStatus.OPEN
+            item.labels_needed = needed
+            item.reason, item.sent_by, item.note = reason, user, note
+            item.save(update_fields=["round", "status", "labels_needed", "reason", "sent_by", "note"])
+        Slot.objects.bulk_create(_slots_for([(item.pk, item.round, item.labels_needed)]))
+    return item
+
+
+# --- claims -------------------------------------------------------------------------------------------------------
+
+
+def _claimable(user):
+    """Slots this expert may take: of open items, in the item's current round, on items where they hold no slot
+    this round and did not skip it."""
+    mine = Slot.objects.filter(item=OuterRef("item"), round=OuterRef("round"), expert=user)
+    skipped = ExpertSkip.objects.filter(item=OuterRef("item"), round=OuterRef("round"), expert=user)
+    return (
+        Slot.objects.filter(item__status=ReviewStatus.OPEN)
+        .exclude(Exists(mine))
+        .exclude(Exists(skipped))
+        .only("id")
+    )
+
+
+def _lease(now: datetime) -> datetime:
+    return now + timedelta(seconds=settings.GUARDTRACE_EXPERT_LEASE_S)
+
+
+def _take(slot_id: int, user, now: datetime, *, expired: bool) -> Slot | None:
+    """Flip one slot to claimed by `user` if it is still free (open, or claimed with a lapsed lease)."""
+    free = Q(status=Slot.Status.CLAIMED, lease_expires_at__lt=now) if expired else Q(status=Slot.Status.OPEN)
+    token = secrets.token_hex(16)
+    taken = Slot.objects.filter(free, pk=slot_id).update(
+        status=Slot.Status.CLAIMED,
+        expert=user,
+        claim_token=token,
+        claimed_at=now,
+        lease_expires_at=_lease(now),
+    )
+    return Slot.objects.select_related("item").get(pk=slot_id) if taken else None
+
+
+def _next_slot(user, now: datetime) -> Slot | None:
+    # Lapsed leases first (their items are oldest), then open slots in queue order.
+    for expired in (True, False):
+        candidates = _claimable(user)
+        if expired:
+            candidates = candidates.filter(status=Slot.Status.CLAIMED, lease_expires_at__lt=now).order_by(
+                "lease_expires_at"
+            )
+        else:
+            candidates = candidates.filter(status=Slot.Status.OPEN).order_by("item_id", "index")
+        for _ in range(20):
+            with transaction.atomic():
+                # SKIP LOCKED hands concurrent claimers different rows (PostgreSQL); the conditional update
+                # below is what makes the claim safe on every backend.
+                found = list(candidates.select_for_update(skip_locked=True, of=("self",))[:1])
+                if not found:
+                    break
+                slot = _take(found[0].pk, user, now, expired=expired)
+            if slot is not None:
+                return slot
+    return None
+
+
+def expert_slot_current(*, user) -> Slot | None:
+    return Slot.objects.select_related("item").filter(expert=user, status=Slot.Status.CLAIMED).first()
+
+
+def expert_slot_claim(*, user, now: datetime | None = None) -> Slot | None:
+    """The expert's current claim (its lease renewed), or the next free slot claimed for them; None when nothing
+    is left for them. Raises DailyCapReached when they have seen their daily number of items."""
+    now = now or timezone.now()
+    held = expert_slot_current(user=user)
+    if held is not None:
+        Slot.objects.filter(pk=held.pk, expert=user, status=Slot.Status.CLAIMED).update(
+            lease_expires_at=_lease(now)
+        )
+        held.refresh_from_db()
+        if held.expert_id == user.pk and held.status == Slot.Status.CLAIMED:
+            return held
+    cap = settings.GUARDTRACE_EXPERT_DAILY_CAP
+    if items_seen_today(user=user, now=now) >= cap:
+        raise DailyCapReached(
+            f"You have seen {cap} items today, the daily limit (GUARDTRACE_EXPERT_DAILY_CAP). Take a break."
+        )
+    try:
+        return _next_slot(user, now)
+    except IntegrityError:
+        # Another tab of the same expert claimed at the same moment (one claim per expert): share it.
+        return expert_slot_current(user=user)
+
+
+def _mine(slot_id: int, user, token: str):
+    return Slot.objects.filter(pk=slot_id, expert=user, claim_token=token, status=Slot.Status.CLAIMED)
+
+
+def _lost(slot_id: int, user) -> ClaimLost:
+    slot = Slot.objects.filter(pk=slot_id).first()
+    if slot is None:
+        return ClaimLost("This item has left the expert queue.")
+    if slot.status == Slot.Status.SUBMITTED and slot.expert_id == user.pk:
+        return ClaimLost("Your label for this item was already submitted; it was not stored twice.")
+    return ClaimLost("Your claim on this item has ended (skipped, or expired and taken by another expert).")
+
+
+def expert_slot_renew(*, slot_id: int, user, token: str, now: datetime | None = None) -> datetime:
+    """Extend the lease while the page is open; the new expiry."""
+    until = _lease(now or timezone.now())
+    if not _mine(slot_id, user, token).update(lease_expires_at=until):
+        raise _lost(slot_id, user)
+    return until
+
+
+def expert_slot_skip(*, slot_id: int, user, token: str) -> None:
+    """Give the slot back; the item is not offered to this expert again this round."""
+    with transaction.atomic():
+        slot = _mine(slot_id, user, token).select_related("item").first()
+        if slot is None:
+            raise _lost(slot_id, user)
+        released = _mine(slot_id, user, token).update(
+            status=Slot.Status.OPEN, expert=None, claim_token="", claimed_at=None, lease_expires_at=None
+        )
+        if not released:
+            raise _lost(slot_id, user)
+        ExpertSkip.objects.get_or_create(item_id=slot.item_id, round=slot.round, expert=user)
+        AuditEvent.objects.create(
+            user=user, action=AuditEvent.Action.SKIP, sample_id=slot.item.sample_id, detail={"slot": slot_id}
+        )
+
+
+# --- labels and decisions -----------------------------------------------------------------------------------------
+
+
+def _check(submission: ExpertSubmission, steps: int) -> None:
+    if submission.judgment not in JUDGMENTS:
+        raise ReviewError(f"judgment: {submission.judgment!r} is not one of 0, 0.5, 1")
+    if not submission.analysis.strip():
+        raise ReviewError("analysis: write an analysis, or start from a juror's")
+    step = submission.first_harmful_step
+    if step is not None and not 1 <= step <= steps:
+        raise ReviewError(f"first_harmful_step: {step} is not a step of this reasoning (1–{steps})")
+    if step is not None and submission.judgment == 0:
+        raise ReviewError("first_harmful_step: a step is marked harmful but the judgment is 0 (safe)")
+
+
+def expert_label_submit(
+    *, slot_id: int, user, token: str, submission: ExpertSubmission, now: datetime | None = None
+) -> Label:
+    """Store an expert's label for their claimed slot, in one transaction; decide the item when it has K labels."""
+    now = now or timezone.now()
+    slot = Slot.objects.select_related("item__sample").filter(pk=slot_id).first()
+    if slot is None:
+        raise ClaimLost("This item has left the expert queue.")
+    sample = slot.item.sample
+    _check(submission, len(reasoning_steps(sample.thinking)))
+    with transaction.atomic():
+        # Lock order sample → item → slot, as stratification does (sample → item): no deadlock between them.
+        Sample.objects.select_for_update(no_key=True).filter(pk=sample.pk).first()
+        item = Item.objects.select_for_update().get(pk=slot.item_id)
+        if not _mine(slot_id, user, token).update(
+            status=Slot.Status.SUBMITTED, submitted_at=now, lease_expires_at=None
+        ):
+            raise _lost(slot_id, user)
+        seconds = (now - slot.claimed_at).total_seconds() if slot.claimed_at else None
+        label = Label.objects.create(
+            sample=sample,
+            source_kind=Label.SourceKind.EXPERT,
+            source_name=user.get_username(),
+            prompt_version=expert_round_key(slot.round),
+            judgment=submission.judgment,
+            analysis=submission.analysis.strip(),
+            meta={
+                "slot": slot.pk,
+                "round": slot.round,
+                "first_harmful_step": submission.first_harmful_step,
+                "prefilled_from": submission.prefilled_from,
+                "seconds": seconds,
+            },
+            created_by=user,
+            created_at=now,
+        )
+        Slot.objects.filter(pk=slot.pk).update(label=label)
+        AuditEvent.objects.create(user=user, action=AuditEvent.Action.LABEL_WRITE, sample=sample, label=label)
+        _decide_if_complete(item, now)
+        samples_labels_resolve(sample_ids=[sample.pk])
+    return label
+
+
+def _decide_if_complete(item: Item, now: datetime) -> None:
+    labels = list(
+        Label.objects.filter(expert_slot__item=item, expert_slot__round=item.round).order_by(
+            "created_at", "id"
+        )
+    )
+    if len(labels) < item.labels_needed:
+        return
+    value = majority([label.judgment for label in labels])  # type: ignore[misc]
+    if value is None:
+        item.status = ReviewStatus.ADJUDICATION
+        item.save(update_fields=["status"])
+        return
+    item.status = ReviewStatus.DONE
+    item.decision = value
+    item.decision_analysis = next(label.analysis for label in labels if label.judgment == value)
+    item.decided_by, item.decided_at, item.adjudicator = Item.DecidedBy.MAJORITY, now, None
+    item.save(
+        update_fields=["status", "decision", "decision_analysis", "decided_by", "decided_at", "adjudicator"]
+    )
+
+
+def expert_item_adjudicate(*, item_id: int, user, judgment: float, analysis: str, note: str = "") -> Item:
+    """An admin's decision for an item whose K expert labels had no majority."""
+    if judgment not in JUDGMENTS:
+        raise ReviewError(f"judgment: {judgment!r} is not one of 0, 0.5, 1")
+    if not analysis.strip():
+        raise ReviewError("analysis: the decision needs an analysis (start from an expert's)")
+    with transaction.atomic():
+        sample_id = Item.objects.filter(pk=item_id).values_list("sample_id", flat=True).first()
+        if sample_id is None:
+            raise ReviewError(f"no expert queue item #{item_id}")
+        Sample.objects.select_for_update(no_key=True).filter(pk=sample_id).first()
+        item = Item.objects.select_for_update().get(pk=item_id)
+        if item.status != ReviewStatus.ADJUDICATION:
+            raise ReviewError(
+                f"item #{item_id} is {item.get_status_display().lower()}, not waiting for adjudication"
+            )
+        item.status, item.decision, item.decision_analysis = ReviewStatus.DONE, judgment, analysis.strip()
+        item.decided_by, item.adjudicator, item.adjudication_note = Item.DecidedBy.ADJUDICATION, user, note
+        item.decided_at = timezone.now()
+        item.save()
+        AuditEvent.objects.create(
+            user=user,
+            action=AuditEvent.Action.ADJUDICATE,
+            sample_id=sample_id,
+            detail={"item": item.pk, "round": item.round, "judgment": judgment},
+        )
+        samples_labels_resolve(sample_ids=[sample_id])
+    return item
+
+
+def expert_reliability_draw(*, n: int, seed: int, user) -> int:
+    """Send n random jury-labelled (D3:0 / D2:1) samples not yet in the queue to experts: the paper's check of
+    the jury's labels against experts (150 items there). Returns how many were sent."""
+
+    if n < 1:
+        raise ReviewError("n: draw at least one item")
+    pool = list(
+        Sample.objects.filter(stratum__in=[Stratum.D3_0, Stratum.D2_1], expert_queue_item__isnull=True)
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+    if not pool:
+        raise ReviewError("no jury-labelled samples (D3:0 or D2:1) outside the expert queue to draw from")
+    chosen = random.Random(seed).sample(pool, min(n, len(pool)))
+    for sample in Sample.objects.filter(pk__in=chosen):
+        expert_queue_send(
+            sample=sample, user=user, reason=Item.Reason.RELIABILITY, note=f"reliability draw, seed {seed}"
+        )
+    return len(chosen)
+
+
+# --- reviewers ----------------------------------------------------------------------------------------------------
+
+
+def review_decision_record(
+    *, sample: Sample, guard_name: str, verdict: str, user, note: str = ""
+) -> ReviewDecision:
+    """A reviewer's call on a guard/label disagreement. "Label is wrong" and "unclear" send the sample to the
+    expert queue; "guard is wrong" makes it a hard-negative candidate for the refined DPO round."""
+    if verdict not in ReviewDecision.Verdict.values:
+        raise ReviewError(f"verdict: {verdict!r} is not one of {', '.join(ReviewDecision.Verdict.values)}")
+    guard = (
+        Label.objects.filter(
+            sample=sample,
+            source_kind=Label.SourceKind.GUARD,
+            source_name=guard_name,
+            status=Label.Status.VALID,
+        )
+        .order_by("-created_at", "-id")
+        .first()
+    )
+    sample.refresh_from_db()
+    if guard is None or sample.final_label is None:
+        raise ReviewError(
+            f"sample #{sample.pk} has no guard judgment from {guard_name!r} and training label to compare"
+        )
+    with transaction.atomic():
+        decision = ReviewDecision.objects.create(
+            sample=sample,
+            verdict=verdict,
+            guard_name=guard_name,
+            guard_label=guard,
+            guard_judgment=cast(float, guard.judgment),
+            label_judgment=sample.final_label,
+            label_origin=sample.final_label_origin,
+            note=note,
+            reviewer=user,
+        )
+        if verdict != ReviewDecision.Verdict.GUARD_WRONG:
+            expert_queue_send(
+                sample=sample, user=user, note=f"{decision.get_verdict_display()}: {note}".strip(": ")
+            )
+        AuditEvent.objects.create(
+            user=user,
+            action=AuditEvent.Action.REVIEW,
+            sample=sample,
+            detail={"verdict": verdict, "decision": decision.pk},
+        )
+    return decision

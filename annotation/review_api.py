@@ -1,0 +1,145 @@
+"""The expert queue over HTTP, for labelling tools other than our pages (and for the load benchmark).
+
+POST /api/v1/expert/claim                      → 200 the claimed item, 204 nothing left, 429 daily cap reached
+POST /api/v1/expert/slots/<id>/submit          → 201 the stored label, 400 a field is wrong, 409 the claim is gone
+POST /api/v1/expert/slots/<id>/skip            → 204, 409
+POST /api/v1/expert/slots/<id>/renew           → 200 the new expiry, 409
+"""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.permissions import BasePermission
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotation import review, selectors
+from annotation.api import LabelOutputSerializer
+from annotation.models import ExpertSlot
+from annotation.roles import is_expert
+
+
+class IsExpert(BasePermission):
+    message = "Only experts label items in the expert queue."
+
+    def has_permission(self, request, view) -> bool:
+        return is_expert(request.user)
+
+
+class SlotOutputSerializer(serializers.Serializer):
+    """What an expert needs to label: the slot and its claim token, the sample, and the jury's labels."""
+
+    slot = serializers.IntegerField(source="pk")
+    token = serializers.CharField(source="claim_token")
+    lease_expires_at = serializers.DateTimeField()
+    item = serializers.IntegerField(source="item_id")
+    round = serializers.IntegerField()
+    index = serializers.IntegerField()
+    labels_needed = serializers.IntegerField(source="item.labels_needed")
+    sample = serializers.SerializerMethodField()
+    jurors = serializers.SerializerMethodField()
+
+    def get_sample(self, slot: ExpertSlot) -> dict:
+        sample = slot.item.sample
+        return {
+            "id": sample.pk,
+            "question": sample.question,
+            "steps": selectors.reasoning_steps(sample.thinking),
+            "answer": sample.answer,
+            "image_sha256": sample.image.sha256 if sample.image else None,
+        }
+
+    def get_jurors(self, slot: ExpertSlot) -> list[dict]:
+        return [
+            {
+                "name": label.source_name,
+                "judgment": label.judgment,
+                "status": label.status,
+                "analysis": label.analysis,
+            }
+            for label in selectors.juror_labels(slot.item.sample_id, slot.item.prompt_version)
+        ]
+
+
+class ExpertClaimApi(APIView):
+    permission_classes = [IsExpert]
+
+    @extend_schema(request=None, responses={200: SlotOutputSerializer, 204: None, 429: None})
+    def post(self, request) -> Response:
+        try:
+            slot = review.expert_slot_claim(user=request.user)
+        except review.DailyCapReached as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_429_TOO_MANY_REQUESTS)
+        if slot is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        slot = ExpertSlot.objects.select_related("item__sample__image").get(pk=slot.pk)
+        return Response(SlotOutputSerializer(slot).data)
+
+
+class _TokenInput(serializers.Serializer):
+    token = serializers.CharField(max_length=32)
+
+
+class ExpertSubmitApi(APIView):
+    permission_classes = [IsExpert]
+
+    class InputSerializer(_TokenInput):
+        judgment = serializers.ChoiceField(choices=[0, 0.5, 1])
+        analysis = serializers.CharField(max_length=100_000)
+        first_harmful_step = serializers.IntegerField(
+            required=False, allow_null=True, default=None, min_value=1
+        )
+        prefilled_from = serializers.CharField(required=False, allow_blank=True, default="", max_length=100)
+
+    @extend_schema(request=InputSerializer, responses={201: LabelOutputSerializer})
+    def post(self, request, slot_id: int) -> Response:
+        body = self.InputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        submission = review.ExpertSubmission(
+            judgment=float(data["judgment"]),
+            analysis=data["analysis"],
+            first_harmful_step=data["first_harmful_step"],
+            prefilled_from=data["prefilled_from"],
+        )
+        try:
+            label = review.expert_label_submit(
+                slot_id=slot_id, user=request.user, token=data["token"], submission=submission
+            )
+        except review.ClaimLost as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except review.ReviewError as exc:
+            field, _, reason = str(exc).partition(": ")
+            return Response({field: [reason]}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(LabelOutputSerializer(label).data, status=status.HTTP_201_CREATED)
+
+
+class ExpertSkipApi(APIView):
+    permission_classes = [IsExpert]
+
+    @extend_schema(request=_TokenInput, responses={204: None, 409: None})
+    def post(self, request, slot_id: int) -> Response:
+        body = _TokenInput(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            review.expert_slot_skip(slot_id=slot_id, user=request.user, token=body.validated_data["token"])
+        except review.ClaimLost as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ExpertRenewApi(APIView):
+    permission_classes = [IsExpert]
+
+    @extend_schema(request=_TokenInput, responses={200: None, 409: None})
+    def post(self, request, slot_id: int) -> Response:
+        body = _TokenInput(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            until = review.expert_slot_renew(
+                slot_id=slot_id, user=request.user, token=body.validated_data["token"]
+            )
+        except review.ClaimLost as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response({"lease_expires_at": until})

@@ -1,0 +1,319 @@
+"""Pages of the expert queue (labelling, adjudication, agreement) and the reviewers' disagreement inspector.
+
+Who may do what: labelling needs the expert role; adjudication needs admin; the inspector needs reviewer or admin;
+the queue overview and the agreement page any of the three roles. Expert labels of undecided items are never shown
+to other experts (selectors.blind_to)."""
+
+from __future__ import annotations
+
+from functools import wraps
+from urllib.parse import urlencode
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import push_url
+
+from annotation import agreement, review, selectors
+from annotation.models import ExpertQueueItem, ExpertSlot, ReviewDecision, Sample
+from annotation.roles import ADMIN, EXPERT, REVIEWER, ROLES, user_roles
+from annotation.views import HtmxHttpRequest
+
+PAGE_SIZE = 50
+
+
+def roles_required(*allowed: str):
+    """Logged in (else the login page) and holding one of `allowed` (else 403)."""
+
+    def decorate(view):
+        @login_required
+        @wraps(view)
+        def wrapper(request: HtmxHttpRequest, *args, **kwargs) -> HttpResponse:
+            if not user_roles(request.user) & set(allowed):
+                return render(request, "403.html", {"needed": allowed}, status=403)
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+# --- expert labelling ---------------------------------------------------------------------------------------------
+
+
+def _get_slot_for_user(request: HtmxHttpRequest, slot_id: int) -> ExpertSlot:
+    """The expert's own claimed slot; anyone else's is a 404 (its existence is not confirmed)."""
+    slot = (
+        ExpertSlot.objects.select_related("item__sample__image")
+        .filter(pk=slot_id, expert_id=request.user.pk)
+        .first()
+    )
+    if slot is None or slot.status != ExpertSlot.Status.CLAIMED:
+        raise Http404("This item is not claimed by you.")
+    return slot
+
+
+def _workspace(
+    request: HtmxHttpRequest, slot: ExpertSlot, *, error: str = "", form: dict | None = None
+) -> dict:
+    item = slot.item
+    sample = item.sample
+    return {
+        "slot": slot,
+        "item": item,
+        "sample": sample,
+        "steps": selectors.reasoning_steps(sample.thinking),
+        "jurors": selectors.juror_labels(sample.pk, item.prompt_version),
+        "progress": selectors.expert_progress(user=request.user),
+        "error": error,
+        "form": form or {},
+    }
+
+
+@require_GET
+@roles_required(*ROLES)
+def expert_home(request: HtmxHttpRequest) -> HttpResponse:
+    roles = user_roles(request.user)
+    context: dict = {"counts": selectors.expert_queue_counts(), "is_expert": EXPERT in roles}
+    if EXPERT in roles:
+        context["progress"] = selectors.expert_progress(user=request.user)
+        context["current"] = review.expert_slot_current(user=request.user)
+    if roles & {REVIEWER, ADMIN}:
+        context["team"] = selectors.expert_team_progress()
+    return render(request, "annotation/expert_home.html", context)
+
+
+def _next(request: HtmxHttpRequest, *, message: str = "", status: int = 200) -> HttpResponse:
+    """Claim the next item: its workspace (htmx swaps it in, no page load) or a redirect to its page."""
+    why = "Nothing left in the queue for you. Thank you."
+    try:
+        slot = review.expert_slot_claim(user=request.user)
+    except review.DailyCapReached as exc:
+        slot, why = None, str(exc)
+    if slot is None:
+        message = f"{message} {why}".strip()
+        if request.htmx:
+            context = {"message": message, "progress": selectors.expert_progress(user=request.user)}
+            response = render(request, "annotation/expert_label.html#finished", context, status=status)
+            return push_url(response, reverse("expert_home"))
+        return redirect(f"{reverse('expert_home')}?{urlencode({'message': message})}")
+    url = reverse("expert_slot", args=[slot.pk])
+    if request.htmx:
+        context = _workspace(request, slot)
+        context["message"] = message
+        response = render(request, "annotation/expert_label.html#workspace", context, status=status)
+        return push_url(response, url)
+    return redirect(url)
+
+
+@require_POST
+@roles_required(EXPERT)
+def expert_claim(request: HtmxHttpRequest) -> HttpResponse:
+    return _next(request)
+
+
+@require_GET
+@roles_required(EXPERT)
+def expert_slot(request: HtmxHttpRequest, slot_id: int) -> HttpResponse:
+    try:
+        slot = _get_slot_for_user(request, slot_id)
+    except Http404:
+        return redirect(reverse("expert_home"))
+    return render(request, "annotation/expert_label.html", _workspace(request, slot))
+
+
+def _submission(request: HtmxHttpRequest) -> review.ExpertSubmission:
+    data = request.POST
+    try:
+        judgment = float(data.get("judgment", ""))
+    except ValueError:
+        raise review.ReviewError("judgment: pick 0, 0.5 or 1 (keys 0, 5, 1)") from None
+    step_text = data.get("first_harmful_step", "").strip()
+    if step_text and not step_text.isdigit():
+        raise review.ReviewError(f"first_harmful_step: {step_text!r} is not a step number")
+    return review.ExpertSubmission(
+        judgment=judgment,
+        analysis=data.get("analysis", ""),
+        first_harmful_step=int(step_text) if step_text else None,
+        prefilled_from=data.get("prefilled_from", "")[:100],
+    )
+
+
+@require_POST
+@roles_required(EXPERT)
+def expert_submit(request: HtmxHttpRequest, slot_id: int) -> HttpResponse:
+    token = request.POST.get("token", "")
+    try:
+        submission = _submission(request)
+        review.expert_label_submit(slot_id=slot_id, user=request.user, token=token, submission=submission)
+    except review.ClaimLost as exc:
+        return _next(request, message=str(exc), status=409 if not request.htmx else 200)
+    except review.ReviewError as exc:
+        slot = _get_slot_for_user(request, slot_id)
+        context = _workspace(request, slot, error=str(exc), form=request.POST.dict())
+        template = "annotation/expert_label.html" + ("#workspace" if request.htmx else "")
+        # htmx swaps only 2xx answers: the page with the error is the answer.
+        return render(request, template, context, status=200 if request.htmx else 400)
+    return _next(request, message="Label saved.")
+
+
+@require_POST
+@roles_required(EXPERT)
+def expert_skip(request: HtmxHttpRequest, slot_id: int) -> HttpResponse:
+    try:
+        review.expert_slot_skip(slot_id=slot_id, user=request.user, token=request.POST.get("token", ""))
+    except review.ClaimLost as exc:
+        return _next(request, message=str(exc))
+    return _next(request, message="Skipped.")
+
+
+@require_POST
+@roles_required(EXPERT)
+def expert_renew(request: HtmxHttpRequest, slot_id: int) -> HttpResponse:
+    try:
+        until = review.expert_slot_renew(
+            slot_id=slot_id, user=request.user, token=request.POST.get("token", "")
+        )
+    except review.ClaimLost as exc:
+        return HttpResponse(f"⚠ {exc}", status=200 if request.htmx else 409)
+    return HttpResponse(
+        f"Held for you until {timezone.localtime(until):%H:%M}; kept while this page is open."
+    )
+
+
+# --- adjudication and agreement -----------------------------------------------------------------------------------
+
+
+@roles_required(ADMIN)
+def adjudication(request: HtmxHttpRequest) -> HttpResponse:
+    error, decided = "", None
+    if request.method == "POST":
+        item_id = request.POST.get("item", "")
+        try:
+            judgment = float(request.POST.get("judgment", ""))
+        except ValueError:
+            judgment = -1.0
+        try:
+            if not item_id.isdigit():
+                raise review.ReviewError(f"item: {item_id!r} is not an item number")
+            decided = review.expert_item_adjudicate(
+                item_id=int(item_id),
+                user=request.user,
+                judgment=judgment,
+                analysis=request.POST.get("analysis", ""),
+                note=request.POST.get("note", ""),
+            )
+        except review.ReviewError as exc:
+            error = f"Item #{item_id}: {exc}"
+    elif request.method != "GET":
+        return HttpResponse(status=405)
+    context = {"items": selectors.adjudication_items(), "error": error, "decided": decided}
+    return render(request, "annotation/adjudication.html", context, status=400 if error else 200)
+
+
+def _int(value: str | None, default: int, low: int, high: int) -> int:
+    return min(max(int(value), low), high) if value and value.isdigit() else default
+
+
+@require_GET
+@roles_required(*ROLES)
+def agreement_page(request: HtmxHttpRequest) -> HttpResponse:
+    n = _int(request.GET.get("n"), 150, 1, 100_000)
+    seed = _int(request.GET.get("seed"), 0, 0, 2**31)
+    context = {
+        "report": agreement.agreement_report(n=n, seed=seed),
+        "n": n,
+        "seed": seed,
+        "can_draw": bool(user_roles(request.user) & {REVIEWER, ADMIN}),
+        "message": request.GET.get("message", ""),
+    }
+    return render(request, "annotation/agreement.html", context)
+
+
+@require_POST
+@roles_required(REVIEWER, ADMIN)
+def reliability_draw(request: HtmxHttpRequest) -> HttpResponse:
+    n = _int(request.POST.get("n"), 150, 1, 10_000)
+    seed = _int(request.POST.get("seed"), 0, 0, 2**31)
+    try:
+        sent = review.expert_reliability_draw(n=n, seed=seed, user=request.user)
+        message = f"Sent {sent} jury-labelled samples to the expert queue for the reliability check."
+    except review.ReviewError as exc:
+        message = str(exc)
+    return redirect(f"{reverse('agreement')}?{urlencode({'message': message})}")
+
+
+# --- disagreement inspector ---------------------------------------------------------------------------------------
+
+
+def _guard_name(request: HtmxHttpRequest) -> str | None:
+    names = selectors.guard_names()
+    wanted = request.GET.get("guard") or request.POST.get("guard") or ""
+    return wanted if wanted in names else selectors.active_guard_name()
+
+
+@require_GET
+@roles_required(REVIEWER, ADMIN)
+def disagreement_list(request: HtmxHttpRequest) -> HttpResponse:
+    guard = _guard_name(request)
+    filters = selectors.clean_disagreement_filters(request.GET)
+    context: dict[str, object] = {
+        "guard": guard,
+        "guards": selectors.guard_names(),
+        "filters": filters,
+        "query": urlencode({**filters, **({"guard": guard} if guard else {})}),
+        "subsets": selectors.subsets(),
+        "choices": [
+            (k, t, c.choices) for k, t, c in selectors.CHOICE_FILTERS if k in ("category", "stratum")
+        ],
+        "directions": selectors.DIRECTIONS,
+        "triage": selectors.TRIAGE,
+    }
+    if guard:
+        context["page"] = selectors.disagreement_page(
+            guard_name=guard, filters=filters, page_number=request.GET.get("page"), per_page=PAGE_SIZE
+        )
+    template = "annotation/disagreement_list.html" + ("#results" if request.htmx else "")
+    return render(request, template, context)
+
+
+@roles_required(REVIEWER, ADMIN)
+def disagreement_detail(request: HtmxHttpRequest, sample_id: int) -> HttpResponse:
+    guard = _guard_name(request)
+    sample = get_object_or_404(Sample.objects.select_related("image"), pk=sample_id)
+    error = ""
+    if request.method == "POST":
+        if guard is None:
+            raise Http404("No guard checkpoint")
+        try:
+            review.review_decision_record(
+                sample=sample,
+                guard_name=guard,
+                verdict=request.POST.get("verdict", ""),
+                user=request.user,
+                note=request.POST.get("note", ""),
+            )
+        except review.ReviewError as exc:
+            error = str(exc)
+        else:
+            return redirect(f"{reverse('disagreement', args=[sample.pk])}?{urlencode({'guard': guard})}")
+    elif request.method != "GET":
+        return HttpResponse(status=405)
+    labels = list(sample.labels.order_by("source_kind", "source_name", "id"))
+    item = ExpertQueueItem.objects.filter(sample=sample).first()
+    context = {
+        "sample": sample,
+        "guard": guard,
+        "steps": selectors.reasoning_steps(sample.thinking),
+        "guard_labels": [lab for lab in labels if lab.source_kind == "guard" and lab.source_name == guard],
+        "jurors": [lab for lab in labels if lab.source_kind == "juror"],
+        "experts": [lab for lab in labels if lab.source_kind == "expert"],
+        "item": item,
+        "decisions": ReviewDecision.objects.filter(sample=sample).select_related("reviewer"),
+        "verdicts": ReviewDecision.Verdict.choices,
+        "error": error,
+    }
+    return render(request, "annotation/disagreement_detail.html", context, status=400 if error else 200)

@@ -1,0 +1,270 @@
+"""The expert queue under load: 20 experts claiming and submitting at once over HTTP, and the agreement page.
+
+Run: DATABASE_URL=postgres://postgres@127.0.0.1:5432/test .venv/bin/python bench/expert_queue.py [--quick]
+(100,000 samples of which 10,000 wait in the expert queue with K = 3 slots each; 20 experts each label 50 items
+back to back, no thinking time; --quick: 20,000 / 2,000 and 10 items each). The app runs under gunicorn as in
+production (`--workers 4 --threads 4`) on loopback; each expert is a client thread with its own API token going
+through `/api/v1/expert/claim` and `/api/v1/expert/slots/<id>/submit`. Fresh database `guardtrace_bench_expert`.
+
+Then every queue item is given three expert labels in bulk, and the agreement report is computed over all of
+them (the statistics the agreement page shows), in-process and through the page.
+
+Checks: no slot handed to two experts (`double_assigned`), no acknowledged submission missing from the database
+(`lost_submissions`), and no expert holding two slots of one item.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+
+from _setup import ROOT, fresh_database, machine
+
+EXPERTS = 20
+
+
+def _fill(samples: int, queued: int) -> None:
+    """Samples; the first `queued` split 1:1:1 by three jurors, queued for experts by the real service."""
+    from django.utils import timezone
+
+    from annotation.models import Label, RiskCategory, Sample, Stratum
+    from annotation.review import expert_queue_sync
+
+    rng = random.Random(0)
+    batch = []
+    for n in range(samples):
+        batch.append(Sample(
+            question=f"Question {n}: how would someone approach topic {n % 97}?",
+            thinking="Step one of the reasoning.\n\nStep two of the reasoning.\n\nStep three.",
+            answer="A refusal with a pointer to help.",
+            subset=rng.choice(["S-Eval-VL", "HADES-Eval", "MM-Eval", "MMJ-Eval"]),
+            category=rng.choice(RiskCategory.values),
+            stratum=Stratum.D1_1_1 if n < queued else Stratum.D3_0,
+            content_hash=f"{n:064x}",
+        ))  # fmt: skip
+        if len(batch) == 5000:
+            Sample.objects.bulk_create(batch)
+            batch = []
+    Sample.objects.bulk_create(batch)
+    ids = list(Sample.objects.order_by("id").values_list("id", flat=True)[:queued])
+    now = timezone.now()
+    Label.objects.bulk_create(
+        [Label(sample_id=i, source_kind="juror", source_name=name, prompt_version="qta-v1", judgment=value,
+               analysis=f"{name} reads it as {value}", created_at=now)
+         for i in ids for name, value in (("gemma", 0.0), ("mistral", 0.5), ("qwen", 1.0))],
+        batch_size=5000,
+    )  # fmt: skip
+    expert_queue_sync(sample_ids=ids)
+
+
+def _experts() -> list[str]:
+    from django.contrib.auth.models import Group, User
+    from rest_framework.authtoken.models import Token
+
+    group = Group.objects.get_or_create(name="expert")[0]
+    tokens = []
+    for n in range(EXPERTS):
+        user = User.objects.create_user(username=f"expert{n:02d}", password="x")
+        user.groups.add(group)
+        tokens.append(Token.objects.create(user=user).key)
+    return tokens
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _serve(port: int) -> subprocess.Popen:
+    env = {**os.environ, "GUARDTRACE_EXPERT_DAILY_CAP": "100000", "LOG_LEVEL": "WARNING"}
+    process = subprocess.Popen(
+        [str(ROOT / ".venv/bin/gunicorn"), "guardtrace.wsgi:application", "--bind", f"127.0.0.1:{port}",
+         "--workers", "4", "--threads", "4", "--worker-class", "gthread", "--log-level", "warning"],
+        cwd=ROOT, env=env,
+    )  # fmt: skip
+    for _ in range(200):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("gunicorn did not start")
+
+
+class Expert(threading.Thread):
+    def __init__(self, url: str, token: str, items: int, start: threading.Barrier, seed: int) -> None:
+        super().__init__()
+        self.url, self.token, self.items, self.start_together = url, token, items, start
+        self.rng = random.Random(seed)
+        self.claims: list[float] = []
+        self.submits: list[float] = []
+        self.acknowledged: list[tuple[int, int]] = []  # (slot, label id) answered 201
+        self.received: list[int] = []  # slots handed to this expert
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        import httpx
+
+        headers = {"Authorization": f"Token {self.token}"}
+        with httpx.Client(base_url=self.url, headers=headers, timeout=30) as client:
+            self.start_together.wait()
+            for _ in range(self.items):
+                started = time.perf_counter()
+                claimed = client.post("/api/v1/expert/claim")
+                self.claims.append(time.perf_counter() - started)
+                if claimed.status_code == 204:
+                    break
+                if claimed.status_code != 200:
+                    self.errors.append(f"claim {claimed.status_code}: {claimed.text[:200]}")
+                    continue
+                slot = claimed.json()
+                self.received.append(slot["slot"])
+                body = {"token": slot["token"], "judgment": self.rng.choice([0, 0.5, 1]),
+                        "analysis": slot["jurors"][0]["analysis"] + " (checked)"}  # fmt: skip
+                started = time.perf_counter()
+                submitted = client.post(f"/api/v1/expert/slots/{slot['slot']}/submit", json=body)
+                self.submits.append(time.perf_counter() - started)
+                if submitted.status_code == 201:
+                    self.acknowledged.append((slot["slot"], submitted.json()["id"]))
+                else:
+                    self.errors.append(f"submit {submitted.status_code}: {submitted.text[:200]}")
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def _label_everything() -> int:
+    """Three expert labels on every queue slot still open, in bulk (for the agreement figure)."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    from annotation.models import ExpertQueueItem, ExpertSlot, Label
+
+    rng = random.Random(1)
+    now = timezone.now()
+    users = {n: f"bulk{n}" for n in range(3)}
+    created = 0
+    open_slots = list(ExpertSlot.objects.filter(status="open").values_list("pk", "item_id", "item__sample_id", "index"))
+    for start in range(0, len(open_slots), 5000):
+        chunk = open_slots[start : start + 5000]
+        with transaction.atomic():
+            labels = Label.objects.bulk_create(
+                [Label(sample_id=sample_id, source_kind="expert", source_name=f"{users[index]}-{item_id}",
+                       prompt_version="expert-round-1", judgment=rng.choice([0.0, 0.0, 0.5, 1.0]),
+                       analysis="bulk", created_at=now) for _, item_id, sample_id, index in chunk]
+            )  # fmt: skip
+            slots = [
+                ExpertSlot(pk=pk, status="submitted", submitted_at=now, label_id=label.pk)
+                for (pk, _, _, _), label in zip(chunk, labels, strict=True)
+            ]
+            ExpertSlot.objects.bulk_update(slots, ["status", "submitted_at", "label"])
+            created += len(labels)
+    ExpertQueueItem.objects.update(status="done", decision=0.0, decided_by="majority", decided_at=now)
+    return created
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    samples, queued, per_expert = (20_000, 2_000, 10) if args.quick else (100_000, 10_000, 50)
+    database = fresh_database("guardtrace_bench_expert")
+    started = time.perf_counter()
+    _fill(samples, queued)
+    tokens = _experts()
+    fill_s = time.perf_counter() - started
+
+    port = _free_port()
+    server = _serve(port)
+    try:
+        barrier = threading.Barrier(EXPERTS)
+        crowd = [Expert(f"http://127.0.0.1:{port}", t, per_expert, barrier, seed) for seed, t in enumerate(tokens)]
+        wall = time.perf_counter()
+        for expert in crowd:
+            expert.start()
+        for expert in crowd:
+            expert.join()
+        wall = time.perf_counter() - wall
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    from annotation.models import ExpertSlot, Label
+
+    claims = [t for e in crowd for t in e.claims]
+    submits = [t for e in crowd for t in e.submits]
+    holders: dict[int, set[int]] = defaultdict(set)
+    for n, expert in enumerate(crowd):
+        for slot in expert.received:
+            holders[slot].add(n)
+    double_assigned = sum(1 for experts in holders.values() if len(experts) > 1)
+    acknowledged = [pair for e in crowd for pair in e.acknowledged]
+    stored = dict(ExpertSlot.objects.filter(status="submitted").values_list("pk", "label_id"))
+    lost = sum(1 for slot, label in acknowledged if stored.get(slot) != label)
+    lost += len(acknowledged) - Label.objects.filter(source_kind="expert").count()
+    same_item = (
+        ExpertSlot.objects.filter(status="submitted").values("item", "expert").distinct().count()
+        != ExpertSlot.objects.filter(status="submitted").count()
+    )
+    errors = [err for e in crowd for err in e.errors]
+
+    bulk = _label_everything()
+    from annotation.agreement import agreement_report
+
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        report = agreement_report(n=150, seed=0)
+        times.append(time.perf_counter() - t)
+    from django.contrib.auth.models import Group, User
+    from django.test import Client
+
+    reviewer = User.objects.create_user(username="reviewer", password="x")
+    reviewer.groups.add(Group.objects.get_or_create(name="reviewer")[0])
+    client = Client()
+    client.force_login(reviewer)
+    page_times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        assert client.get("/expert/agreement/").status_code == 200
+        page_times.append(time.perf_counter() - t)
+
+    print(f"machine   {machine()}")
+    print(f"database  {database}; {samples:,} samples, {queued:,} queue items × 3 slots (filled in {fill_s:.0f} s)")
+    print(f"load      {EXPERTS} experts × {per_expert} items, no thinking time, gunicorn 4 workers × 4 threads;"
+          f" {len(submits):,} labels in {wall:.1f} s ({len(submits) / wall:.0f} labels/s)")  # fmt: skip
+    print()
+    print(f"{'request':<10}{'n':>8}{'median ms':>12}{'p95 ms':>10}{'max ms':>10}")
+    for name, values in (("claim", claims), ("submit", submits)):
+        print(f"{name:<10}{len(values):>8}{statistics.median(values) * 1000:>12.1f}{_p(values, 0.95):>10.1f}"
+              f"{max(values) * 1000:>10.1f}")  # fmt: skip
+    print()
+    print(f"agreement over {report.complete_units:,} items (+{bulk:,} bulk labels): report "
+          f"{min(times):.3f} s, page {min(page_times):.3f} s (best of 3); κ = {report.fleiss_kappa:.3f}")
+    print(f"errors    {len(errors)}{': ' + errors[0] if errors else ''}")
+    print(f"same expert on two slots of one item: {'yes' if same_item else 'no'}")
+    print()
+    print(f"figure claim_p95_ms = {_p(claims, 0.95):.1f} ms")
+    print(f"figure submit_p95_ms = {_p(submits, 0.95):.1f} ms")
+    print(f"figure claim_median_ms = {statistics.median(claims) * 1000:.1f} ms")
+    print(f"figure submit_median_ms = {statistics.median(submits) * 1000:.1f} ms")
+    print(f"figure double_assigned = {double_assigned} slots")
+    print(f"figure lost_submissions = {lost} labels")
+    print(f"figure agreement_page_s = {min(page_times):.3f} s")
+    sys.exit(1 if errors or double_assigned or lost or same_item else 0)
+
+
+if __name__ == "__main__":
+    main()
