@@ -22,7 +22,7 @@ from typing import cast
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from annotation.models import (
@@ -160,45 +160,46 @@ def _lease(now: datetime) -> datetime:
     return now + timedelta(seconds=settings.GUARDTRACE_EXPERT_LEASE_S)
 
 
-def _take(slot_id: int, user, now: datetime, *, expired: bool) -> Slot | None:
-    """Flip one slot to claimed by `user` if it is still free (open, or claimed with a lapsed lease)."""
-    free = Q(status=Slot.Status.CLAIMED, lease_expires_at__lt=now) if expired else Q(status=Slot.Status.OPEN)
-    token = secrets.token_hex(16)
-    taken = Slot.objects.filter(free, pk=slot_id).update(
-        status=Slot.Status.CLAIMED,
-        expert=user,
-        claim_token=token,
-        claimed_at=now,
-        lease_expires_at=_lease(now),
-    )
-    return Slot.objects.select_related("item").get(pk=slot_id) if taken else None
-
-
 def _next_slot(user, now: datetime) -> Slot | None:
+    """Claim the first free slot for `user` in one statement: UPDATE … WHERE id = (SELECT … LIMIT 1 FOR UPDATE
+    SKIP LOCKED) AND <still free>. SKIP LOCKED hands concurrent claimers different rows on PostgreSQL; the
+    condition repeated in the UPDATE is what makes the claim safe on every backend (SQLite ignores the lock)."""
     # Lapsed leases first (their items are oldest), then open slots in queue order.
     for expired in (True, False):
-        candidates = _claimable(user)
-        if expired:
-            candidates = candidates.filter(status=Slot.Status.CLAIMED, lease_expires_at__lt=now).order_by(
-                "lease_expires_at"
-            )
-        else:
-            candidates = candidates.filter(status=Slot.Status.OPEN).order_by("item_id", "index")
+        free = (
+            Q(status=Slot.Status.CLAIMED, lease_expires_at__lt=now) if expired else Q(status=Slot.Status.OPEN)
+        )
+        candidates = _claimable(user).filter(free)
+        candidates = (
+            candidates.order_by("lease_expires_at") if expired else candidates.order_by("item_id", "index")
+        )
+        if expired and not candidates.exists():  # the usual case: a cheap look, no transaction
+            continue
         for _ in range(20):
             with transaction.atomic():
-                # SKIP LOCKED hands concurrent claimers different rows (PostgreSQL); the conditional update
-                # below is what makes the claim safe on every backend.
-                found = list(candidates.select_for_update(skip_locked=True, of=("self",))[:1])
-                if not found:
-                    break
-                slot = _take(found[0].pk, user, now, expired=expired)
-            if slot is not None:
-                return slot
+                first = candidates.select_for_update(skip_locked=True, of=("self",)).values("pk")[:1]
+                # `id = (scalar subquery)`, evaluated once; `id IN (…)` may be re-run per row and claim several.
+                taken = Slot.objects.filter(free, pk=Subquery(first)).update(
+                    status=Slot.Status.CLAIMED,
+                    expert=user,
+                    claim_token=secrets.token_hex(16),
+                    claimed_at=now,
+                    lease_expires_at=_lease(now),
+                )
+            if taken:
+                return expert_slot_current(user=user)
+            if not candidates.exists():
+                break
     return None
 
 
 def expert_slot_current(*, user) -> Slot | None:
-    return Slot.objects.select_related("item").filter(expert=user, status=Slot.Status.CLAIMED).first()
+    """The slot the expert holds, with what the labelling page shows (one claim per expert at most)."""
+    return (
+        Slot.objects.select_related("item__sample__image")
+        .filter(expert=user, status=Slot.Status.CLAIMED)
+        .first()
+    )
 
 
 def expert_slot_claim(*, user, now: datetime | None = None) -> Slot | None:
@@ -207,11 +208,11 @@ def expert_slot_claim(*, user, now: datetime | None = None) -> Slot | None:
     now = now or timezone.now()
     held = expert_slot_current(user=user)
     if held is not None:
-        Slot.objects.filter(pk=held.pk, expert=user, status=Slot.Status.CLAIMED).update(
-            lease_expires_at=_lease(now)
-        )
-        held.refresh_from_db()
-        if held.expert_id == user.pk and held.status == Slot.Status.CLAIMED:
+        # Renewed only while still theirs (a lapsed lease may have just been taken over).
+        until = _lease(now)
+        mine = _mine(held.pk, user, held.claim_token)
+        if mine.update(lease_expires_at=until):
+            held.lease_expires_at = until
             return held
     cap = settings.GUARDTRACE_EXPERT_DAILY_CAP
     if items_seen_today(user=user, now=now) >= cap:
@@ -288,6 +289,21 @@ def expert_label_submit(
         raise ClaimLost("This item has left the expert queue.")
     sample = slot.item.sample
     _check(submission, len(reasoning_steps(sample.thinking)))
+    try:
+        return _submit(slot, user, token, submission, now)
+    except IntegrityError as exc:
+        # The one-label-per-expert-and-round constraint: they already labelled this item in this round. Give the
+        # slot back, so that it goes to someone else and their next claim does not resume it.
+        _mine(slot_id, user, token).update(
+            status=Slot.Status.OPEN, expert=None, claim_token="", claimed_at=None, lease_expires_at=None
+        )
+        raise ClaimLost(
+            "You have already labelled this item in this round; it was not stored twice."
+        ) from exc
+
+
+def _submit(slot: Slot, user, token: str, submission: ExpertSubmission, now: datetime) -> Label:
+    slot_id, sample = slot.pk, slot.item.sample
     with transaction.atomic():
         # Lock order sample → item → slot, as stratification does (sample → item): no deadlock between them.
         Sample.objects.select_for_update(no_key=True).filter(pk=sample.pk).first()

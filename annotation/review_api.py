@@ -73,7 +73,6 @@ class ExpertClaimApi(APIView):
             return Response({"detail": str(exc)}, status=status.HTTP_429_TOO_MANY_REQUESTS)
         if slot is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        slot = ExpertSlot.objects.select_related("item__sample__image").get(pk=slot.pk)
         return Response(SlotOutputSerializer(slot).data)
 
 

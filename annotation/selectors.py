@@ -181,10 +181,12 @@ def day_start(now: datetime) -> datetime:
 def items_seen_today(*, user, now: datetime | None = None) -> int:
     """Items this expert was shown today: labelled, skipped, or held now."""
     since = day_start(now or timezone.now())
-    labelled = ExpertSlot.objects.filter(expert=user, submitted_at__gte=since).count()
+    slots = ExpertSlot.objects.filter(expert=user).aggregate(
+        labelled=Count("id", filter=Q(submitted_at__gte=since)),
+        holding=Count("id", filter=Q(status=ExpertSlot.Status.CLAIMED)),
+    )
     skipped = ExpertSkip.objects.filter(expert=user, at__gte=since).count()
-    holding = ExpertSlot.objects.filter(expert=user, status=ExpertSlot.Status.CLAIMED).count()
-    return labelled + skipped + holding
+    return slots["labelled"] + slots["holding"] + skipped
 
 
 def _seconds(claimed: datetime | None, submitted: datetime | None) -> float | None:

@@ -237,6 +237,11 @@ def test_an_admin_adjudicates_a_split_of_experts(client, admin_user):
     )
     item.refresh_from_db()
     assert (item.status, item.decision, item.adjudicator) == ("done", 0.5, admin_user)
+    # The Django admin shows queue items (with their slots) and reviewer calls, read-only.
+    assert client.get("/admin/annotation/expertqueueitem/").status_code == 200
+    detail = client.get(f"/admin/annotation/expertqueueitem/{item.pk}/change/")
+    assert detail.status_code == 200 and "expert2" in detail.content.decode()
+    assert client.get("/admin/annotation/reviewdecision/").status_code == 200
 
 
 def test_the_agreement_page_and_a_reliability_draw(client, reviewer_user):
@@ -307,3 +312,18 @@ def test_reviewers_filter_disagreements_and_triage_them(client, reviewer_user):
 def test_without_an_active_guard_the_inspector_says_what_to_do(client, reviewer_user):
     client.force_login(reviewer_user)
     assert b"No active guard checkpoint" in client.get(reverse("disagreement_list")).content
+
+
+def test_the_demo_gives_the_demo_expert_a_queue_to_label(settings):
+    from django.contrib.auth.models import Group
+    from django.core.management import call_command
+
+    for role in ("admin", "expert", "reviewer"):
+        Group.objects.get_or_create(name=role)
+    call_command("demo_setup", count=40)
+    call_command("demo_setup", count=40)  # safe to run twice
+    assert ExpertQueueItem.objects.filter(reason="reviewer").count() == 12
+    from django.contrib.auth.models import User
+
+    demo_expert = User.objects.get(username="expert")
+    assert label_next(demo_expert, 0.5).source_name == "expert"

@@ -12,9 +12,11 @@ from django.core.management.base import BaseCommand
 from annotation import services
 from annotation.images import DirectoryImageSource
 from annotation.models import Sample
+from annotation.review import expert_queue_send
 from annotation.roles import ADMIN, EXPERT, REVIEWER
 from annotation.synthetic import generate
 
+DEMO_QUEUE = 12
 DEMO_USERS = (
     ("admin", "admin-demo-pass", (ADMIN,), True),
     ("expert", "expert-demo-pass", (EXPERT,), False),
@@ -53,3 +55,10 @@ class Command(BaseCommand):
                 images=DirectoryImageSource(folder),
             )
         self.stdout.write(self.style.SUCCESS(f"imported {report.created} synthetic demo samples"))
+        # Something for the demo expert to label: a dozen samples sent to the expert queue, as a reviewer would.
+        reviewer = User.objects.get(username="reviewer")
+        for sample in Sample.objects.filter(split="train").order_by("id")[:DEMO_QUEUE]:
+            expert_queue_send(sample=sample, user=reviewer, note="Demo: try the expert queue on these.")
+        self.stdout.write(
+            f"sent {DEMO_QUEUE} demo samples to the expert queue (log in as expert, open Expert queue)"
+        )
