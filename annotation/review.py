@@ -332,24 +332,26 @@ def _submit(slot: Slot, user, token: str, submission: ExpertSubmission, now: dat
         )
         Slot.objects.filter(pk=slot.pk).update(label=label)
         AuditEvent.objects.create(user=user, action=AuditEvent.Action.LABEL_WRITE, sample=sample, label=label)
-        _decide_if_complete(item, now)
-        samples_labels_resolve(sample_ids=[sample.pk])
+        # Until the item is decided, an expert label cannot change the sample's stratum or training label.
+        if _decide_if_complete(item, now):
+            samples_labels_resolve(sample_ids=[sample.pk])
     return label
 
 
-def _decide_if_complete(item: Item, now: datetime) -> None:
+def _decide_if_complete(item: Item, now: datetime) -> bool:
+    """Decide the item when its round has K labels; True when it now has a (new) decision."""
     labels = list(
         Label.objects.filter(expert_slot__item=item, expert_slot__round=item.round).order_by(
             "created_at", "id"
         )
     )
     if len(labels) < item.labels_needed:
-        return
+        return False
     value = majority([label.judgment for label in labels])  # type: ignore[misc]
     if value is None:
         item.status = ReviewStatus.ADJUDICATION
         item.save(update_fields=["status"])
-        return
+        return False
     item.status = ReviewStatus.DONE
     item.decision = value
     item.decision_analysis = next(label.analysis for label in labels if label.judgment == value)
@@ -357,6 +359,7 @@ def _decide_if_complete(item: Item, now: datetime) -> None:
     item.save(
         update_fields=["status", "decision", "decision_analysis", "decided_by", "decided_at", "adjudicator"]
     )
+    return True
 
 
 def expert_item_adjudicate(*, item_id: int, user, judgment: float, analysis: str, note: str = "") -> Item:
