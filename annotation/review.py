@@ -230,6 +230,13 @@ def _mine(slot_id: int, user, token: str):
     return Slot.objects.filter(pk=slot_id, expert=user, claim_token=token, status=Slot.Status.CLAIMED)
 
 
+def _release(slot_id: int, user, token: str) -> int:
+    """Return the expert's claimed slot to the queue; 1 if it was still theirs."""
+    return _mine(slot_id, user, token).update(
+        status=Slot.Status.OPEN, expert=None, claim_token="", claimed_at=None, lease_expires_at=None
+    )
+
+
 def _lost(slot_id: int, user) -> ClaimLost:
     slot = Slot.objects.filter(pk=slot_id).first()
     if slot is None:
@@ -253,10 +260,7 @@ def expert_slot_skip(*, slot_id: int, user, token: str) -> None:
         slot = _mine(slot_id, user, token).select_related("item").first()
         if slot is None:
             raise _lost(slot_id, user)
-        released = _mine(slot_id, user, token).update(
-            status=Slot.Status.OPEN, expert=None, claim_token="", claimed_at=None, lease_expires_at=None
-        )
-        if not released:
+        if not _release(slot_id, user, token):
             raise _lost(slot_id, user)
         ExpertSkip.objects.get_or_create(item_id=slot.item_id, round=slot.round, expert=user)
         AuditEvent.objects.create(
@@ -294,9 +298,7 @@ def expert_label_submit(
     except IntegrityError as exc:
         # The one-label-per-expert-and-round constraint: they already labelled this item in this round. Give the
         # slot back, so that it goes to someone else and their next claim does not resume it.
-        _mine(slot_id, user, token).update(
-            status=Slot.Status.OPEN, expert=None, claim_token="", claimed_at=None, lease_expires_at=None
-        )
+        _release(slot_id, user, token)
         raise ClaimLost(
             "You have already labelled this item in this round; it was not stored twice."
         ) from exc

@@ -356,3 +356,20 @@ def test_the_last_labels_arriving_together_decide_the_item_and_two_tabs_store_on
     item.refresh_from_db()
     assert (item.status, item.decision) == ("done", 1.0)
     assert Label.objects.filter(source_kind="expert").count() == 3
+
+
+def test_a_label_already_stored_for_the_expert_and_round_is_refused_and_frees_the_slot():
+    """An admin may write labels under any name (API, imports): the queue never stores a second one."""
+    from annotation.services import label_record
+
+    (item,) = split_items(1)
+    (erin,) = experts(1)
+    slot = expert_slot_claim(user=erin)
+    label_record(sample=item.sample, source_kind="expert", source_name=erin.username, judgment=1.0,
+                 prompt_version="expert-round-1")  # fmt: skip
+    with pytest.raises(ClaimLost, match="already labelled this item"):
+        expert_label_submit(
+            slot_id=slot.pk, user=erin, token=slot.claim_token, submission=ExpertSubmission(0.0, "mine")
+        )
+    assert ExpertSlot.objects.get(pk=slot.pk).status == "open"
+    assert Label.objects.filter(source_kind="expert").count() == 1
