@@ -13,6 +13,14 @@ from tests.annotation.review_helpers import experts, label_next, split_items
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
 
+def _start(page) -> None:
+    """Enter on the queue page's start button, which has the focus (autofocus is applied once the page renders)."""
+    page.wait_for_function("() => document.activeElement && document.activeElement.id === 'start-button'")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#workspace[data-slot]")
+    page.wait_for_load_state("load")  # the page's scripts (htmx, the key handler) have run
+
+
 def _slot_of(page) -> int:
     return int(page.get_attribute("#workspace", "data-slot"))
 
@@ -35,8 +43,7 @@ def test_an_expert_labels_three_items_with_the_keyboard_only(open_as, live_serve
     page = open_as(erin)
     page.screenshot(path=shots / "expert_home.png", full_page=True)
     # The start button has the focus: Enter claims the first item and opens it.
-    page.keyboard.press("Enter")
-    page.wait_for_selector("#workspace[data-slot]")
+    _start(page)
     url_before = page.url
     slot = _slot_of(page)
     page.keyboard.press("?")
@@ -89,8 +96,9 @@ def test_two_experts_in_two_browsers_never_receive_the_same_slot(open_as):
     # Both ask for work at the same moment.
     page_a.evaluate("document.getElementById('start-button').form.submit()")
     page_b.evaluate("document.getElementById('start-button').form.submit()")
-    page_a.wait_for_selector("#workspace[data-slot]")
-    page_b.wait_for_selector("#workspace[data-slot]")
+    for page in (page_a, page_b):
+        page.wait_for_selector("#workspace[data-slot]")
+        page.wait_for_load_state("load")
     seen_a, seen_b = [_slot_of(page_a)], [_slot_of(page_b)]
     assert seen_a[0] != seen_b[0]
     # Both label everything they are given, alternating keystrokes between the two browsers.
@@ -136,8 +144,7 @@ def test_the_image_stays_blurred_until_the_expert_reveals_it(open_as, shots):
     (item,) = split_items(1, image=image)
     (erin,) = experts(1)
     page = open_as(erin)
-    page.keyboard.press("Enter")
-    page.wait_for_selector("#workspace[data-slot]")
+    _start(page)
     img = page.locator("#qta-img")
     assert "/preview/" in img.get_attribute("src") and "blurred" in img.get_attribute("class")
     assert "blur(" in img.evaluate("el => getComputedStyle(el).filter")
