@@ -260,10 +260,18 @@ def adjudication_items(limit: int = 50) -> list[ExpertQueueItem]:
         .select_related("sample")
         .order_by("id")[:limit]
     )
+    # One query for all the items' labels, grouped by item and kept to each item's current round.
+    by_item: dict[int, list[Label]] = {item.pk: [] for item in items}
+    rounds = {item.pk: item.round for item in items}
+    for label in (
+        Label.objects.filter(expert_slot__item__in=items)
+        .annotate(item_id=F("expert_slot__item_id"), review_round=F("expert_slot__round"))
+        .order_by("created_at", "id")
+    ):
+        if label.review_round == rounds[label.item_id]:  # type: ignore[attr-defined]
+            by_item[label.item_id].append(label)  # type: ignore[attr-defined]
     for item in items:
-        item.round_labels = list(  # type: ignore[attr-defined]
-            Label.objects.filter(expert_slot__item=item, expert_slot__round=item.round).order_by("created_at")
-        )
+        item.round_labels = by_item[item.pk]  # type: ignore[attr-defined]
     return items
 
 
