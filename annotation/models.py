@@ -237,10 +237,6 @@ class ExpertQueueItem(models.Model):
     def __str__(self) -> str:
         return f"expert queue: sample #{self.sample_id}"
 
-    @property
-    def round_key(self) -> str:
-        return expert_round_key(self.round)
-
 
 def expert_round_key(review_round: int) -> str:
     """The prompt_version of expert labels given in a review round, so an expert may label again next round."""

@@ -37,7 +37,7 @@ from annotation.models import (
     Stratum,
     expert_round_key,
 )
-from annotation.selectors import items_seen_today, reasoning_steps
+from annotation.selectors import claimable_slots, items_seen_today, reasoning_steps
 from annotation.services import BATCH, majority, samples_labels_resolve
 from guardmodel.protocol import JUDGMENTS, PROMPT_VERSION
 
@@ -143,19 +143,6 @@ def expert_queue_send(*, sample: Sample, user, reason: str = Item.Reason.REVIEWE
 # --- claims -------------------------------------------------------------------------------------------------------
 
 
-def _claimable(user):
-    """Slots this expert may take: of open items, in the item's current round, on items where they hold no slot
-    this round and did not skip it."""
-    mine = Slot.objects.filter(item=OuterRef("item"), round=OuterRef("round"), expert=user)
-    skipped = ExpertSkip.objects.filter(item=OuterRef("item"), round=OuterRef("round"), expert=user)
-    return (
-        Slot.objects.filter(item__status=ReviewStatus.OPEN)
-        .exclude(Exists(mine))
-        .exclude(Exists(skipped))
-        .only("id")
-    )
-
-
 def _lease(now: datetime) -> datetime:
     return now + timedelta(seconds=settings.GUARDTRACE_EXPERT_LEASE_S)
 
@@ -169,7 +156,7 @@ def _next_slot(user, now: datetime) -> Slot | None:
         free = (
             Q(status=Slot.Status.CLAIMED, lease_expires_at__lt=now) if expired else Q(status=Slot.Status.OPEN)
         )
-        candidates = _claimable(user).filter(free)
+        candidates = claimable_slots(user=user).filter(free)
         candidates = (
             candidates.order_by("lease_expires_at") if expired else candidates.order_by("item_id", "index")
         )

@@ -14,7 +14,7 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import push_url
 
 from annotation import agreement, review, selectors
@@ -86,7 +86,7 @@ def expert_home(request: HtmxHttpRequest) -> HttpResponse:
     return render(request, "annotation/expert_home.html", context)
 
 
-def _next(request: HtmxHttpRequest, *, message: str = "", status: int = 200) -> HttpResponse:
+def _next(request: HtmxHttpRequest, *, message: str = "") -> HttpResponse:
     """Claim the next item: its workspace (htmx swaps it in, no page load) or a redirect to its page."""
     why = "Nothing left in the queue for you. Thank you."
     try:
@@ -97,14 +97,14 @@ def _next(request: HtmxHttpRequest, *, message: str = "", status: int = 200) -> 
         message = f"{message} {why}".strip()
         if request.htmx:
             context = {"message": message, "progress": selectors.expert_progress(user=request.user)}
-            response = render(request, "annotation/expert_label.html#finished", context, status=status)
+            response = render(request, "annotation/expert_label.html#finished", context)
             return push_url(response, reverse("expert_home"))
         return redirect(f"{reverse('expert_home')}?{urlencode({'message': message})}")
     url = reverse("expert_slot", args=[slot.pk])
     if request.htmx:
         context = _workspace(request, slot)
         context["message"] = message
-        response = render(request, "annotation/expert_label.html#workspace", context, status=status)
+        response = render(request, "annotation/expert_label.html#workspace", context)
         return push_url(response, url)
     return redirect(url)
 
@@ -150,7 +150,7 @@ def expert_submit(request: HtmxHttpRequest, slot_id: int) -> HttpResponse:
         submission = _submission(request)
         review.expert_label_submit(slot_id=slot_id, user=request.user, token=token, submission=submission)
     except review.ClaimLost as exc:
-        return _next(request, message=str(exc), status=409 if not request.htmx else 200)
+        return _next(request, message=str(exc))
     except review.ReviewError as exc:
         slot = _get_slot_for_user(request, slot_id)
         context = _workspace(request, slot, error=str(exc), form=request.POST.dict())
@@ -187,6 +187,7 @@ def expert_renew(request: HtmxHttpRequest, slot_id: int) -> HttpResponse:
 # --- adjudication and agreement -----------------------------------------------------------------------------------
 
 
+@require_http_methods(["GET", "POST"])
 @roles_required(ADMIN)
 def adjudication(request: HtmxHttpRequest) -> HttpResponse:
     error, decided = "", None
@@ -208,8 +209,6 @@ def adjudication(request: HtmxHttpRequest) -> HttpResponse:
             )
         except review.ReviewError as exc:
             error = f"Item #{item_id}: {exc}"
-    elif request.method != "GET":
-        return HttpResponse(status=405)
     context = {"items": selectors.adjudication_items(), "error": error, "decided": decided}
     return render(request, "annotation/adjudication.html", context, status=400 if error else 200)
 
@@ -280,6 +279,7 @@ def disagreement_list(request: HtmxHttpRequest) -> HttpResponse:
     return render(request, template, context)
 
 
+@require_http_methods(["GET", "POST"])
 @roles_required(REVIEWER, ADMIN)
 def disagreement_detail(request: HtmxHttpRequest, sample_id: int) -> HttpResponse:
     guard = _guard_name(request)
@@ -300,8 +300,6 @@ def disagreement_detail(request: HtmxHttpRequest, sample_id: int) -> HttpRespons
             error = str(exc)
         else:
             return redirect(f"{reverse('disagreement', args=[sample.pk])}?{urlencode({'guard': guard})}")
-    elif request.method != "GET":
-        return HttpResponse(status=405)
     labels = list(sample.labels.order_by("source_kind", "source_name", "id"))
     item = ExpertQueueItem.objects.filter(sample=sample).first()
     context = {

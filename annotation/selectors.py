@@ -178,6 +178,19 @@ def day_start(now: datetime) -> datetime:
     return timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def claimable_slots(*, user) -> QuerySet[ExpertSlot]:
+    """Slots this expert may take: of open items, in the item's current round, on items where they hold no slot
+    this round and did not skip it (blind, independent labels)."""
+    mine = ExpertSlot.objects.filter(item=OuterRef("item"), round=OuterRef("round"), expert=user)
+    skipped = ExpertSkip.objects.filter(item=OuterRef("item"), round=OuterRef("round"), expert=user)
+    return (
+        ExpertSlot.objects.filter(item__status=ReviewStatus.OPEN)
+        .exclude(Exists(mine))
+        .exclude(Exists(skipped))
+        .only("id")
+    )
+
+
 def items_seen_today(*, user, now: datetime | None = None) -> int:
     """Items this expert was shown today: labelled, skipped, or held now."""
     since = day_start(now or timezone.now())
@@ -207,11 +220,7 @@ def expert_progress(*, user) -> dict:
         _seconds(claimed, submitted) for claimed, submitted in done.values_list("claimed_at", "submitted_at")
     ]
     waiting = (
-        ExpertQueueItem.objects.filter(status=ReviewStatus.OPEN)
-        .exclude(Exists(ExpertSlot.objects.filter(item=OuterRef("pk"), round=OuterRef("round"), expert=user)))
-        .exclude(Exists(ExpertSkip.objects.filter(item=OuterRef("pk"), round=OuterRef("round"), expert=user)))
-        .filter(Exists(ExpertSlot.objects.filter(item=OuterRef("pk"), status=ExpertSlot.Status.OPEN)))
-        .count()
+        claimable_slots(user=user).filter(status=ExpertSlot.Status.OPEN).values("item_id").distinct().count()
     )
     return {
         "seen_today": items_seen_today(user=user, now=now),
@@ -360,8 +369,7 @@ def guard_names() -> list[str]:
     """Guard checkpoints, the active one first."""
     from guardmodel.models import GuardCheckpoint
 
-    names = list(GuardCheckpoint.objects.order_by("-is_active", "name").values_list("name", flat=True))
-    return names
+    return list(GuardCheckpoint.objects.order_by("-is_active", "name").values_list("name", flat=True))
 
 
 def active_guard_name() -> str | None:

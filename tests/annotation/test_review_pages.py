@@ -81,7 +81,14 @@ def test_each_role_reaches_only_its_own_pages(client, reviewer_user, admin_user)
     other = experts(1, prefix="other")[0]
     claimed = expert_slot_claim(user=other)
     assert client.get(reverse("expert_slot", args=[claimed.pk])).status_code == 302
-    assert slot.pk  # the slot list above was real
+    # …nor to submit into: the claim stays the other expert's, and nothing is stored.
+    response = client.post(reverse("expert_submit", args=[claimed.pk]),
+                           {"token": claimed.claim_token, "judgment": "1", "analysis": "not mine"}, **HTMX)  # fmt: skip
+    assert "Your claim on this item has ended" in response.content.decode()
+    claimed.refresh_from_db()
+    assert (claimed.status, claimed.expert) == ("claimed", other)
+    assert not Label.objects.filter(source_kind="expert").exists()
+    assert slot.status == "open"
 
 
 def test_an_expert_labels_through_the_pages_without_a_page_load(client):

@@ -36,7 +36,7 @@ def browser():
 
 
 @pytest.fixture
-def shots(request) -> Path:
+def shots() -> Path:
     """Where this test's screenshots go."""
     folder = ARTIFACTS / "e2e"
     folder.mkdir(parents=True, exist_ok=True)
