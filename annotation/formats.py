@@ -265,7 +265,7 @@ def _evaluation_label(result: Any, *, max_chars: int, source: str) -> LabelRecor
     raise _Invalid("evaluation_result", f"judgment {result!r} is not one of 0, 0.5, 1")
 
 
-def _jsonl_objects(text: str, name: str) -> Iterator[tuple[int, Any, RecordError | None]]:
+def jsonl_objects(text: str, name: str) -> Iterator[tuple[int, Any, RecordError | None]]:
     # Only "\n" ends a line: str.splitlines() would also split on U+2028, U+0085 and others, which JSON
     # written with ensure_ascii=False leaves raw inside strings.
     for number, raw in enumerate(text.split("\n"), start=1):
@@ -282,7 +282,7 @@ def _jsonl_objects(text: str, name: str) -> Iterator[tuple[int, Any, RecordError
             )
 
 
-def _json_list_objects(text: str, name: str) -> Iterator[tuple[int, Any, RecordError | None]]:
+def json_list_objects(text: str, name: str) -> Iterator[tuple[int, Any, RecordError | None]]:
     """Elements of a top-level JSON list, each with the line it starts on."""
     decoder = json.JSONDecoder()
     index = len(text) - len(text.lstrip())
@@ -333,7 +333,7 @@ def parse_records(
         line = data[: exc.start].count(b"\n") + 1
         yield RecordError(name, line, "", f"not valid UTF-8 text (byte {exc.start})")
         return
-    objects = _jsonl_objects(text, name) if fmt == "jsonl" else _json_list_objects(text, name)
+    objects = jsonl_objects(text, name) if fmt == "jsonl" else json_list_objects(text, name)
     for line, obj, error in objects:
         if error is not None:
             yield error

@@ -143,8 +143,10 @@ def _cases(rng: random.Random, words: dict[str, str], category: str) -> list[_Ca
             ask,
             f"{w['safe_reasoning'].split(chr(10))[0]}\n\n{w['steps']}",
             w["refuse"],
-            None,
-            "text_only",
+            # The same kind of harmless picture as the refused `benign` case below: with the question and the
+            # answer alike too, only the reasoning tells the two apart (no shortcut through the image's presence).
+            draw_scene(rng, harmful=False),
+            "irrelevant_image",
         ),
         _Case(
             "image",

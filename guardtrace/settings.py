@@ -221,6 +221,18 @@ GUARDTRACE_EXPERT_LABELS = env_int("GUARDTRACE_EXPERT_LABELS", 3, minimum=1)
 GUARDTRACE_EXPERT_LEASE_S = env_int("GUARDTRACE_EXPERT_LEASE_S", 900, minimum=10)
 GUARDTRACE_EXPERT_DAILY_CAP = env_int("GUARDTRACE_EXPERT_DAILY_CAP", 150, minimum=1)
 
+# Training rounds (the gpu queue). Snapshots and run directories live under GUARDTRACE_TRAINING_DIR. A round trains
+# in a child process on GUARDTRACE_TRAIN_DEVICE ("auto": cuda when there is one); more than one GPU launches it with
+# accelerate. One round per device at a time: a second waits, re-checking every GUARDTRACE_TRAIN_WAIT_S seconds.
+GUARDTRACE_TRAINING_DIR = env_path("GUARDTRACE_TRAINING_DIR", VAR_DIR / "training")
+GUARDTRACE_TRAIN_DEVICE = env_str("GUARDTRACE_TRAIN_DEVICE", "auto")
+GUARDTRACE_TRAIN_GPUS = env_int("GUARDTRACE_TRAIN_GPUS", 1, minimum=1)
+GUARDTRACE_TRAIN_THREADS = env_int("GUARDTRACE_TRAIN_THREADS", 0, minimum=0)  # CPU training; 0: all cores
+GUARDTRACE_TRAIN_WAIT_S = env_float("GUARDTRACE_TRAIN_WAIT_S", 10.0, minimum=0.1)
+GUARDTRACE_TRAIN_POLL_S = env_float("GUARDTRACE_TRAIN_POLL_S", 0.5, minimum=0.05)
+# A running round whose driver has not reported for this long is shown as stalled and can be resumed.
+GUARDTRACE_TRAIN_STALE_S = env_int("GUARDTRACE_TRAIN_STALE_S", 60, minimum=5)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -12,4 +12,5 @@ urlpatterns = [
     path("", include("annotation.urls")),
     path("", include("guardmodel.urls")),
     path("", include("jury.urls")),
+    path("", include("training.urls")),
 ]

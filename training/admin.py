@@ -1,9 +1,241 @@
-from django.contrib import admin
+from __future__ import annotations
 
-from training.models import TrainingRun
+from dataclasses import fields
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+
+from annotation.images import ArchiveRejected, ZipImageSource
+from annotation.services import ImportRejected
+from guardmodel.models import GuardCheckpoint
+from guardmodel.services import checkpoint_activate
+from training import services
+from training.datasets import SnapshotError, snapshot_import
+from training.hyper import STAGE_DEFAULTS, TINY, Hyperparameters, for_stage
+from training.models import DatasetSnapshot, Stage, TrainingRun
+
+_FIELD_TYPES = {
+    bool: forms.NullBooleanField,
+    int: forms.IntegerField,
+    float: forms.FloatField,
+    str: forms.CharField,
+}
+
+
+class RoundForm(forms.Form):
+    """A round's launch form: the base checkpoint (SFT), the preset, and any hyperparameter to override."""
+
+    base_checkpoint = forms.ModelChoiceField(
+        queryset=GuardCheckpoint.objects.exclude(path=""), required=False,
+        help_text="SFT only: the weights to start from (a local checkpoint directory).",
+    )  # fmt: skip
+    preset = forms.ChoiceField(
+        choices=[("default", "A real base model (3B)"), ("tiny", "A tiny offline checkpoint (demo, tests)")],
+        initial="default",
+    )
+
+    snapshot = forms.ModelChoiceField(
+        queryset=DatasetSnapshot.objects.none(), required=False,
+        empty_label="build it from the current labels",
+        help_text="The training set: built now from the jury's and experts' labels (OGDPO: mined), or a stored one "
+        "— an imported set, say (Admin → Dataset snapshots → Import a training set).",
+    )  # fmt: skip
+
+    def __init__(self, *args, stage: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stage = stage
+        if stage != Stage.SFT:
+            del self.fields["base_checkpoint"]
+        self.fields["snapshot"].queryset = DatasetSnapshot.objects.filter(stage=stage).order_by("-created_at")  # type: ignore[attr-defined]
+        reasons = Hyperparameters.reasons()
+        default, tiny = for_stage(stage).to_dict(), {**STAGE_DEFAULTS[stage], **TINY[stage]}
+        for spec in fields(Hyperparameters):
+            kind = _FIELD_TYPES[type(spec.default)]
+            hint = f"{reasons[spec.name]}. Default {default[spec.name]}"
+            if spec.name in tiny:
+                hint += f"; tiny preset {tiny[spec.name]}"
+            self.fields[f"hp_{spec.name}"] = kind(required=False, label=spec.name, help_text=hint)
+
+    def overrides(self) -> dict[str, Any]:
+        return {
+            name.removeprefix("hp_"): value
+            for name, value in self.cleaned_data.items()
+            if name.startswith("hp_") and value not in (None, "")
+        }
 
 
 @admin.register(TrainingRun)
 class TrainingRunAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "stage", "status", "created_by", "created_at"]
+    list_display = ["__str__", "stage", "status", "phase", "progress", "loss", "average_f1", "output", "created_by",
+                    "created_at"]  # fmt: skip
     list_filter = ["stage", "status"]
+    readonly_fields = [f.name for f in TrainingRun._meta.fields if f.name != "history"]
+    exclude = ["history"]
+    actions = ["new_dpo_round", "new_ogdpo_round", "cancel", "resume", "activate_output"]
+    change_list_template = "admin/training/trainingrun/change_list.html"
+    list_select_related = ["evaluation", "created_by"]
+
+    def get_queryset(self, request):
+        return (
+            super().get_queryset(request).prefetch_related("checkpoints")
+        )  # the checkpoint column, one query
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # a round is what it was launched as; cancel or resume it with the actions
+
+    @admin.display(description="progress")
+    def progress(self, run: TrainingRun):
+        return format_html(
+            '<progress max="100" value="{}"></progress> {}/{} <a href="{}">live</a>',
+            run.percent, run.step, run.max_steps or "?", reverse("training_run", args=[run.pk]),
+        )  # fmt: skip
+
+    @admin.display(description="average F1")
+    def average_f1(self, run: TrainingRun) -> str:
+        value = run.evaluation.metrics.get("average", {}).get("f1") if run.evaluation else None
+        return "—" if value is None else f"{100 * value:.1f}"
+
+    @admin.display(description="checkpoint")
+    def output(self, run: TrainingRun):
+        checkpoint = run.output_checkpoint
+        if checkpoint is None:
+            return "—"
+        return format_html(
+            '<a href="{}">{}</a>', reverse("checkpoint_lineage", args=[checkpoint.pk]), checkpoint.name
+        )
+
+    def add_view(self, request, form_url="", extra_context=None):
+        """New SFT / DPO / OGDPO round: the snapshot preview, the hyperparameters with their reasons, launch."""
+        stage = request.GET.get("stage", Stage.SFT)
+        if stage not in Stage.values:
+            stage = Stage.SFT
+        parent = TrainingRun.objects.filter(pk=request.GET.get("parent") or 0).first()
+        form = RoundForm(request.POST or None, stage=stage)
+        if request.method == "POST" and form.is_valid():
+            try:
+                run = services.training_run_launch(
+                    stage=stage, parent=parent, base_checkpoint=form.cleaned_data.get("base_checkpoint"),
+                    hyperparameters=form.overrides(), tiny=form.cleaned_data["preset"] == "tiny", user=request.user,
+                    snapshot=form.cleaned_data.get("snapshot"),
+                )  # fmt: skip
+            except services.TrainingError as exc:
+                form.add_error(None, str(exc))
+            else:
+                self.message_user(request, f"{run} queued on the gpu worker.")
+                return redirect("training_run", run_id=run.pk)
+        problem = ""
+        if stage != Stage.SFT:
+            try:
+                services.check_lineage(stage=stage, parent=parent, reference=None)
+            except services.TrainingError as exc:
+                problem = str(exc)
+        preview = services.snapshot_preview(stage=stage, parent=parent) if not problem else {}
+        context = {
+            **self.admin_site.each_context(request), "opts": self.model._meta, "form": form, "stage": Stage(stage),
+            "parent": parent, "preview": preview, "problem": problem,
+            "title": f"New {Stage(stage).label} round" + (f" from {parent}" if parent else ""),
+        }  # fmt: skip
+        return TemplateResponse(request, "admin/training/round_form.html", context)
+
+    def _from_one(self, request, queryset: QuerySet[TrainingRun], stage: Stage):
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one run to start the next round from.", messages.ERROR)
+            return None
+        url = reverse("admin:training_trainingrun_add")
+        return redirect(f"{url}?stage={stage}&parent={queryset.get().pk}")
+
+    @admin.action(description="New DPO round from run …")
+    def new_dpo_round(self, request, queryset):
+        return self._from_one(request, queryset, Stage.DPO)
+
+    @admin.action(description="New OGDPO round from run …")
+    def new_ogdpo_round(self, request, queryset):
+        return self._from_one(request, queryset, Stage.OGDPO)
+
+    @admin.action(description="Cancel the selected runs")
+    def cancel(self, request, queryset):
+        count = sum(services.training_run_cancel(run) for run in queryset)
+        self.message_user(request, f"{count} run(s) cancelled; a running one stops within seconds.")
+
+    @admin.action(description="Resume the selected runs from their last checkpoint")
+    def resume(self, request, queryset):
+        for run in queryset:
+            try:
+                services.training_run_resume(run)
+            except services.TrainingError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(
+                    request, f"{run} queued again; it continues from its last saved checkpoint."
+                )
+
+    @admin.action(description="Make the selected run's checkpoint the active guard")
+    def activate_output(self, request, queryset):
+        if queryset.count() != 1 or queryset.get().output_checkpoint is None:
+            self.message_user(request, "Select exactly one finished run with a checkpoint.", messages.ERROR)
+            return
+        checkpoint = queryset.get().output_checkpoint
+        checkpoint_activate(checkpoint)
+        self.message_user(request, f"{checkpoint} is now the active guard.")
+
+
+class ImportForm(forms.Form):
+    stage = forms.ChoiceField(
+        choices=Stage.choices, help_text="What the file trains: SFT rows, or DPO pairs."
+    )
+    data_file = forms.FileField(
+        label="Training file",
+        help_text="JSON list or JSON Lines: the GuardTrace-VL release's SFT / DPO files, LLaMA-Factory sharegpt "
+        "(conversations or messages, chosen / rejected) or TRL (prompt / completion, chosen / rejected).",
+    )
+    images_archive = forms.FileField(
+        required=False, label="Images (zip)",
+        help_text="The images the rows name, at the same relative paths. Not needed for text-only rows.",
+    )  # fmt: skip
+
+
+@admin.register(DatasetSnapshot)
+class DatasetSnapshotAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "stage", "records", "prompt_version", "source", "created_at"]
+    list_filter = ["stage", "source"]
+    readonly_fields = [f.name for f in DatasetSnapshot._meta.fields]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # immutable
+
+    def add_view(self, request, form_url="", extra_context=None):
+        """Import a training set made elsewhere as a snapshot (rounds otherwise take theirs when they launch)."""
+        form = ImportForm(request.POST or None, request.FILES or None)
+        errors: list[str] = []
+        if request.method == "POST" and form.is_valid():
+            upload = form.cleaned_data["data_file"]
+            archive = form.cleaned_data.get("images_archive")
+            try:
+                images = ZipImageSource(archive, name=archive.name) if archive else None
+                try:
+                    snapshot = snapshot_import(
+                        upload.read(), name=upload.name, stage=form.cleaned_data["stage"], images=images,
+                        user=request.user,
+                    )  # fmt: skip
+                finally:
+                    if images is not None:
+                        images.close()
+            except ImportRejected as exc:
+                errors = [str(error) for error in exc.errors]
+                form.add_error(None, f"{len(errors)} error(s) in {upload.name}; nothing was imported")
+            except (SnapshotError, ArchiveRejected) as exc:
+                form.add_error(None, str(exc))
+            else:
+                self.message_user(request, f"{snapshot} imported: {snapshot.records} records.")
+                return redirect("training_snapshot", snapshot_id=snapshot.pk)
+        context = {
+            **self.admin_site.each_context(request), "opts": self.model._meta, "form": form, "errors": errors[:200],
+            "more": max(0, len(errors) - 200), "title": "Import a training set",
+        }  # fmt: skip
+        return TemplateResponse(request, "admin/training/import_form.html", context)

@@ -176,7 +176,7 @@ def test_build_tiny_guard_registers_and_refuses_a_non_empty_directory(tmp_path):
 def test_judge_samples_sync_judges_the_test_subsets_and_evaluates(tiny_dir, tmp_path, capsys):
     from django.core.management import call_command
 
-    _import_synthetic(tmp_path, 16)
+    _import_synthetic(tmp_path, 24)
     services.checkpoint_register(name="tiny", path=str(tiny_dir), activate=True)
     test_ids = set(Sample.objects.filter(split="test").values_list("pk", flat=True))
     call_command("judge_samples", "--sync", "--evaluate")

@@ -1,0 +1,46 @@
+"""manage.py import_snapshot FILE --stage sft|dpo|ogdpo [--images DIR_OR_ZIP]: a training file made elsewhere (the
+GuardTrace-VL release's SFT / DPO files, LLaMA-Factory sharegpt, TRL) as an imported dataset snapshot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from annotation.images import ArchiveRejected, open_image_source
+from annotation.services import ImportRejected
+from training.datasets import SnapshotError, snapshot_import
+from training.models import Stage
+
+
+class Command(BaseCommand):
+    help = "Import a training file (SFT rows or DPO pairs) as a dataset snapshot a round can train on."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("file", type=Path)
+        parser.add_argument("--stage", required=True, choices=Stage.values)
+        parser.add_argument(
+            "--images",
+            type=Path,
+            help="Folder or zip holding the images the rows name (default: the file's folder).",
+        )
+
+    def handle(self, *args, file: Path, stage: str, images: Path | None, **options):
+        if not file.is_file():
+            raise CommandError(f"{file}: no such file")
+        try:
+            source = open_image_source(images or file.parent)
+        except ArchiveRejected as exc:
+            raise CommandError(str(exc)) from None
+        try:
+            snapshot = snapshot_import(file.read_bytes(), name=file.name, stage=stage, images=source)
+        except ImportRejected as exc:
+            raise CommandError("\n".join([str(exc), *map(str, exc.errors)])) from None
+        except SnapshotError as exc:
+            raise CommandError(str(exc)) from None
+        finally:
+            source.close()
+        self.stdout.write(
+            self.style.SUCCESS(f"{snapshot} stored: {snapshot.records} records ({snapshot.counts})")
+            + f"\n  train on it: Admin → Training runs → New {Stage(stage).label} round, training set #{snapshot.pk}"
+        )

@@ -1,0 +1,109 @@
+"""Pages for training rounds: the run list, a run's live progress with its curves and evaluation, a checkpoint's
+lineage, and a snapshot with its mining report. Figures and ids only, no sample content; still role-gated."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from annotation.roles import is_admin
+from annotation.views import HtmxHttpRequest, role_required
+from guardmodel.models import GuardCheckpoint
+from guardmodel.services import checkpoint_activate
+from guardmodel.views import comparison_table
+from training import services
+from training.hyper import Hyperparameters
+from training.models import DatasetSnapshot, TrainingRun
+
+
+@require_GET
+@role_required
+def run_list(request: HtmxHttpRequest) -> HttpResponse:
+    runs = TrainingRun.objects.select_related(
+        "snapshot", "evaluation", "created_by", "base_checkpoint"
+    ).prefetch_related("checkpoints")[:200]
+    return render(request, "training/run_list.html", {"runs": runs, "is_admin": is_admin(request.user)})
+
+
+def _progress(run: TrainingRun) -> dict:
+    return {
+        "status": run.status, "status_label": run.get_status_display(), "phase": run.phase, "step": run.step,
+        "max_steps": run.max_steps, "epoch": run.epoch, "loss": run.loss, "reward_margin": run.reward_margin,
+        "reward_accuracy": run.reward_accuracy, "samples_per_second": run.samples_per_second,
+        "finished": run.finished, "stale": services.is_stale(run), "history": run.history,
+    }  # fmt: skip
+
+
+@require_GET
+@role_required
+def run_detail(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
+    run = get_object_or_404(
+        TrainingRun.objects.select_related("snapshot", "evaluation", "parent", "base_checkpoint",
+                                           "reference_checkpoint"), pk=run_id)  # fmt: skip
+    if request.GET.get("format") == "json":
+        return JsonResponse(_progress(run))
+    reasons = Hyperparameters.reasons()
+    context = {
+        "run": run, "progress": _progress(run), "is_admin": is_admin(request.user), "stale": services.is_stale(run),
+        "hyperparameters": [(k, v, reasons.get(k, "")) for k, v in run.hyperparameters.items()],
+        "table": comparison_table([run.evaluation]) if run.evaluation else None,
+        "checkpoint": run.output_checkpoint,
+    }  # fmt: skip
+    template = "training/run_detail.html#live" if request.htmx else "training/run_detail.html"
+    return render(request, template, context)
+
+
+@require_POST
+@role_required
+def run_control(request: HtmxHttpRequest, run_id: int, action: str) -> HttpResponse:
+    run = get_object_or_404(TrainingRun, pk=run_id)
+    if not is_admin(request.user):
+        return render(request, "403.html", status=403)
+    try:
+        if action == "cancel":
+            done = services.training_run_cancel(run)
+            messages.info(request, "Cancelled." if done else f"{run} is not queued or running.")
+        elif action == "resume":
+            services.training_run_resume(run)
+            messages.info(request, "Queued again: it continues from its last saved checkpoint.")
+        elif action == "activate" and run.output_checkpoint is not None:
+            checkpoint_activate(run.output_checkpoint)
+            messages.info(request, f"{run.output_checkpoint} is now the active guard.")
+        else:
+            messages.error(request, f"cannot {action} {run}")
+    except services.TrainingError as exc:
+        messages.error(request, str(exc))
+    return redirect("training_run", run_id=run.pk)
+
+
+def lineage(checkpoint: GuardCheckpoint) -> list[dict]:
+    """From the base model to this checkpoint: each checkpoint with the round that made it."""
+    chain, seen = [], set()
+    current: GuardCheckpoint | None = checkpoint
+    while current is not None and current.pk not in seen:
+        seen.add(current.pk)
+        run = current.produced_by
+        chain.append({"checkpoint": current, "run": run})
+        current = run.base_checkpoint if run is not None else None
+    return list(reversed(chain))
+
+
+@require_GET
+@role_required
+def checkpoint_lineage(request: HtmxHttpRequest, checkpoint_id: int) -> HttpResponse:
+    checkpoint = get_object_or_404(GuardCheckpoint, pk=checkpoint_id)
+    chain = lineage(checkpoint)
+    evaluations = [step["run"].evaluation for step in chain if step["run"] and step["run"].evaluation]
+    return render(request, "training/lineage.html", {"checkpoint": checkpoint, "chain": chain,
+                                                      "table": comparison_table(evaluations) if evaluations else None})  # fmt: skip
+
+
+@require_GET
+@role_required
+def snapshot_detail(request: HtmxHttpRequest, snapshot_id: int) -> HttpResponse:
+    snapshot = get_object_or_404(DatasetSnapshot, pk=snapshot_id)
+    mined = snapshot.manifest.get("mined", [])
+    return render(request, "training/snapshot_detail.html", {"snapshot": snapshot, "mining": snapshot.manifest.get("mining"),
+                                                              "mined": mined[:500], "mined_total": len(mined)})  # fmt: skip
