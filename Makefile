@@ -34,6 +34,7 @@ run: $(STAMP)
 	$(PY) manage.py demo_setup
 	$(PY) manage.py demo_guard
 	$(PY) manage.py demo_jury
+	$(PY) manage.py demo_training
 	bash scripts/run_embedded.sh
 
 test: $(STAMP) browser

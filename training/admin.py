@@ -116,7 +116,10 @@ class TrainingRunAdmin(admin.ModelAdmin):
         if stage not in Stage.values:
             stage = Stage.SFT
         parent = TrainingRun.objects.filter(pk=request.GET.get("parent") or 0).first()
-        form = RoundForm(request.POST or None, stage=stage)
+        # Rounds on the tiny offline checkpoints (the demo's, the tests') start with the tiny preset chosen.
+        start = parent.output_checkpoint if parent else GuardCheckpoint.objects.filter(is_active=True).first()
+        tiny = start is not None and "tiny" in f"{start.base_model} {start.name}".lower()
+        form = RoundForm(request.POST or None, stage=stage, initial={"preset": "tiny" if tiny else "default"})
         if request.method == "POST" and form.is_valid():
             try:
                 run = services.training_run_launch(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import sys
 import threading
@@ -193,7 +194,9 @@ def train(run_dir: Path) -> None:
         processor.save_pretrained(out)
         for name in ("processor_config.json", "tokenizer_config.json"):
             _copy_if_missing(Path(config["base"]) / name, out / name)
-        progress.write("done", step=trainer.state.global_step)
+        peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        progress.write("done", step=trainer.state.global_step, peak_gpu_mb=peak_gpu, peak_rss_mb=peak_rss)
 
 
 def last_complete_checkpoint(folder: Path) -> Path | None:

@@ -1,25 +1,29 @@
-"""manage.py demo_jury: for `make run`, three local-transformers jurors on tiny checkpoints built offline, and a jury
-run over the demo set queued for the worker, so a newcomer sees a real run and its progress page. Safe to run twice.
+"""manage.py demo_jury: for `make run`, three tiny local-transformers jurors, trained once on CPU and cached under
+`var/models/` (see training/demo.py), and a jury run over the demo set, worked to the end and stratified, so a newcomer
+finds every stratum filled: 3:0 samples for SFT, 2:1 preference pairs for DPO, 1:1:1 samples in the expert queue.
+Safe to run twice: trained jurors and finished runs are kept.
 
-The checkpoints are untrained: most of their replies cannot be read, so the demo run shows invalid labels and
-incomplete samples — honestly, as the jury would report them. Every label comes from a juror call."""
+Every label comes from a juror generating its reply; the jurors differ by seed, data, label noise and policy on
+borderline cases, as real jurors do."""
 
 from __future__ import annotations
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from annotation.models import Sample
+from annotation.models import Sample, Stratum
 from guardmodel.management.commands.build_tiny_guard import synthetic_texts
-from guardmodel.tiny import TinySpec, build_tiny_guard
+from guardmodel.tiny import build_tiny_guard
 from jury import services
 from jury.models import Juror, JuryRun
-
-DEMO_JURORS = (("tiny-juror-a", 1), ("tiny-juror-b", 2), ("tiny-juror-c", 3))
+from jury.strata import stratify_all
+from training.demo import DEMO_JURORS, train_demo_jurors
 
 
 class Command(BaseCommand):
-    help = "Register three tiny local jurors and queue a jury run over the demo samples (once)."
+    help = (
+        "Train (once) and register three tiny local jurors, then run the jury over the demo samples (once)."
+    )
 
     def add_arguments(self, parser) -> None:
         parser.add_argument(
@@ -27,24 +31,33 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, max_tokens: int, **options):
-        texts = None
-        for name, seed in DEMO_JURORS:
-            folder = settings.VAR_DIR / "models" / name
-            if not (folder / "config.json").is_file():
-                texts = texts or synthetic_texts()
-                # Different seeds and a livelier initialisation: three jurors that do not all say the same thing.
-                build_tiny_guard(folder, texts=texts, spec=TinySpec(seed=seed, initializer_range=0.3))
-            juror, created = Juror.objects.get_or_create(
+        models = settings.VAR_DIR / "models"
+        base = models / "tiny-juror-base"
+        if not (base / "config.json").is_file():
+            build_tiny_guard(base, texts=synthetic_texts())
+        folders = train_demo_jurors(
+            models, base, threads=settings.GUARDTRACE_TRAIN_THREADS, log=self.stdout.write
+        )
+        for name, folder in zip(DEMO_JURORS, folders, strict=True):
+            juror, created = Juror.objects.update_or_create(
                 name=name,
                 defaults={"backend": Juror.Backend.TRANSFORMERS, "model_name": str(folder), "max_concurrency": 16,
                           "max_tokens": max_tokens, "timeout_s": 600},
             )  # fmt: skip
             self.stdout.write(f"{'registered' if created else 'kept'} juror {juror.name} ({folder})")
         if JuryRun.objects.exists() or not Sample.objects.exists():
-            self.stdout.write(f"{JuryRun.objects.count()} jury run(s) exist; none queued")
+            self.stdout.write(f"{JuryRun.objects.count()} jury run(s) exist; none started")
             return
-        run = services.jury_run_create(selection={})
+        run = services.jury_run_create(selection={}, enqueue=False)
+        self.stdout.write(f"jury run #{run.pk}: {run.total} labels over {run.samples} samples…")
+        for juror in run.jurors.all():
+            outcome = services.juror_drive(juror.pk)
+            self.stdout.write(f"  {juror.name}: {outcome.labels} labels")
+        stratify_all()
+        counts = {label: Sample.objects.filter(stratum=value).count() for value, label in Stratum.choices}
         self.stdout.write(
-            self.style.SUCCESS(f"queued jury run #{run.pk}: {run.total} labels over {run.samples} samples")
-            + f"\n  watch it at /jury/runs/{run.pk}/ once the server is up (the worker starts with it)"
+            self.style.SUCCESS(
+                f"jury run #{run.pk} finished: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+            )
+            + f"\n  see /jury/runs/{run.pk}/, the strata on /samples/ and the expert queue on /expert/"
         )
