@@ -51,6 +51,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/guard_inference.py --quick
 	$(PY) bench/jury.py --quick
 	$(PY) bench/training_loop.py --quick
+	$(PY) bench/training_gpu.py --quick
 
 vendor-htmx:
 	cd /tmp && npm pack htmx.org@2.0.8 && tar xzf htmx.org-2.0.8.tgz && cp package/dist/htmx.min.js package/LICENSE $(CURDIR)/static/vendor/htmx/

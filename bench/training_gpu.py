@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _setup import ROOT, machine
+from _setup import ROOT, fresh_database, machine
 
 sys.path.insert(0, str(ROOT))
 
@@ -94,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    fresh_database("bench_training_gpu")  # the tokenizer's corpus helper lives in a Django app
     import torch
 
     real = torch.cuda.is_available() and not args.quick
