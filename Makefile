@@ -43,7 +43,7 @@ test: $(STAMP) browser
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy annotation guardtrace guardmodel jury training
+	$(VENV)/bin/mypy annotation guardtrace guardmodel jury training generation
 
 bench-quick: $(STAMP)
 	$(PY) bench/import_export.py --quick

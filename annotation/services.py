@@ -410,6 +410,29 @@ def label_record(
     return label
 
 
+def image_store(data: bytes, info: ImageInfo | None = None) -> ImageAsset:
+    """The stored image with these bytes, written once (content-addressed) when new. `info` from `inspect_image`,
+    or it is inspected here (ImageRejected when the bytes are not an allowed image)."""
+    info = info or inspect_image(
+        data, max_pixels=settings.GUARDTRACE_MAX_IMAGE_PIXELS, max_bytes=settings.GUARDTRACE_MAX_IMAGE_BYTES
+    )
+    existing = ImageAsset.objects.filter(sha256=info.sha256).first()
+    if existing is not None:
+        return existing
+    asset = ImageAsset(sha256=info.sha256, width=info.width, height=info.height, format=info.format,
+                       size_bytes=info.size_bytes)  # fmt: skip
+    path = asset.file.field.generate_filename(asset, f"{info.sha256}.{info.extension}")
+    if not default_storage.exists(path):  # a file left by a rolled-back import has the same bytes: reuse it
+        path = default_storage.save(path, ContentFile(data))
+    asset.file.name = path
+    try:
+        with transaction.atomic():
+            asset.save()
+    except IntegrityError:  # stored meanwhile by another process
+        return ImageAsset.objects.get(sha256=info.sha256)
+    return asset
+
+
 def image_view_record(*, user, image: ImageAsset, sample: Sample | None) -> None:
     AuditEvent.objects.create(user=user, action=AuditEvent.Action.IMAGE_VIEW, image=image, sample=sample)
 

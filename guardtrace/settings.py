@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "guardmodel",
     "jury",
     "training",
+    "generation",
 ]
 
 MIDDLEWARE = [
@@ -238,4 +239,16 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}
+
+# Building QTA data (generation/). Aligned-image expansion ranks a pool's captions by similarity to each seed with a
+# sentence-transformers model read from this local directory (nothing is downloaded). Typographic (FigStep) images are
+# drawn with this font (a TrueType/OpenType file covering your seeds' scripts; empty: DejaVu Sans when installed, else
+# Pillow's built-in Latin font), at this size, on a canvas of this size.
+GUARDTRACE_EMBEDDING_MODEL = env_str("GUARDTRACE_EMBEDDING_MODEL", "")
+GUARDTRACE_FIGSTEP = {
+    "font_path": env_str("GUARDTRACE_FIGSTEP_FONT", ""),
+    "font_size": env_int("GUARDTRACE_FIGSTEP_FONT_SIZE", 40, minimum=8),
+    "width": env_int("GUARDTRACE_FIGSTEP_WIDTH", 760, minimum=200),
+    "height": env_int("GUARDTRACE_FIGSTEP_HEIGHT", 760, minimum=200),
 }

@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
 from django.db import transaction
 
 from annotation.formats import RecordError
@@ -38,7 +36,7 @@ from annotation.models import (
     Split,
     Stratum,
 )
-from annotation.services import ImportRejected
+from annotation.services import ImportRejected, image_store
 from guardmodel import protocol
 from guardmodel.protocol import PROMPT_VERSION
 from jury.models import PreferencePair
@@ -370,17 +368,9 @@ def _imported_record(row: imports.Row, info: ImageInfo | None, stage: str) -> di
 
 def _store_images(wanted: dict[str, tuple[str | None, ImageInfo]], images: ImageSource | None) -> None:
     """Each image not yet stored, content-addressed as the sample import stores them."""
-    existing = set(ImageAsset.objects.filter(sha256__in=list(wanted)).values_list("sha256", flat=True))
-    for sha, (relative, info) in wanted.items():
-        if sha in existing or relative is None or images is None:
-            continue
-        asset = ImageAsset(sha256=sha, width=info.width, height=info.height, format=info.format,
-                           size_bytes=info.size_bytes)  # fmt: skip
-        path = asset.file.field.generate_filename(asset, f"{sha}.{info.extension}")
-        if not default_storage.exists(path):
-            path = default_storage.save(path, ContentFile(images.read(relative, max_bytes=info.size_bytes)))
-        asset.file.name = path
-        asset.save()
+    for relative, info in wanted.values():
+        if relative is not None and images is not None:
+            image_store(images.read(relative, max_bytes=info.size_bytes), info)
 
 
 # -- export -------------------------------------------------------------------------------------------------------
