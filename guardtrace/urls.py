@@ -13,4 +13,5 @@ urlpatterns = [
     path("", include("guardmodel.urls")),
     path("", include("jury.urls")),
     path("", include("training.urls")),
+    path("", include("generation.urls")),
 ]

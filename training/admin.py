@@ -15,6 +15,7 @@ from annotation.images import ArchiveRejected, ZipImageSource
 from annotation.services import ImportRejected
 from guardmodel.models import GuardCheckpoint
 from guardmodel.services import checkpoint_activate
+from guardtrace.adminforms import admin_form
 from training import services
 from training.datasets import SnapshotError, snapshot_import
 from training.hyper import STAGE_DEFAULTS, TINY, Hyperparameters, for_stage
@@ -237,8 +238,9 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
             else:
                 self.message_user(request, f"{snapshot} imported: {snapshot.records} records.")
                 return redirect("training_snapshot", snapshot_id=snapshot.pk)
-        context = {
-            **self.admin_site.each_context(request), "opts": self.model._meta, "form": form, "errors": errors[:200],
-            "more": max(0, len(errors) - 200), "title": "Import a training set",
-        }  # fmt: skip
-        return TemplateResponse(request, "admin/training/import_form.html", context)
+        intro = (
+            "A training set made elsewhere becomes an immutable snapshot that a round can train on (choose it in the "
+            "round's launch form). Every row is checked first: on any error nothing is stored, and each error names "
+            "its line and field."
+        )
+        return admin_form(self, request, form, "Import a training set", errors=errors, intro=intro)

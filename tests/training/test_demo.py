@@ -15,7 +15,9 @@ from training.models import TrainingRun
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def test_the_demo_trains_its_jurors_once_fills_every_stratum_and_shows_a_finished_sft_round(settings, tmp_path):
+def test_the_demo_trains_its_jurors_once_fills_every_stratum_and_shows_a_finished_sft_round(
+    settings, tmp_path
+):
     settings.VAR_DIR = tmp_path / "var"
     settings.GUARDTRACE_TRAIN_THREADS = 0
     call_command("demo_setup", count=240)

@@ -1,0 +1,202 @@
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from django import forms
+from django.contrib import admin
+from django.db.models import Count
+from django.shortcuts import redirect
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from annotation.images import ArchiveRejected, ZipImageSource
+from annotation.services import ImportRejected
+from generation import services
+from generation.models import ImagePool, SeedQuery, SeedSet, Variant
+from guardtrace.adminforms import admin_form
+
+
+class SeedImportForm(forms.Form):
+    data_file = forms.FileField(
+        label="Seed queries",
+        help_text="JSONL (one object per line) or CSV with a header row: text (required), category, source, id.",
+    )
+    name = forms.CharField(required=False, help_text="The set's name (default: the file's name).")
+
+
+class ExpandForm(forms.Form):
+    kinds = forms.MultipleChoiceField(
+        choices=[(k, k.label) for k in services.EXPANSIONS], widget=forms.CheckboxSelectMultiple,
+        initial=list(services.EXPANSIONS),
+    )  # fmt: skip
+    irrelevant_pool = forms.ModelChoiceField(ImagePool.objects.all(), required=False,
+                                             help_text="Irrelevant images are drawn from it at random (seeded).")  # fmt: skip
+    aligned_pool = forms.ModelChoiceField(ImagePool.objects.all(), required=False,
+                                          help_text="Aligned images: the image whose caption is closest to the seed.")  # fmt: skip
+    rng_seed = forms.IntegerField(initial=0, help_text="The same seed draws the same irrelevant images.")
+    font_size = forms.IntegerField(required=False, min_value=8, max_value=200,
+                                   help_text="Typographic images: starting font size (shrinks for long requests).")  # fmt: skip
+
+
+@admin.register(SeedSet)
+class SeedSetAdmin(admin.ModelAdmin):
+    list_display = ["name", "queries_count", "variants_count", "source_file", "created_by", "created_at"]
+    readonly_fields = ["name", "source_file", "created_by", "created_at"]
+    actions = ["expand"]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                n_queries=Count("queries", distinct=True),
+                n_variants=Count("queries__variants", distinct=True),
+            )
+        )
+
+    @admin.display(description="queries", ordering="n_queries")
+    def queries_count(self, obj):
+        return format_html('<a href="{}">{}</a>', reverse("seed_set", args=[obj.pk]), obj.n_queries)
+
+    @admin.display(description="variants", ordering="n_variants")
+    def variants_count(self, obj):
+        return obj.n_variants
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def get_urls(self):
+        expand = self.admin_site.admin_view(self.expand_view)
+        return [path("expand/", expand, name="generation_seedset_expand"), *super().get_urls()]
+
+    def add_view(self, request, form_url="", extra_context=None):
+        """Import a file of text seed queries; every row is checked and nothing is stored unless all are good."""
+        form = SeedImportForm(request.POST or None, request.FILES or None)
+        errors: list[str] = []
+        if request.method == "POST" and form.is_valid():
+            upload = form.cleaned_data["data_file"]
+            try:
+                seed_set = services.seeds_import(data=upload.read(), name=upload.name, user=request.user,
+                                                 set_name=form.cleaned_data["name"])  # fmt: skip
+            except ImportRejected as exc:
+                errors = [str(e) for e in exc.errors]
+                form.add_error(None, f"{len(errors)} error(s) in {upload.name}; nothing was imported")
+            else:
+                self.message_user(request, f"{seed_set} imported: {seed_set.queries.count()} queries.")
+                return redirect("seed_set", set_id=seed_set.pk)
+        return admin_form(self, request, form, "Import seed queries", errors=errors)
+
+    @admin.action(description="Expand the selected seed sets into image+text variants …")
+    def expand(self, request, queryset):
+        ids = ",".join(str(pk) for pk in queryset.values_list("pk", flat=True))
+        return redirect(f"{reverse('admin:generation_seedset_expand')}?ids={ids}")
+
+    def expand_view(self, request):
+        ids = [int(x) for x in request.GET.get("ids", "").split(",") if x.isdigit()]
+        sets = list(SeedSet.objects.filter(pk__in=ids))
+        form = ExpandForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            typography = None
+            if data.get("font_size"):
+                from django.conf import settings
+
+                from generation.typography import TypographyOptions
+
+                options = {**settings.GUARDTRACE_FIGSTEP, "font_size": data["font_size"]}
+                typography = TypographyOptions(**options, min_size=min(18, data["font_size"]))  # type: ignore[arg-type]
+            try:
+                report = services.expand(
+                    SeedQuery.objects.filter(seed_set__in=sets), kinds=data["kinds"], rng_seed=data["rng_seed"],
+                    irrelevant_pool=data["irrelevant_pool"], aligned_pool=data["aligned_pool"], typography=typography,
+                )  # fmt: skip
+            except services.ExpansionError as exc:
+                form.add_error(None, str(exc))
+            else:
+                made = ", ".join(f"{kind} {n}" for kind, n in report.by_kind.items()) or "none new"
+                self.message_user(
+                    request, f"{report.created} variant(s) made ({made}); {report.kept} already there."
+                )
+                return (
+                    redirect("seed_set", set_id=sets[0].pk)
+                    if len(sets) == 1
+                    else redirect("admin:generation_seedset_changelist")
+                )
+        names = ", ".join(s.name for s in sets) or "no seed set selected"
+        return admin_form(self, request, form, f"Expand {names}", submit="Expand",
+                            intro="Each seed gets one variant per kind; expanding again with the same settings adds nothing.")  # fmt: skip
+
+
+class PoolImportForm(forms.Form):
+    name = forms.SlugField(help_text="A new pool, or an existing one to add to.")
+    images_archive = forms.FileField(label="Images (zip)")
+    captions = forms.FileField(
+        required=False,
+        help_text='Optional: JSONL {"image": path, "caption": text} or CSV image,caption. Without it every image '
+        "in the zip goes in uncaptioned (fine for irrelevant images; aligned ones need captions).",
+    )
+
+
+def _caption_entries(upload, name: str) -> list[tuple[str, str]]:
+    text = upload.read().decode("utf-8-sig")
+    if name.lower().endswith(".csv"):
+        return [(row["image"], row.get("caption") or "") for row in csv.DictReader(io.StringIO(text))]
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [(row["image"], row.get("caption") or "") for row in rows]
+
+
+@admin.register(ImagePool)
+class ImagePoolAdmin(admin.ModelAdmin):
+    list_display = ["name", "description", "created_at"]
+
+    def add_view(self, request, form_url="", extra_context=None):
+        form = PoolImportForm(request.POST or None, request.FILES or None)
+        errors: list[str] = []
+        if request.method == "POST" and form.is_valid():
+            archive = form.cleaned_data["images_archive"]
+            try:
+                source = ZipImageSource(archive, name=archive.name)
+                try:
+                    captions = form.cleaned_data.get("captions")
+                    entries = (
+                        _caption_entries(captions, captions.name) if captions
+                        else [(relative, "") for relative in sorted(source.entries)]
+                    )  # fmt: skip
+                    pool = services.pool_import(
+                        name=form.cleaned_data["name"], images=source, entries=entries
+                    )
+                finally:
+                    source.close()
+            except ImportRejected as exc:
+                errors = [str(e) for e in exc.errors]
+                form.add_error(None, f"{len(errors)} error(s); nothing was imported")
+            except (ArchiveRejected, KeyError, ValueError) as exc:
+                form.add_error(None, f"captions: {exc}" if not isinstance(exc, ArchiveRejected) else str(exc))
+            else:
+                self.message_user(request, f"pool {pool.name}: {pool.images.count()} image(s).")
+                return redirect("admin:generation_imagepool_changelist")
+        return admin_form(self, request, form, "Import an image pool", errors=errors)
+
+
+@admin.register(Variant)
+class VariantAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "kind", "seed_text", "has_image", "created_at"]
+    list_filter = ["kind", "seed__seed_set"]
+    readonly_fields = ["seed", "kind", "text", "image", "derivation", "key", "created_at"]
+    list_select_related = ["seed"]
+
+    @admin.display(description="seed")
+    def seed_text(self, obj):
+        return obj.seed.text[:80]
+
+    @admin.display(boolean=True, description="image")
+    def has_image(self, obj):
+        return obj.image_id is not None
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
