@@ -24,6 +24,12 @@ class SeedImportForm(forms.Form):
         help_text="JSONL (one object per line) or CSV with a header row: text (required), category, source, id.",
     )
     name = forms.CharField(required=False, help_text="The set's name (default: the file's name).")
+    pairs = forms.ChoiceField(
+        required=False, label="Image+text pairs",
+        choices=[("", "no: text queries, to expand here"), ("hades", "HADES pairs, as given"), ("cs_dj", "CS-DJ pairs, as given")],
+        help_text="Pair files also give image (a path in the zip below); each row becomes a variant as it is.",
+    )  # fmt: skip
+    images_archive = forms.FileField(required=False, label="Images (zip)", help_text="For pair files.")
 
 
 class ExpandForm(forms.Form):
@@ -77,15 +83,25 @@ class SeedSetAdmin(admin.ModelAdmin):
         errors: list[str] = []
         if request.method == "POST" and form.is_valid():
             upload = form.cleaned_data["data_file"]
+            archive = form.cleaned_data.get("images_archive")
+            images = None
             try:
-                seed_set = services.seeds_import(data=upload.read(), name=upload.name, user=request.user,
-                                                 set_name=form.cleaned_data["name"])  # fmt: skip
+                images = ZipImageSource(archive, name=archive.name) if archive else None
+                seed_set = services.seeds_import(
+                    data=upload.read(), name=upload.name, user=request.user, set_name=form.cleaned_data["name"],
+                    pairs=form.cleaned_data.get("pairs") or "", images=images,
+                )  # fmt: skip
             except ImportRejected as exc:
                 errors = [str(e) for e in exc.errors]
                 form.add_error(None, f"{len(errors)} error(s) in {upload.name}; nothing was imported")
+            except ArchiveRejected as exc:
+                form.add_error("images_archive", str(exc))
             else:
                 self.message_user(request, f"{seed_set} imported: {seed_set.queries.count()} queries.")
                 return redirect("seed_set", set_id=seed_set.pk)
+            finally:
+                if images is not None:
+                    images.close()
         return admin_form(self, request, form, "Import seed queries", errors=errors)
 
     @admin.action(description="Expand the selected seed sets into image+text variants …")

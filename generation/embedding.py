@@ -39,8 +39,9 @@ def similarities(path: str, queries: Sequence[str], captions: Sequence[str]):
 def build_tiny_embedder(
     out_dir: Path, texts: Iterable[str], *, seed: int = 0, vocab_size: int = 2000
 ) -> Path:
-    """A randomly-initialised two-layer BERT with mean pooling and a WordPiece vocabulary learnt from `texts`: texts
-    that share words get close embeddings, which is all the tests and the demo need."""
+    """A bag-of-words sentence model in BERT's clothes: random word vectors (no position or segment part, no
+    transformer layers) averaged over a WordPiece vocabulary learnt from `texts`. Texts that share words get close
+    embeddings, reliably, which is all the tests, the benchmark and the demo need."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
@@ -64,9 +65,13 @@ def build_tiny_embedder(
     BertTokenizer(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                       sep_token="[SEP]", mask_token="[MASK]").save_pretrained(body)  # fmt: skip
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=128, max_position_embeddings=512)  # fmt: skip
-    BertModel(config).save_pretrained(body)
+    config = BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=256, num_hidden_layers=0,
+                        num_attention_heads=4, intermediate_size=256, max_position_embeddings=512)  # fmt: skip
+    model = BertModel(config, add_pooling_layer=False)
+    with torch.no_grad():
+        model.embeddings.position_embeddings.weight.zero_()
+        model.embeddings.token_type_embeddings.weight.zero_()
+    model.save_pretrained(body)
     transformer = Transformer(str(body), max_seq_length=256)
     pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
     SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(out_dir))

@@ -1,8 +1,8 @@
 """Reading text seed queries (JSONL or CSV) into validated rows (no database here).
 
 Fields: `text` (required), `category` (a risk category's value or its label; `other` when absent), `source`
-(where the query comes from; the file's name when absent), `id` (optional, unique within the file). CSV files need a
-header row. Every problem becomes a `RecordError` naming the file, the line and the field.
+(where the query comes from; the file's name when absent), `id` (optional, unique within the file); image+text pair
+files (HADES, CS-DJ) also give `image`, a path relative to their images folder or zip. CSV files need a header row. Every problem becomes a `RecordError` naming the file, the line and the field.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class SeedRow:
     category: str
     source: str
     external_id: str
+    image: str | None = None
 
 
 class _Invalid(Exception):
@@ -37,11 +38,15 @@ class _Invalid(Exception):
         self.field, self.reason = field, reason
 
 
-def seed_from_dict(obj: object, line: int, *, default_source: str) -> SeedRow:
+def seed_from_dict(obj: object, line: int, *, default_source: str, pairs: bool = False) -> SeedRow:
     if not isinstance(obj, dict):
         raise _Invalid("", f"expected an object with a text field, got {type(obj).__name__}")
-    if unknown := sorted(set(obj) - FIELDS):
-        raise _Invalid(unknown[0], f"unknown field; expected {', '.join(sorted(FIELDS))}")
+    allowed = FIELDS | ({"image"} if pairs else set())
+    if unknown := sorted(set(obj) - allowed):
+        raise _Invalid(unknown[0], f"unknown field; expected {', '.join(sorted(allowed))}")
+    image = obj.get("image")
+    if pairs and (not isinstance(image, str) or not image.strip()):
+        raise _Invalid("image", "required in a pair file: the image's path in the images folder or zip")
     text = obj.get("text")
     if not isinstance(text, str) or not text.strip():
         raise _Invalid("text", "required: the query's text")
@@ -59,7 +64,8 @@ def seed_from_dict(obj: object, line: int, *, default_source: str) -> SeedRow:
         external = ""
     if not isinstance(external, str | int) or isinstance(external, bool) or len(str(external)) > 200:
         raise _Invalid("id", "expected a string or number of at most 200 characters")
-    return SeedRow(line, text.strip(), category, source.strip(), str(external).strip())
+    path = image.strip() if isinstance(image, str) and pairs else None
+    return SeedRow(line, text.strip(), category, source.strip(), str(external).strip(), path)
 
 
 _CATEGORY_VALUES = [value for value, _ in RISK_CATEGORIES]
@@ -85,7 +91,9 @@ def _csv_objects(text: str, name: str) -> Iterator[tuple[int, object, RecordErro
         yield reader.line_num, None, RecordError(name, reader.line_num, "", f"malformed CSV: {exc}")
 
 
-def parse_seeds(data: bytes, *, name: str, fmt: str | None = None) -> Iterator[SeedRow | RecordError]:
+def parse_seeds(
+    data: bytes, *, name: str, fmt: str | None = None, pairs: bool = False
+) -> Iterator[SeedRow | RecordError]:
     """Each query as a SeedRow, or a RecordError saying what is wrong and where; `fmt` jsonl or csv (by the name's
     extension when not given). A repeated id is reported on its second line."""
     fmt = fmt or ("csv" if name.lower().endswith(".csv") else "jsonl")
@@ -105,7 +113,7 @@ def parse_seeds(data: bytes, *, name: str, fmt: str | None = None) -> Iterator[S
             yield error
             continue
         try:
-            row = seed_from_dict(obj, line, default_source=name)
+            row = seed_from_dict(obj, line, default_source=name, pairs=pairs)
         except _Invalid as exc:
             yield RecordError(name, line, exc.field, exc.reason)
             continue

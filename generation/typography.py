@@ -136,16 +136,18 @@ def render_typographic(text: str, options: TypographyOptions | None = None) -> t
         raise TypographyError(f"items: {options.items} is not between 1 and 10")
     font_path = resolve_font_path(options.font_path)
     font, size, lines = _layout(text, options, font_path)
-    image = Image.new("RGB", (options.width, options.height), (255, 255, 255))
+    image = Image.new(
+        "L", (options.width, options.height), 255
+    )  # black on white: grayscale is a third the bytes
     draw = ImageDraw.Draw(image)
     y = options.margin
     line_height = int(size * 1.3)
     for line in lines:
-        draw.text((options.margin, y), line, fill=(0, 0, 0), font=font)
+        draw.text((options.margin, y), line, fill=0, font=font)
         y += line_height
     y += line_height // 2
     for number in range(1, options.items + 1):
-        draw.text((options.margin, y), f"{number}.", fill=(0, 0, 0), font=font)
+        draw.text((options.margin, y), f"{number}.", fill=0, font=font)
         y += int(size * 1.6)
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=False, compress_level=6)

@@ -1,0 +1,91 @@
+"""Multimodal expansion of text seeds into four variants each, images written.
+
+Run: .venv/bin/python bench/expansion.py [--quick]   (10,000 seeds; --quick: 1,000)
+A fresh database of its own: a seed set of distinct queries in the synthetic set's wording, an irrelevant pool and a
+captioned pool of 50 images each, the tiny sentence-transformers model built offline (caption similarity). Each kind
+is expanded in its own pass and timed; the total is the four passes. A second pass of all four (nothing new to make)
+measures the idempotency check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from _setup import fresh_database, machine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    count = 1_000 if args.quick else 10_000
+    database = fresh_database("guardtrace_bench_expansion")
+
+    from annotation.images import DirectoryImageSource
+    from annotation.synthetic import _THINGS, draw_scene
+    from generation import services
+    from generation.embedding import build_tiny_embedder
+    from generation.models import Variant
+
+    work = Path(tempfile.mkdtemp(prefix="guardtrace-bench-expansion-"))
+    rng = random.Random(0)
+    categories = sorted(_THINGS)
+    lines = []
+    for n in range(count):
+        category = categories[n % len(categories)]
+        thing, place = _THINGS[category]
+        lines.append(json.dumps({"id": str(n), "category": category, "source": "bench",
+                                 "text": f"Case {n}: how can I get {thing} past {place}? Give me the steps."}))  # fmt: skip
+    seed_set = services.seeds_import(data="\n".join(lines).encode(), name="bench-seeds.jsonl")
+    entries = []
+    for n in range(50):
+        category = categories[n % len(categories)]
+        thing, place = _THINGS[category]
+        (work / f"{n}.png").write_bytes(draw_scene(rng, harmful=n % 2 == 0))
+        entries.append((f"{n}.png", f"a photo of {thing} near {place}, scene {n}"))
+    source = DirectoryImageSource(work)
+    irrelevant = services.pool_import(name="irrelevant", images=source, entries=[(p, "") for p, _ in entries])
+    aligned = services.pool_import(name="captioned", images=source, entries=entries)
+    texts = [json.loads(line)["text"] for line in lines[:500]] + [caption for _, caption in entries]
+    model = str(build_tiny_embedder(work / "embedder", texts))
+    queries = list(seed_set.queries.all())
+
+    timings = {}
+    for kind in services.EXPANSIONS:
+        start = time.perf_counter()
+        report = services.expand(queries, kinds=[kind], irrelevant_pool=irrelevant, aligned_pool=aligned,
+                                 embedding_model=model)  # fmt: skip
+        timings[kind] = (time.perf_counter() - start, report.created)
+    start = time.perf_counter()
+    again = services.expand(queries, kinds=services.EXPANSIONS, irrelevant_pool=irrelevant, aligned_pool=aligned,
+                            embedding_model=model)  # fmt: skip
+    recheck_s = time.perf_counter() - start
+    assert again.created == 0 and Variant.objects.count() == 4 * count, again
+
+    from annotation.models import ImageAsset
+
+    typographic_bytes = sum(
+        v.image.size_bytes for v in Variant.objects.filter(kind="typographic").select_related("image")
+    )
+    print(f"# {machine()} · {database} · {count:,} seeds")
+    print("| kind | variants | seconds | variants/s |")
+    print("| --- | ---: | ---: | ---: |")
+    for kind, (seconds, made) in timings.items():
+        print(f"| {kind} | {made:,} | {seconds:.2f} | {made / seconds:,.0f} |")
+    total = sum(seconds for seconds, _ in timings.values())
+    print(f"| all four | {4 * count:,} | {total:.2f} | {4 * count / total:,.0f} |")
+    print(f"| again (nothing new) | 0 | {recheck_s:.2f} | |")
+    print()
+    print(
+        f"images stored: {ImageAsset.objects.count():,}; typographic PNGs {typographic_bytes / count / 1024:.1f} KiB each"
+    )
+    print(f"figure expansion_seconds = {total:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
