@@ -30,7 +30,7 @@ _SHORT_FIELDS = {"subset": 64, "source_dataset": 100, "generator_model": 200, "e
 _DERIVED_FIELDS = {"id", "content_hash", "stratum", "final_label", "final_label_origin", "created_at"}
 _JSONL_FIELDS = (
     {"question", "thinking", "answer", "image", "split", "category", "input_variant", "label", "label_source"}
-    | {"analysis", "labels"}
+    | {"analysis", "labels", "provenance"}
     | set(_SHORT_FIELDS)
     | _DERIVED_FIELDS
 )
@@ -75,6 +75,7 @@ class SampleRecord:
     source_dataset: str = ""
     generator_model: str = ""
     external_id: str = ""
+    provenance: dict = field(default_factory=dict)
     labels: list[LabelRecord] = field(default_factory=list)
 
 
@@ -200,6 +201,13 @@ def record_from_dict(obj: Any, line: int, *, max_chars: int) -> SampleRecord:
             for key, n in _SHORT_FIELDS.items()
         },
     )
+    provenance = obj.get("provenance")
+    if provenance is not None:
+        if not isinstance(provenance, dict):
+            raise _Invalid("provenance", f"expected an object, got {type(provenance).__name__}")
+        if len(json.dumps(provenance)) > max_chars:
+            raise _Invalid("provenance", f"over {max_chars:,} characters")
+        record.provenance = provenance
     labels = obj.get("labels")
     if labels is not None:
         if not isinstance(labels, list):

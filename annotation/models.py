@@ -87,6 +87,9 @@ class Sample(models.Model):
     input_variant = models.CharField(max_length=20, choices=InputVariant.choices, default=InputVariant.OTHER)
     generator_model = models.CharField(max_length=200, blank=True)
     external_id = models.CharField(max_length=200, blank=True)
+    provenance = models.JSONField(
+        default=dict, blank=True, help_text="How it was made: seed, variant, generator and its parameters."
+    )
     content_hash = models.CharField(
         max_length=64, unique=True, help_text="sha256 of question, thinking, answer, image"
     )

@@ -236,6 +236,7 @@ def _store(
                 source_dataset=item.record.source_dataset,
                 generator_model=item.record.generator_model,
                 external_id=item.record.external_id,
+                provenance=item.record.provenance,
                 content_hash=item.content_hash,
             )
             for item in unique
@@ -466,6 +467,7 @@ def sample_json(sample: Sample, image_path: str | None) -> dict:
         "source_dataset": sample.source_dataset,
         "generator_model": sample.generator_model,
         "external_id": sample.external_id,
+        "provenance": sample.provenance,
         "content_hash": sample.content_hash,
         "stratum": sample.stratum,
         "final_label": sample.final_label,

@@ -12,6 +12,7 @@ from django.db import models
 from django.db.models import Q
 
 from annotation.models import ImageAsset, InputVariant, RiskCategory
+from guardmodel.models import FINISHED, JobStatus, validate_base_url
 
 
 class SeedSet(models.Model):
@@ -93,3 +94,102 @@ class Variant(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} of seed #{self.seed_id}"
+
+
+class Generator(models.Model):
+    """A reasoning model that answers variants with a reasoning trace and an answer, configured like a juror."""
+
+    class Backend(models.TextChoices):
+        OPENAI = "openai", "OpenAI-compatible HTTP"
+        TRANSFORMERS = "transformers", "Local transformers"
+
+    name = models.SlugField(max_length=64, unique=True, help_text="Recorded as the samples' generator.")
+    backend = models.CharField(max_length=16, choices=Backend.choices)
+    model_name = models.CharField(
+        max_length=255,
+        help_text="Served model name (HTTP), or the local checkpoint directory (transformers).",
+    )
+    base_url = models.CharField(max_length=500, blank=True, validators=[validate_base_url],
+                                help_text="For OpenAI-compatible servers, e.g. http://vllm-qwen3vl:8000/v1")  # fmt: skip
+    api_key_env = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="Name of the environment variable holding the API key (never the key).",
+    )
+    max_concurrency = models.PositiveIntegerField(default=8, help_text="Requests in flight (HTTP).")
+    timeout_s = models.PositiveIntegerField(default=600, help_text="Per request, before it is retried.")
+    max_tokens = models.PositiveIntegerField(
+        default=4096, help_text="Longest reply asked for (reasoning included)."
+    )
+    temperature = models.FloatField(default=0.7)
+    samples_per_variant = models.PositiveIntegerField(default=1, help_text="Replies asked per variant.")
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(backend="openai", base_url=""), name="openai_generator_has_base_url"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class GenerationRun(models.Model):
+    Status = JobStatus
+
+    generators = models.ManyToManyField(Generator, related_name="runs")
+    parameters = models.JSONField(default=dict, help_text="Per generator: max_tokens, temperature, samples.")
+    split = models.CharField(max_length=5, default="train")
+    subset = models.CharField(max_length=64, blank=True, help_text="Given to the samples made.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING, db_index=True)
+    total = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Generation run #{self.pk}"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+class GenerationTask(models.Model):
+    """One reply asked of one generator for one variant (sample_index counts the replies asked)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        CLAIMED = "claimed", "In flight"
+        DONE = "done", "Sample made"
+        FLAGGED = "flagged", "Sample made, reasoning not separable"
+        FAILED = "failed", "Call failed"
+
+    run = models.ForeignKey(GenerationRun, on_delete=models.CASCADE, related_name="tasks")
+    variant = models.ForeignKey(Variant, on_delete=models.CASCADE, related_name="tasks")
+    generator = models.ForeignKey(Generator, on_delete=models.CASCADE, related_name="tasks")
+    sample_index = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING, db_index=True)
+    claim_token = models.CharField(max_length=48, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    sample = models.ForeignKey(
+        "annotation.Sample", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    usage = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "variant", "generator", "sample_index"], name="one_task_per_reply"
+            )
+        ]
+        indexes = [models.Index(fields=["run", "generator", "status"])]

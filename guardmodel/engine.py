@@ -368,6 +368,34 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, openai.APIStatusError) and exc.status_code in RETRYABLE_STATUS
 
 
+def post_chat(client: Any, body: dict, retry: RetryPolicy, log_: list[dict], name: str) -> dict:
+    """One chat completion, retried with backoff and jitter on retryable errors; each attempt goes in `log_`.
+    Raises the last error when the attempts are spent or the error is not retryable."""
+    while True:
+        attempt = len(log_) + 1
+        started = time.perf_counter()
+        try:
+            # The client's documented `post` for custom requests: its auth, timeouts and error types, without the
+            # parameter transformation and response models of `chat.completions.create`, which cost more CPU than
+            # the rest of the call (the body is plain JSON already; the reply is read as JSON).
+            response = client.post("/chat/completions", body=body, cast_to=object)
+            if not isinstance(response, dict) or not isinstance(response.get("choices", []), list):
+                raise ValueError(f"not a chat completion: {str(response)[:200]!r}")
+        except Exception as exc:
+            log_.append({"attempt": attempt, "outcome": f"{type(exc).__name__}: {exc}",
+                         "ms": round((time.perf_counter() - started) * 1000, 1)})  # fmt: skip
+            again = is_retryable(exc) and attempt < retry.attempts
+            log.warning("%s attempt %d failed: %s%s", name, attempt, exc, "; retrying" if again else "")
+            if not again:
+                raise
+            retry.sleep(retry.delay(attempt))
+            continue
+        log_.append(
+            {"attempt": attempt, "outcome": "ok", "ms": round((time.perf_counter() - started) * 1000, 1)}
+        )
+        return response
+
+
 class OpenAIGuard:
     """A guard served by vLLM, SGLang or any OpenAI-compatible server; many requests in flight from a thread pool."""
 
@@ -400,42 +428,8 @@ class OpenAIGuard:
         )
 
     def _request(self, messages: list[dict], log_: list[dict]) -> Any:
-        """One chat completion, retried with backoff and jitter on retryable errors; each attempt goes in `log_`.
-        Raises the last error when the attempts are spent or the error is not retryable."""
-        while True:
-            attempt = len(log_) + 1
-            started = time.perf_counter()
-            try:
-                # The client's documented `post` for custom requests: its auth, timeouts and error types, without
-                # the parameter transformation and response models of `chat.completions.create`, which cost more
-                # CPU than the rest of the call (the body is plain JSON already; the reply is read as JSON).
-                response = self.client.post(
-                    "/chat/completions",
-                    body={
-                        "model": self.model,
-                        "messages": messages,
-                        "temperature": 0,
-                        "max_tokens": self.max_tokens,
-                    },
-                    cast_to=object,  # the decoded JSON as it came
-                )
-                if not isinstance(response, dict) or not isinstance(response.get("choices", []), list):
-                    raise ValueError(f"not a chat completion: {str(response)[:200]!r}")
-            except Exception as exc:
-                log_.append({"attempt": attempt, "outcome": f"{type(exc).__name__}: {exc}",
-                             "ms": round((time.perf_counter() - started) * 1000, 1)})  # fmt: skip
-                retry = is_retryable(exc) and attempt < self.retry.attempts
-                log.warning(
-                    "%s attempt %d failed: %s%s", self.name, attempt, exc, "; retrying" if retry else ""
-                )
-                if not retry:
-                    raise
-                self.retry.sleep(self.retry.delay(attempt))
-                continue
-            log_.append(
-                {"attempt": attempt, "outcome": "ok", "ms": round((time.perf_counter() - started) * 1000, 1)}
-            )
-            return response
+        body = {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": self.max_tokens}
+        return post_chat(self.client, body, self.retry, log_, self.name)
 
     def judge_one(self, item: AuditInput) -> Verdict:
         """One sample: retried calls, then (with `reask`) one re-ask with the format reminder if unreadable."""

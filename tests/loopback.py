@@ -1,7 +1,7 @@
 """A real OpenAI-compatible HTTP server on loopback, standing in for vLLM / SGLang / a hosted API in tests.
 
 It speaks `POST /v1/chat/completions` over real HTTP (keep-alive, as vLLM does); what it answers is decided by
-`respond(body)` (which sees the model name, so one server can play several jurors), and faults are injected on the
+`respond(body)` (which sees the model name, so one server can play several jurors; a dict is the whole reply message), and faults are injected on the
 server side, as a real server would fail: a status code, "timeout" (answer only after `hang_s`), or "unparseable"
 (a 200 whose text has no judgment). `faults` serves the first requests in order; `fault_for(body)` decides per
 request after that.
@@ -101,11 +101,17 @@ class LoopbackOpenAI:
                             encoded = part["image_url"]["url"].split(",", 1)[1]
                             with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
                                 server.images.append(image.size)
-                text = "I would rather not say." if fault == "unparseable" else server.respond(body)
+                reply = "I would rather not say." if fault == "unparseable" else server.respond(body)
+                # A dict is the whole message (a reasoning model's separate reasoning field, say).
+                message = (
+                    {"role": "assistant", **reply}
+                    if isinstance(reply, dict)
+                    else {"role": "assistant", "content": reply}
+                )
                 self._send(200, {
                     "id": "cmpl-1", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": text}}],
+                                 "message": message}],
                     "usage": {"prompt_tokens": 100, "completion_tokens": 12, "total_tokens": 112},
                 })  # fmt: skip
 

@@ -1,0 +1,216 @@
+"""Generation runs: each selected variant answered by each generator (samples_per_variant times), every reply a
+`Sample` with its provenance.
+
+Same rules as the jury: HTTP generators run on the `jury` queue with `max_concurrency` requests in flight, local
+ones on `gpu`; each call is retried with backoff on retryable errors (GUARDTRACE_JURY_ATTEMPTS); a task is claimed
+by conditional update with a token and its result written only by its claim's holder, so a redelivered message or a
+second driver never doubles a sample; claims older than GUARDTRACE_JURY_LEASE_S (a killed worker's) are taken over.
+Replies already made for the same variant, generator, reply number and parameters are not asked again; failed ones
+are.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from annotation.models import Sample
+from annotation.services import content_hash
+from generation.backends import OpenAIGenerator, Trace, TransformersGenerator
+from generation.models import GenerationRun, GenerationTask, Generator, Variant
+from guardmodel.models import JobStatus
+from jury.backends import retry_policy
+
+Status = GenerationTask.Status
+MADE = (Status.DONE, Status.FLAGGED)
+
+
+class GenerationError(ValueError):
+    """A run that cannot be made as asked; the message names the field."""
+
+
+def parameters(generator: Generator) -> dict:
+    return {"model": generator.model_name, "max_tokens": generator.max_tokens,
+            "temperature": generator.temperature, "samples": generator.samples_per_variant}  # fmt: skip
+
+
+def generation_run_create(
+    *, variants, generators: list[Generator], split: str = "train", subset: str = "", user=None,
+    enqueue: bool = True,
+) -> GenerationRun:  # fmt: skip
+    if not generators:
+        raise GenerationError("generators: none chosen — configure generators in the admin first")
+    if disabled := [g.name for g in generators if not g.enabled]:
+        raise GenerationError(f"generators: {', '.join(disabled)} is disabled")
+    if split not in ("train", "test"):
+        raise GenerationError(f"split: {split!r} is not train or test")
+    variant_ids = list(variants.values_list("pk", flat=True) if hasattr(variants, "values_list") else
+                       [v.pk for v in variants])  # fmt: skip
+    if not variant_ids:
+        raise GenerationError("variants: none selected — expand seed queries first")
+    with transaction.atomic():
+        run = GenerationRun.objects.create(split=split, subset=subset[:64], created_by=user,
+                                           parameters={g.name: parameters(g) for g in generators})  # fmt: skip
+        run.generators.set(generators)
+        tasks = []
+        for generator in generators:
+            # Made before with these parameters, or waiting in an unfinished run: not asked again.
+            taken = set(
+                GenerationTask.objects.filter(generator=generator, variant_id__in=variant_ids)
+                .filter(Q(status__in=MADE) | Q(run__status=JobStatus.RUNNING, status__in=[Status.PENDING, Status.CLAIMED]))
+                .filter(**{f"run__parameters__{generator.name}": parameters(generator)})
+                .values_list("variant_id", "sample_index")
+            )  # fmt: skip
+            tasks += [
+                GenerationTask(run=run, variant_id=vid, generator=generator, sample_index=index)
+                for vid in variant_ids
+                for index in range(generator.samples_per_variant)
+                if (vid, index) not in taken
+            ]
+        GenerationTask.objects.bulk_create(tasks, batch_size=1000)
+        run.total = len(tasks)
+        if not tasks:
+            run.status, run.finished_at = JobStatus.SUCCEEDED, timezone.now()
+        run.save(update_fields=["total", "status", "finished_at"])
+        if enqueue and tasks:
+            transaction.on_commit(lambda: _enqueue(run, generators))
+    return run
+
+
+def _enqueue(run: GenerationRun, generators: list[Generator]) -> None:
+    from generation.tasks import generation_drive_task
+
+    for generator in generators:
+        queue = "gpu" if generator.backend == Generator.Backend.TRANSFORMERS else "jury"
+        generation_drive_task.apply_async(args=[run.pk, generator.pk], queue=queue)
+
+
+def backend_for(generator: Generator) -> OpenAIGenerator | TransformersGenerator:
+    if generator.backend == Generator.Backend.TRANSFORMERS:
+        return TransformersGenerator(generator.model_name, max_tokens=generator.max_tokens,
+                                     temperature=generator.temperature, name=generator.name)  # fmt: skip
+    key = os.environ.get(generator.api_key_env) if generator.api_key_env else None
+    if generator.api_key_env and key is None:
+        raise GenerationError(f"environment variable {generator.api_key_env} (the API key) is not set")
+    return OpenAIGenerator(generator.base_url, generator.model_name, api_key=key, timeout_s=generator.timeout_s,
+                           max_tokens=generator.max_tokens, temperature=generator.temperature, retry=retry_policy(),
+                           name=generator.name)  # fmt: skip
+
+
+def generation_drive(run_id: int, generator_id: int) -> int:
+    """Work the run's tasks for this generator until none is left; returns the samples made."""
+    run = GenerationRun.objects.filter(pk=run_id).first()
+    generator = Generator.objects.filter(pk=generator_id).first()
+    if run is None or generator is None or run.finished:
+        return 0
+    token = uuid.uuid4().hex
+    stale = timezone.now() - timedelta(seconds=settings.GUARDTRACE_JURY_LEASE_S)
+    GenerationTask.objects.filter(
+        run=run, generator=generator, status=Status.CLAIMED, claimed_at__lt=stale
+    ).update(status=Status.PENDING, claim_token="")
+    try:
+        backend = backend_for(generator)
+    except Exception as exc:  # a missing key, a model that cannot load: every task of this generator fails
+        GenerationTask.objects.filter(run=run, generator=generator, status=Status.PENDING).update(
+            status=Status.FAILED, error=f"{type(exc).__name__}: {exc}", completed_at=timezone.now()
+        )
+        _finish_if_done(run)
+        return 0
+    workers = max(1, generator.max_concurrency) if generator.backend == Generator.Backend.OPENAI else 1
+    made = 0
+    with ThreadPoolExecutor(workers) as pool:
+        while True:
+            ids = list(
+                GenerationTask.objects.filter(run=run, generator=generator, status=Status.PENDING)
+                .order_by("pk").values_list("pk", flat=True)[: workers * 4]
+            )  # fmt: skip
+            if not ids:
+                break
+            GenerationTask.objects.filter(pk__in=ids, status=Status.PENDING).update(
+                status=Status.CLAIMED, claim_token=token, claimed_at=timezone.now()
+            )
+            claimed = list(
+                GenerationTask.objects.filter(pk__in=ids, claim_token=token, status=Status.CLAIMED)
+                .select_related("variant__seed__seed_set", "variant__image")
+            )  # fmt: skip
+            traces = pool.map(
+                lambda task: backend.generate(task.variant.text, _image_bytes(task.variant)), claimed
+            )
+            for task, trace in zip(claimed, traces, strict=True):
+                made += _record(run, generator, task, trace, token)
+    _finish_if_done(run)
+    return made
+
+
+def _image_bytes(variant: Variant) -> bytes | None:
+    if variant.image is None:
+        return None
+    with variant.image.file.open("rb") as handle:
+        return handle.read()
+
+
+def _record(run: GenerationRun, generator: Generator, task: GenerationTask, trace: Trace, token: str) -> int:
+    """Write the task's outcome (and its sample) if this driver still holds its claim; 1 when a sample was made."""
+    now = timezone.now()
+    with transaction.atomic():
+        sample = None
+        if trace.status != "failed":
+            sample = _sample(run, generator, task, trace)
+        status = {"ok": Status.DONE, "flagged": Status.FLAGGED}.get(trace.status, Status.FAILED)
+        written = GenerationTask.objects.filter(pk=task.pk, claim_token=token, status=Status.CLAIMED).update(
+            status=status, sample=sample, usage=trace.usage, error=trace.error, attempts=trace.attempts,
+            completed_at=now,
+        )  # fmt: skip
+        if not written:
+            transaction.set_rollback(True)  # the claim was taken over: its new holder writes the result
+            return 0
+    return int(sample is not None)
+
+
+def _sample(run: GenerationRun, generator: Generator, task: GenerationTask, trace: Trace) -> Sample:
+    variant = task.variant
+    seed = variant.seed
+    image_sha = variant.image.sha256 if variant.image else None
+    digest = content_hash(
+        question=variant.text, thinking=trace.thinking, answer=trace.answer, image_sha256=image_sha
+    )
+    provenance = {
+        "seed": {"id": seed.pk, "set": seed.seed_set.name, "external_id": seed.external_id, "text": seed.text,
+                 "source": seed.source},
+        "variant": {"id": variant.pk, "kind": variant.kind, "derivation": variant.derivation},
+        "generator": {"name": generator.name, "backend": generator.backend, **run.parameters.get(generator.name, {})},
+        "run": run.pk, "reply": task.sample_index, "reasoning": trace.source, "usage": trace.usage,
+        "finish_reason": trace.finish_reason,
+    }  # fmt: skip
+    sample, _ = Sample.objects.get_or_create(
+        content_hash=digest,
+        defaults={
+            "question": variant.text, "thinking": trace.thinking, "answer": trace.answer, "image": variant.image,
+            "split": run.split, "subset": run.subset or seed.seed_set.name[:64], "category": seed.category,
+            "input_variant": variant.kind, "source_dataset": seed.source[:100], "generator_model": generator.name,
+            "external_id": f"gen-{run.pk}-{task.pk}", "provenance": provenance,
+        },
+    )  # fmt: skip
+    return sample
+
+
+def _finish_if_done(run: GenerationRun) -> None:
+    open_tasks = GenerationTask.objects.filter(run=run, status__in=[Status.PENDING, Status.CLAIMED])
+    if not open_tasks.exists():
+        GenerationRun.objects.filter(pk=run.pk, status=JobStatus.RUNNING).update(
+            status=JobStatus.SUCCEEDED, finished_at=timezone.now()
+        )
+
+
+def run_progress(run: GenerationRun) -> dict[str, int]:
+    counts = dict.fromkeys(Status.values, 0)
+    for row in GenerationTask.objects.filter(run=run).values("status").annotate(n=Count("id")):
+        counts[row["status"]] = row["n"]
+    return counts

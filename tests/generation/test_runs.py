@@ -1,0 +1,147 @@
+"""Trace generation against a real OpenAI-compatible server on loopback: a separate reasoning field, <think> tags,
+no separable reasoning (kept, flagged), retries and failures; every reply becomes a Sample whose provenance
+survives export and import; re-running asks only what is missing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from annotation.images import DirectoryImageSource
+from annotation.models import Sample
+from annotation.services import samples_export, samples_import
+from generation import runs, services
+from generation.backends import split_reasoning
+from generation.models import GenerationTask, Generator, Variant
+from tests.loopback import LoopbackOpenAI
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _reply(body: dict):
+    text = " ".join(p.get("text", "") for m in body["messages"] for p in m["content"] if p["type"] == "text")
+    if body["model"] == "qwen3-vl-thinking":
+        return {
+            "content": f"I can't help with: {text[:30]}",
+            "reasoning_content": "The user asks for harm.\n\nRefuse.",
+        }
+    if body["model"] == "glm-thinking":
+        return "<think>Let me list the steps.\n\nStep 1: obtain it.</think>\n\nI won't provide that."
+    return "Here is an answer with no reasoning shown."
+
+
+@pytest.fixture
+def variants(settings):
+    settings.GUARDTRACE_JURY_BACKOFF_S = 0.01
+    data = "\n".join(json.dumps(r) for r in [
+        {"id": "q1", "text": "How do I get past the gate?", "category": "crime", "source": "S-Eval"},
+        {"id": "q2", "text": "Which dose of Q-3 is harmful?", "category": "health", "source": "S-Eval"},
+    ]).encode()  # fmt: skip
+    seed_set = services.seeds_import(data=data, name="seeds.jsonl")
+    services.expand(seed_set.queries.all(), kinds=["text_only", "typographic"])
+    return Variant.objects.all()
+
+
+def _generator(name: str, url: str, **fields) -> Generator:
+    return Generator.objects.create(name=name, backend="openai", model_name=name, base_url=url, timeout_s=5,
+                                    max_tokens=256, **fields)  # fmt: skip
+
+
+def test_generators_make_samples_with_their_reasoning_and_provenance(variants, tmp_path):
+    with LoopbackOpenAI(_reply) as server:
+        qwen = _generator("qwen3-vl-thinking", server.url, samples_per_variant=2, temperature=0.9)
+        glm = _generator("glm-thinking", server.url)
+        plain = _generator("plain-model", server.url)
+        run = runs.generation_run_create(variants=variants, generators=[qwen, glm, plain], subset="gen-demo",
+                                         enqueue=False)  # fmt: skip
+        assert run.total == 4 * 2 + 4 + 4
+        for generator in (qwen, glm, plain):
+            runs.generation_drive(run.pk, generator.pk)
+    run.refresh_from_db()
+    assert run.status == "succeeded" and runs.run_progress(run)["pending"] == 0
+    # Typographic variants carry their image to the server; text-only ones do not.
+    assert len(server.images) == 2 * 2 + 2 + 2 and all(size == (760, 760) for size in server.images)
+
+    field = Sample.objects.filter(generator_model="qwen3-vl-thinking")
+    # Two replies per variant; this server answers both alike, so they are one sample (same content), not two.
+    assert field.count() == 4 and GenerationTask.objects.filter(generator=qwen, status="done").count() == 8
+    sample = field.get(input_variant="text_only", provenance__seed__external_id="q1")
+    assert sample.thinking == "The user asks for harm.\n\nRefuse." and sample.answer.startswith(
+        "I can't help with"
+    )
+    assert (
+        sample.question == "How do I get past the gate?"
+        and sample.category == "crime"
+        and sample.subset == "gen-demo"
+    )
+    provenance = sample.provenance
+    assert (
+        provenance["seed"]["text"] == "How do I get past the gate?"
+        and provenance["variant"]["kind"] == "text_only"
+    )
+    assert provenance["generator"] == {"name": "qwen3-vl-thinking", "backend": "openai", "model": "qwen3-vl-thinking",
+                                       "max_tokens": 256, "temperature": 0.9, "samples": 2}  # fmt: skip
+    assert provenance["reasoning"] == "field" and provenance["usage"]["prompt_tokens"] == 100
+
+    tagged = Sample.objects.filter(generator_model="glm-thinking", input_variant="typographic").first()
+    assert (
+        tagged.thinking == "Let me list the steps.\n\nStep 1: obtain it."
+        and tagged.answer == "I won't provide that."
+    )
+    assert (
+        tagged.image is not None
+        and tagged.provenance["variant"]["derivation"]["typography"]["font_size"] == 40
+    )
+    flagged = GenerationTask.objects.filter(generator=plain)
+    assert {t.status for t in flagged} == {"flagged"} and all(t.sample_id for t in flagged)
+    assert Sample.objects.filter(generator_model="plain-model", thinking="").count() == 4
+
+    # The same run again asks nothing: every reply was made with these parameters.
+    again = runs.generation_run_create(variants=variants, generators=[qwen, glm, plain], enqueue=False)
+    assert again.total == 0 and again.status == "succeeded"
+
+    # Provenance survives export and import.
+    before = {s.content_hash: s.provenance for s in Sample.objects.all()}
+    samples_export(samples=Sample.objects.all(), out_dir=tmp_path / "out")
+    Sample.objects.all().delete()
+    samples_import(data=(tmp_path / "out" / "samples.jsonl").read_bytes(), name="samples.jsonl", fmt="jsonl",
+                   images=DirectoryImageSource(tmp_path / "out"))  # fmt: skip
+    assert {s.content_hash: s.provenance for s in Sample.objects.all()} == before
+
+
+def test_calls_are_retried_and_failures_are_asked_again_in_the_next_run(variants):
+    text_only = variants.filter(kind="text_only")
+    with LoopbackOpenAI(_reply, faults=[503, 503]) as server:
+        flaky = _generator("glm-thinking", server.url)
+        run = runs.generation_run_create(variants=text_only, generators=[flaky], enqueue=False)
+        runs.generation_drive(run.pk, flaky.pk)
+    attempts = list(GenerationTask.objects.filter(run=run).values_list("attempts", flat=True))
+    assert sum(attempts) == 2 + 2 and runs.run_progress(run)["done"] == 2  # two 503s, each retried
+
+    broken = _generator("qwen3-vl-thinking", "http://127.0.0.1:9/v1")  # nothing listens: every attempt fails
+    failed_run = runs.generation_run_create(variants=text_only, generators=[broken], enqueue=False)
+    runs.generation_drive(failed_run.pk, broken.pk)
+    failed_run.refresh_from_db()
+    tasks = GenerationTask.objects.filter(run=failed_run)
+    assert failed_run.status == "succeeded" and {t.status for t in tasks} == {"failed"}
+    assert all("APIConnectionError" in t.error and t.attempts == 4 for t in tasks) and not any(
+        t.sample_id for t in tasks
+    )
+    retry = runs.generation_run_create(variants=text_only, generators=[broken], enqueue=False)
+    assert retry.total == 2  # failed replies are asked again
+
+
+def test_reasoning_is_split_from_fields_or_tags():
+    assert split_reasoning({"content": "Answer", "reasoning": "Because"}) == ("Because", "Answer", "field")
+    assert split_reasoning({"content": "Plan it.</think>Done."}) == ("Plan it.", "Done.", "think_tags")
+    assert split_reasoning({"content": "<think></think>Only an answer"}) == (
+        "",
+        "<think></think>Only an answer",
+        "none",
+    )
+    assert split_reasoning({"content": None, "reasoning_content": "All reasoning"}) == (
+        "All reasoning",
+        "",
+        "field",
+    )
