@@ -5,7 +5,7 @@ import io
 import json
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Count
 from django.shortcuts import redirect
 from django.urls import path, reverse
@@ -13,8 +13,8 @@ from django.utils.html import format_html
 
 from annotation.images import ArchiveRejected, ZipImageSource
 from annotation.services import ImportRejected
-from generation import services
-from generation.models import ImagePool, SeedQuery, SeedSet, Variant
+from generation import runs, services
+from generation.models import GenerationRun, GenerationTask, Generator, ImagePool, SeedQuery, SeedSet, Variant
 from guardtrace.adminforms import admin_form
 
 
@@ -50,7 +50,7 @@ class ExpandForm(forms.Form):
 class SeedSetAdmin(admin.ModelAdmin):
     list_display = ["name", "queries_count", "variants_count", "source_file", "created_by", "created_at"]
     readonly_fields = ["name", "source_file", "created_by", "created_at"]
-    actions = ["expand"]
+    actions = ["expand", "generate"]
 
     def get_queryset(self, request):
         return (
@@ -75,7 +75,9 @@ class SeedSetAdmin(admin.ModelAdmin):
 
     def get_urls(self):
         expand = self.admin_site.admin_view(self.expand_view)
-        return [path("expand/", expand, name="generation_seedset_expand"), *super().get_urls()]
+        generate = self.admin_site.admin_view(lambda request: generate_view(self, request))
+        return [path("expand/", expand, name="generation_seedset_expand"),
+                path("generate/", generate, name="generation_seedset_generate"), *super().get_urls()]  # fmt: skip
 
     def add_view(self, request, form_url="", extra_context=None):
         """Import a file of text seed queries; every row is checked and nothing is stored unless all are good."""
@@ -108,6 +110,11 @@ class SeedSetAdmin(admin.ModelAdmin):
     def expand(self, request, queryset):
         ids = ",".join(str(pk) for pk in queryset.values_list("pk", flat=True))
         return redirect(f"{reverse('admin:generation_seedset_expand')}?ids={ids}")
+
+    @admin.action(description="Generate traces for the selected seed sets' variants …")
+    def generate(self, request, queryset):
+        ids = ",".join(str(pk) for pk in queryset.values_list("pk", flat=True))
+        return redirect(f"{reverse('admin:generation_seedset_generate')}?ids={ids}")
 
     def expand_view(self, request):
         ids = [int(x) for x in request.GET.get("ids", "").split(",") if x.isdigit()]
@@ -216,3 +223,95 @@ class VariantAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(Generator)
+class GeneratorAdmin(admin.ModelAdmin):
+    list_display = ["name", "backend", "model_name", "base_url", "max_concurrency", "max_tokens", "temperature",
+                    "samples_per_variant", "enabled"]  # fmt: skip
+    list_filter = ["backend", "enabled"]
+    fieldsets = [
+        (None, {"fields": ["name", "backend", "model_name", "enabled"]}),
+        ("OpenAI-compatible server", {"fields": ["base_url", "api_key_env"]}),
+        (
+            "Calls",
+            {"fields": ["max_concurrency", "timeout_s", "max_tokens", "temperature", "samples_per_variant"]},
+        ),
+    ]
+
+
+class GenerateForm(forms.Form):
+    generators = forms.ModelMultipleChoiceField(Generator.objects.filter(enabled=True),
+                                                widget=forms.CheckboxSelectMultiple)  # fmt: skip
+    kinds = forms.MultipleChoiceField(
+        choices=Variant.Kind.choices, required=False, widget=forms.CheckboxSelectMultiple,
+        help_text="Which variants of the selected seed sets to answer (none ticked: all).",
+    )  # fmt: skip
+    split = forms.ChoiceField(choices=[("train", "train"), ("test", "test")])
+    subset = forms.CharField(
+        required=False, max_length=64, help_text="Given to the samples (default: the seed set)."
+    )
+
+
+def generate_view(modeladmin, request):
+    """Answer the variants of the seed sets in ?ids= with the chosen generators, as a generation run."""
+    ids = [int(x) for x in request.GET.get("ids", "").split(",") if x.isdigit()]
+    form = GenerateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        variants = Variant.objects.filter(seed__seed_set__in=ids)
+        if form.cleaned_data["kinds"]:
+            variants = variants.filter(kind__in=form.cleaned_data["kinds"])
+        try:
+            run = runs.generation_run_create(
+                variants=variants, generators=list(form.cleaned_data["generators"]), split=form.cleaned_data["split"],
+                subset=form.cleaned_data["subset"], user=request.user,
+            )  # fmt: skip
+        except runs.GenerationError as exc:
+            form.add_error(None, str(exc))
+        else:
+            modeladmin.message_user(request, f"{run} queued: {run.total} replies to ask.")
+            return redirect("generation_run", run_id=run.pk)
+    names = (
+        ", ".join(SeedSet.objects.filter(pk__in=ids).values_list("name", flat=True)) or "no seed set selected"
+    )
+    return admin_form(modeladmin, request, form, f"Generate traces for {names}", submit="Generate",
+                      intro="Each variant is answered by each generator (its samples per variant times); replies "
+                      "already made with the same parameters are not asked again.")  # fmt: skip
+
+
+@admin.register(GenerationRun)
+class GenerationRunAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "status", "progress", "split", "subset", "created_by", "created_at"]
+    list_filter = ["status"]
+    readonly_fields = [f.name for f in GenerationRun._meta.fields] + ["generators"]
+    actions = ["send_to_jury"]
+
+    @admin.display(description="progress")
+    def progress(self, run):
+        counts = runs.run_progress(run)
+        made = counts["done"] + counts["flagged"]
+        return format_html('{} / {} made ({} flagged, {} failed) <a href="{}">live</a>', made, run.total,
+                           counts["flagged"], counts["failed"], reverse("generation_run", args=[run.pk]))  # fmt: skip
+
+    def has_add_permission(self, request) -> bool:
+        return False  # runs start from the seed sets' "Generate traces" action
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.action(description="Send the samples made to the jury")
+    def send_to_jury(self, request, queryset):
+        from jury.services import JuryError, jury_run_create
+
+        ids = list(
+            GenerationTask.objects.filter(run__in=queryset, sample__isnull=False).values_list(
+                "sample_id", flat=True
+            )
+        )
+        try:
+            jury_run = jury_run_create(selection={"sample_ids": sorted(set(ids))}, user=request.user)
+        except JuryError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return None
+        self.message_user(request, f"{jury_run} queued over {jury_run.samples} samples.")
+        return redirect("jury_run", run_id=jury_run.pk)
