@@ -52,6 +52,8 @@ bench-quick: $(STAMP)
 	$(PY) bench/jury.py --quick
 	$(PY) bench/training_loop.py --quick
 	$(PY) bench/training_gpu.py --quick
+	$(PY) bench/expansion.py --quick
+	$(PY) bench/generation.py --quick
 
 vendor-htmx:
 	cd /tmp && npm pack htmx.org@2.0.8 && tar xzf htmx.org-2.0.8.tgz && cp package/dist/htmx.min.js package/LICENSE $(CURDIR)/static/vendor/htmx/

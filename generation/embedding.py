@@ -67,7 +67,9 @@ def build_tiny_embedder(
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=256, num_hidden_layers=0,
                         num_attention_heads=4, intermediate_size=256, max_position_embeddings=512)  # fmt: skip
-    model = BertModel(config, add_pooling_layer=False)
+    model = BertModel(
+        config
+    )  # its pooler is saved too (unused: mean pooling), so loading reports nothing missing
     with torch.no_grad():
         model.embeddings.position_embeddings.weight.zero_()
         model.embeddings.token_type_embeddings.weight.zero_()

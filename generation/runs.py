@@ -12,8 +12,10 @@ are.
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import timedelta
 
 from django.conf import settings
@@ -111,10 +113,7 @@ def generation_drive(run_id: int, generator_id: int) -> int:
     if run is None or generator is None or run.finished:
         return 0
     token = uuid.uuid4().hex
-    stale = timezone.now() - timedelta(seconds=settings.GUARDTRACE_JURY_LEASE_S)
-    GenerationTask.objects.filter(
-        run=run, generator=generator, status=Status.CLAIMED, claimed_at__lt=stale
-    ).update(status=Status.PENDING, claim_token="")
+    _release_stale(run, generator)
     try:
         backend = backend_for(generator)
     except Exception as exc:  # a missing key, a model that cannot load: every task of this generator fails
@@ -125,28 +124,84 @@ def generation_drive(run_id: int, generator_id: int) -> int:
         return 0
     workers = max(1, generator.max_concurrency) if generator.backend == Generator.Backend.OPENAI else 1
     made = 0
+    waiting: deque[GenerationTask] = deque()  # claimed, not yet sent
+    in_flight: dict[Future, GenerationTask] = {}
+    exhausted = False
     with ThreadPoolExecutor(workers) as pool:
         while True:
-            ids = list(
-                GenerationTask.objects.filter(run=run, generator=generator, status=Status.PENDING)
-                .order_by("pk").values_list("pk", flat=True)[: workers * 4]
-            )  # fmt: skip
-            if not ids:
-                break
-            GenerationTask.objects.filter(pk__in=ids, status=Status.PENDING).update(
-                status=Status.CLAIMED, claim_token=token, claimed_at=timezone.now()
-            )
-            claimed = list(
-                GenerationTask.objects.filter(pk__in=ids, claim_token=token, status=Status.CLAIMED)
-                .select_related("variant__seed__seed_set", "variant__image")
-            )  # fmt: skip
-            traces = pool.map(
-                lambda task: backend.generate(task.variant.text, _image_bytes(task.variant)), claimed
-            )
-            for task, trace in zip(claimed, traces, strict=True):
-                made += _record(run, generator, task, trace, token)
+            # Keep `workers` calls in flight, claiming more as slots free up (never a batch waiting on its slowest).
+            while len(in_flight) < workers:
+                if not waiting and not exhausted:
+                    batch = _claim(run, generator, token, workers)
+                    exhausted = not batch
+                    waiting.extend(batch)
+                if not waiting:
+                    break
+                task = waiting.popleft()
+                in_flight[pool.submit(backend.generate, task.variant.text, _image_bytes(task.variant))] = task
+            if not in_flight:
+                # Nothing left to claim; tasks another driver claimed and never finished (it died) are taken over
+                # once their claim is older than the lease; a live driver finishes its own meanwhile.
+                if not _wait_for_others(run, generator, token):
+                    break
+                exhausted = False
+                continue
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            with transaction.atomic():  # the replies that came back together, in one commit
+                for future in finished:
+                    made += _record(run, generator, in_flight.pop(future), future.result(), token)
     _finish_if_done(run)
     return made
+
+
+def _release_stale(run: GenerationRun, generator: Generator) -> int:
+    stale = timezone.now() - timedelta(seconds=settings.GUARDTRACE_JURY_LEASE_S)
+    return GenerationTask.objects.filter(
+        run=run, generator=generator, status=Status.CLAIMED, claimed_at__lt=stale
+    ).update(status=Status.PENDING, claim_token="")
+
+
+def _wait_for_others(run: GenerationRun, generator: Generator, token: str) -> bool:
+    """Whether there is more to do after waiting out other drivers' claims (False: none are left)."""
+    others = GenerationTask.objects.filter(run=run, generator=generator, status=Status.CLAIMED).exclude(
+        claim_token=token
+    )
+    while others.exists():
+        if _release_stale(run, generator):
+            return True
+        time.sleep(min(1.0, settings.GUARDTRACE_JURY_LEASE_S / 4))
+    return GenerationTask.objects.filter(run=run, generator=generator, status=Status.PENDING).exists()
+
+
+def resume_unfinished() -> int:
+    """Queue the drivers of every unfinished run again (a worker starting after a crash calls it)."""
+    queued = 0
+    for run in GenerationRun.objects.filter(status=JobStatus.RUNNING):
+        open_generators = list(
+            Generator.objects.filter(
+                tasks__run=run, tasks__status__in=[Status.PENDING, Status.CLAIMED]
+            ).distinct()
+        )
+        if open_generators:
+            _enqueue(run, open_generators)
+            queued += 1
+    return queued
+
+
+def _claim(run: GenerationRun, generator: Generator, token: str, limit: int) -> list[GenerationTask]:
+    ids = list(
+        GenerationTask.objects.filter(run=run, generator=generator, status=Status.PENDING)
+        .order_by("pk").values_list("pk", flat=True)[:limit]
+    )  # fmt: skip
+    if not ids:
+        return []
+    GenerationTask.objects.filter(pk__in=ids, status=Status.PENDING).update(
+        status=Status.CLAIMED, claim_token=token, claimed_at=timezone.now()
+    )
+    claimed = GenerationTask.objects.filter(pk__in=ids, claim_token=token, status=Status.CLAIMED)
+    tasks = list(claimed.select_related("variant__seed__seed_set", "variant__image"))
+    # Another driver took them all between the two queries: look again (more may be pending).
+    return tasks or _claim(run, generator, token, limit)
 
 
 def _image_bytes(variant: Variant) -> bytes | None:

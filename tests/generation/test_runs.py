@@ -145,3 +145,20 @@ def test_reasoning_is_split_from_fields_or_tags():
         "",
         "field",
     )
+
+
+def test_a_local_transformers_generator_answers_variants_with_and_without_images(
+    variants, lively_dir, settings
+):
+    settings.GUARDTRACE_GUARD_DEVICE = "cpu"
+    local = Generator.objects.create(name="tiny-local", backend="transformers", model_name=str(lively_dir),
+                                     max_tokens=12, temperature=0.0)  # fmt: skip
+    run = runs.generation_run_create(variants=variants, generators=[local], enqueue=False)
+    made = runs.generation_drive(run.pk, local.pk)
+    assert made == 4, list(GenerationTask.objects.filter(run=run).values_list("status", "error"))
+    tasks = GenerationTask.objects.filter(run=run)
+    # An untrained tiny model writes no <think> block: its replies are kept, flagged, with their token counts.
+    assert {t.status for t in tasks} == {"flagged"} and all(t.usage["completion_tokens"] > 0 for t in tasks)
+    samples = Sample.objects.filter(generator_model="tiny-local")
+    assert samples.filter(input_variant="typographic", image__isnull=False).count() == 2
+    assert all(s.provenance["generator"]["backend"] == "transformers" for s in samples)
