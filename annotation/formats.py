@@ -329,17 +329,24 @@ def json_list_objects(text: str, name: str) -> Iterator[tuple[int, Any, RecordEr
             return
 
 
+def decode_utf8(data: bytes, name: str) -> str | RecordError:
+    """The file's text, or a RecordError naming the line of the first byte that is not UTF-8."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        return RecordError(name, line, "", f"not valid UTF-8 text (byte {exc.start})")
+
+
 def parse_records(
     data: bytes, *, name: str, fmt: str, max_chars: int, label_source: str = "guardtrace-vl"
 ) -> Iterator[SampleRecord | RecordError]:
     """Each sample in the file as a SampleRecord, or a RecordError saying what is wrong and where."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        yield RecordError(name, line, "", f"not valid UTF-8 text (byte {exc.start})")
+    text = decode_utf8(data, name)
+    if isinstance(text, RecordError):
+        yield text
         return
     objects = jsonl_objects(text, name) if fmt == "jsonl" else json_list_objects(text, name)
     for line, obj, error in objects:

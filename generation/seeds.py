@@ -12,7 +12,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from annotation.formats import RecordError, jsonl_objects
+from annotation.formats import RecordError, decode_utf8, jsonl_objects
 from guardmodel.protocol import RISK_CATEGORIES
 
 FIELDS = {"text", "category", "source", "id"}
@@ -99,12 +99,9 @@ def parse_seeds(
     fmt = fmt or ("csv" if name.lower().endswith(".csv") else "jsonl")
     if fmt not in ("jsonl", "csv"):
         raise ValueError(f"unknown format {fmt!r}; expected jsonl or csv")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        yield RecordError(
-            name, data[: exc.start].count(b"\n") + 1, "", f"not valid UTF-8 text (byte {exc.start})"
-        )
+    text = decode_utf8(data, name)
+    if isinstance(text, RecordError):
+        yield text
         return
     objects = jsonl_objects(text, name) if fmt == "jsonl" else _csv_objects(text, name)
     seen: dict[str, int] = {}

@@ -87,3 +87,20 @@ def filesystem_broker(root: Path) -> dict:
     for path in {options["data_folder_in"], options["processed_folder"]}:
         os.makedirs(path, exist_ok=True)
     return options
+
+
+def wait_for(
+    condition, process: subprocess.Popen | None, timeout: float, what: str, detail=lambda: ""
+) -> None:
+    """Poll `condition` until true; fails naming `what` (and `detail()`) after `timeout`, or at once with the worker's
+    output if the worker process died meanwhile."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if process is not None:
+            assert process.poll() is None, process.stdout.read() if process.stdout else "the worker exited"
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s: {what} {detail()}".rstrip())

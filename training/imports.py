@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from annotation.formats import RecordError, json_list_objects, jsonl_objects
+from annotation.formats import RecordError, decode_utf8, json_list_objects, jsonl_objects
 from guardmodel import protocol
 from training.formats import PAIR_STAGES
 
@@ -230,12 +230,9 @@ def row_from_dict(obj: Any, line: int, stage: str) -> Row:
 
 def parse_training_file(data: bytes, *, name: str, stage: str) -> Iterator[Row | RecordError]:
     """Each row of the file as a Row, or a RecordError saying what is wrong and where (file, line, field)."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        yield RecordError(
-            name, data[: exc.start].count(b"\n") + 1, "", f"not valid UTF-8 text (byte {exc.start})"
-        )
+    text = decode_utf8(data, name)
+    if isinstance(text, RecordError):
+        yield text
         return
     objects = json_list_objects(text, name) if text.lstrip().startswith("[") else jsonl_objects(text, name)
     for line, obj, error in objects:

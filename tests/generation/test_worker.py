@@ -4,7 +4,6 @@ and every variant still ends with exactly one sample, none lost, none doubled.""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -13,19 +12,9 @@ from generation import runs, services
 from generation.models import GenerationRun, GenerationTask, Generator, Variant
 from tests.conftest import REDIS_URL
 from tests.loopback import LoopbackOpenAI
-from tests.workers import kill_worker, worker
+from tests.workers import kill_worker, wait_for, worker
 
 WORKER_ENV = {"GUARDTRACE_JURY_LEASE_S": "3", "GUARDTRACE_JURY_BACKOFF_S": "0.01"}
-
-
-def _wait_for(condition, process, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        assert process.poll() is None, process.stdout.read()
-        time.sleep(0.2)
-    raise AssertionError(f"{what} after {timeout}s; samples: {Sample.objects.count()}")
 
 
 def _reply(body: dict) -> dict:
@@ -51,14 +40,14 @@ def test_a_worker_killed_mid_run_loses_and_doubles_no_sample(settings):
                                              base_url=server.url, timeout_s=5, max_concurrency=4)  # fmt: skip
         with worker(*broker, settings.MEDIA_ROOT, queues="jury", extra_env=WORKER_ENV) as first:
             run = runs.generation_run_create(variants=Variant.objects.all(), generators=[generator])
-            _wait_for(lambda: Sample.objects.count() >= 10, first, 60, "no samples made")
+            wait_for(lambda: Sample.objects.count() >= 10, first, 60, "no samples made")
             kill_worker(first)
         made_before_restart = Sample.objects.count()
         assert 10 <= made_before_restart < 40
         # The killed worker's message is never acknowledged; the new worker re-queues the unfinished run and takes
         # over the dead driver's claims once they are older than the lease.
         with worker(*broker, settings.MEDIA_ROOT, queues="jury", extra_env=WORKER_ENV) as second:
-            _wait_for(
+            wait_for(
                 lambda: GenerationRun.objects.get(pk=run.pk).status == "succeeded",
                 second,
                 90,

@@ -3,8 +3,6 @@ with exactly one label per juror."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from django.db.models import Count
 
@@ -14,19 +12,9 @@ from jury.models import JuryRun
 from tests.conftest import REDIS_URL
 from tests.jury.conftest import NAMES, scripted_vote
 from tests.loopback import LoopbackOpenAI, by_model
-from tests.workers import kill_worker, worker
+from tests.workers import kill_worker, wait_for, worker
 
 WORKER_ENV = {"GUARDTRACE_JURY_LEASE_S": "3", "GUARDTRACE_JURY_BACKOFF_S": "0.01"}
-
-
-def _wait_for(condition, process, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        assert process.poll() is None, process.stdout.read()
-        time.sleep(0.2)
-    raise AssertionError(f"{what} after {timeout}s; labels: {Label.objects.count()}")
 
 
 @pytest.mark.redis
@@ -45,7 +33,13 @@ def test_a_worker_killed_mid_run_loses_and_doubles_nothing_after_a_restart(make_
             *broker, settings.MEDIA_ROOT, queues="jury", extra_env=WORKER_ENV, concurrency=3
         ) as first:
             run = services.jury_run_create(selection={})
-            _wait_for(lambda: Label.objects.count() >= 30, first, 60, "no labels written")
+            wait_for(
+                lambda: Label.objects.count() >= 30,
+                first,
+                60,
+                "no labels written",
+                lambda: f"labels: {Label.objects.count()}",
+            )
             kill_worker(first)
         written_before_restart = Label.objects.count()
         assert 30 <= written_before_restart < 180
@@ -54,8 +48,12 @@ def test_a_worker_killed_mid_run_loses_and_doubles_nothing_after_a_restart(make_
         with worker(
             *broker, settings.MEDIA_ROOT, queues="jury", extra_env=WORKER_ENV, concurrency=3
         ) as second:
-            _wait_for(
-                lambda: JuryRun.objects.get(pk=run.pk).status == "succeeded", second, 120, "run not finished"
+            wait_for(
+                lambda: JuryRun.objects.get(pk=run.pk).status == "succeeded",
+                second,
+                120,
+                "run not finished",
+                lambda: f"labels: {Label.objects.count()}",
             )
     per_pair = Label.objects.values("sample_id", "source_name").annotate(n=Count("id"))
     assert len(per_pair) == 180 and {row["n"] for row in per_pair} == {1}

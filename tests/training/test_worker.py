@@ -5,13 +5,12 @@ the last saved checkpoint."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.training.test_runs import _consensus
-from tests.workers import filesystem_broker, kill_worker, worker
+from tests.workers import filesystem_broker, kill_worker, wait_for, worker
 from training import services
 from training.models import TrainingRun
 
@@ -29,17 +28,6 @@ def _runner_processes(folder: Path) -> list[int]:
         if b"training.runner" in args and str(folder).encode() in args:
             pids.append(int(cmdline.parent.name))
     return pids
-
-
-def _wait(predicate, process, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if process is not None:
-            assert process.poll() is None, process.stdout.read()
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_a_worker_killed_mid_round_leaves_it_interrupted_and_resume_finishes_it(
@@ -61,24 +49,28 @@ def test_a_worker_killed_mid_round_leaves_it_interrupted_and_resume_finishes_it(
         run = services.training_run_launch(stage="sft", base_checkpoint=base, tiny=True, hyperparameters=slow)
         folder = services.run_dir(run)
         progress = folder / "progress.jsonl"
-        _wait(
+        wait_for(
             lambda: progress.is_file() and '"saved"' in progress.read_text(), first, 120, "a saved checkpoint"
         )
         assert TrainingRun.objects.get(pk=run.pk).status == "running" and _runner_processes(folder)
         kill_worker(first)
 
     # The child notices its driver is gone and stops: nothing trains on behind the app's back.
-    _wait(lambda: not _runner_processes(folder), None, 15, "the training child to exit")
+    wait_for(lambda: not _runner_processes(folder), None, 15, "the training child to exit")
     stopped = TrainingRun.objects.get(pk=run.pk)
     assert stopped.status == "running"  # nobody was left to say otherwise
     with worker(*broker, queues="gpu", extra_env=env) as second:
-        _wait(lambda: TrainingRun.objects.get(pk=run.pk).status == "interrupted", second, 60, "interrupted")
+        wait_for(
+            lambda: TrainingRun.objects.get(pk=run.pk).status == "interrupted", second, 60, "interrupted"
+        )
         interrupted = TrainingRun.objects.get(pk=run.pk)
         assert interrupted.phase == "interrupted: the worker stopped" and interrupted.resumable
         assert 0 < interrupted.step < interrupted.max_steps
 
         services.training_run_resume(interrupted)
-        _wait(lambda: TrainingRun.objects.get(pk=run.pk).finished, second, 240, "the resumed round to finish")
+        wait_for(
+            lambda: TrainingRun.objects.get(pk=run.pk).finished, second, 240, "the resumed round to finish"
+        )
     done = TrainingRun.objects.get(pk=run.pk)
     assert done.status == "succeeded", done.error
     assert done.resumes == 1 and done.step == done.max_steps and done.output_checkpoint is not None
