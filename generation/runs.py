@@ -53,8 +53,7 @@ def generation_run_create(
         raise GenerationError(f"generators: {', '.join(disabled)} is disabled")
     if split not in ("train", "test"):
         raise GenerationError(f"split: {split!r} is not train or test")
-    variant_ids = list(variants.values_list("pk", flat=True) if hasattr(variants, "values_list") else
-                       [v.pk for v in variants])  # fmt: skip
+    variant_ids = [variant.pk for variant in variants]
     if not variant_ids:
         raise GenerationError("variants: none selected — expand seed queries first")
     with transaction.atomic():
@@ -264,8 +263,16 @@ def _finish_if_done(run: GenerationRun) -> None:
         )
 
 
-def run_progress(run: GenerationRun) -> dict[str, int]:
-    counts = dict.fromkeys(Status.values, 0)
-    for row in GenerationTask.objects.filter(run=run).values("status").annotate(n=Count("id")):
-        counts[row["status"]] = row["n"]
+def runs_progress(run_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Task counts by status for each run, in one query."""
+    counts = {pk: dict.fromkeys(Status.values, 0) for pk in run_ids}
+    rows = (
+        GenerationTask.objects.filter(run_id__in=run_ids).values("run_id", "status").annotate(n=Count("id"))
+    )
+    for row in rows:
+        counts[row["run_id"]][row["status"]] = row["n"]
     return counts
+
+
+def run_progress(run: GenerationRun) -> dict[str, int]:
+    return runs_progress([run.pk])[run.pk]

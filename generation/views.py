@@ -10,7 +10,7 @@ from django.views.decorators.http import require_GET
 
 from annotation.views import HtmxHttpRequest, role_required
 from generation.models import GenerationRun, GenerationTask, SeedQuery, SeedSet, Variant
-from generation.runs import run_progress
+from generation.runs import run_progress, runs_progress
 
 PAGE = 50
 
@@ -40,7 +40,8 @@ def seed_set(request: HtmxHttpRequest, set_id: int):
 @role_required
 def run_list(request: HtmxHttpRequest):
     runs_ = list(GenerationRun.objects.prefetch_related("generators")[:100])
-    return render(request, "generation/run_list.html", {"runs": [(run, run_progress(run)) for run in runs_]})
+    progress = runs_progress([run.pk for run in runs_])
+    return render(request, "generation/run_list.html", {"runs": [(run, progress[run.pk]) for run in runs_]})
 
 
 @require_GET

@@ -133,6 +133,8 @@ def test_an_admin_generates_traces_from_the_seed_sets_follows_the_run_and_sends_
         admin.get(reverse("generation_run", args=[run.pk]) + "?format=json").json()["progress"]["done"] == 1
     )
     assert "thinker" in admin.get(reverse("generation_runs")).content.decode()
+    changelist = admin.get(reverse("admin:generation_generationrun_changelist")).content.decode()
+    assert "1 / 1 made (0 flagged, 0 failed)" in changelist
 
     Juror.objects.create(name="juror-a", backend="openai", model_name="m", base_url="http://127.0.0.1:9/v1")
     sent = admin.post(
