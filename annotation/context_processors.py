@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from django.http import HttpRequest
 
-from annotation.roles import user_roles
+from annotation.roles import ADMIN, user_roles
 
 
 def roles(request: HttpRequest) -> dict:
-    return {"user_roles": user_roles(request.user)}
+    held = user_roles(request.user)
+    return {"user_roles": held, "is_admin": ADMIN in held}

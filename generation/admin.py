@@ -3,9 +3,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+from functools import partial
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import Count, Q
 from django.shortcuts import redirect
 from django.urls import path, reverse
@@ -14,7 +16,8 @@ from django.utils.html import format_html
 from annotation.images import ArchiveRejected, ZipImageSource
 from annotation.services import ImportRejected
 from generation import runs, services
-from generation.models import GenerationRun, GenerationTask, Generator, ImagePool, SeedQuery, SeedSet, Variant
+from generation.models import Expansion, GenerationRun, GenerationTask, Generator, ImagePool, SeedSet, Variant
+from guardmodel.models import JobStatus
 from guardtrace.adminforms import admin_form
 
 
@@ -122,31 +125,21 @@ class SeedSetAdmin(admin.ModelAdmin):
         form = ExpandForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
-            typography = None
-            if data.get("font_size"):
-                from django.conf import settings
-
-                from generation.typography import TypographyOptions
-
-                options = {**settings.GUARDTRACE_FIGSTEP, "font_size": data["font_size"]}
-                typography = TypographyOptions(**options, min_size=min(18, data["font_size"]))  # type: ignore[arg-type]
+            parameters = {"kinds": data["kinds"], "rng_seed": data["rng_seed"], "font_size": data.get("font_size"),
+                          "irrelevant_pool": data["irrelevant_pool"].pk if data["irrelevant_pool"] else None,
+                          "aligned_pool": data["aligned_pool"].pk if data["aligned_pool"] else None}  # fmt: skip
             try:
-                report = services.expand(
-                    SeedQuery.objects.filter(seed_set__in=sets), kinds=data["kinds"], rng_seed=data["rng_seed"],
-                    irrelevant_pool=data["irrelevant_pool"], aligned_pool=data["aligned_pool"], typography=typography,
-                )  # fmt: skip
+                expansion = services.expansion_create(
+                    seed_sets=sets, parameters=parameters, user=request.user
+                )
             except services.ExpansionError as exc:
                 form.add_error(None, str(exc))
             else:
-                made = ", ".join(f"{kind} {n}" for kind, n in report.by_kind.items()) or "none new"
                 self.message_user(
-                    request, f"{report.created} variant(s) made ({made}); {report.kept} already there."
+                    request,
+                    f"{expansion} queued: {expansion.total} seed(s); its progress is shown on the seed set's page.",
                 )
-                return (
-                    redirect("seed_set", set_id=sets[0].pk)
-                    if len(sets) == 1
-                    else redirect("admin:generation_seedset_changelist")
-                )
+                return redirect("seed_set", set_id=sets[0].pk)
         names = ", ".join(s.name for s in sets) or "no seed set selected"
         return admin_form(self, request, form, f"Expand {names}", submit="Expand",
                             intro="Each seed gets one variant per kind; expanding again with the same settings adds nothing.")  # fmt: skip
@@ -277,6 +270,40 @@ def generate_view(modeladmin, request):
     return admin_form(modeladmin, request, form, f"Generate traces for {names}", submit="Generate",
                       intro="Each variant is answered by each generator (its samples per variant times); replies "
                       "already made with the same parameters are not asked again.")  # fmt: skip
+
+
+@admin.register(Expansion)
+class ExpansionAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "status", "progress", "created", "kept", "created_by", "created_at"]
+    list_filter = ["status"]
+    readonly_fields = [f.name for f in Expansion._meta.fields] + ["seed_sets"]
+    actions = ["cancel", "queue_again"]
+
+    @admin.display(description="seeds done")
+    def progress(self, expansion):
+        return f"{expansion.done} / {expansion.total} ({expansion.percent}%)"
+
+    def has_add_permission(self, request) -> bool:
+        return False  # expansions start from the seed sets' "Expand" action
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.action(description="Cancel the selected expansions (variants made so far are kept)")
+    def cancel(self, request, queryset):
+        n = queryset.filter(status__in=[JobStatus.PENDING, JobStatus.RUNNING]).update(
+            status=JobStatus.CANCELLED
+        )
+        self.message_user(request, f"{n} expansion(s) cancelled.")
+
+    @admin.action(description="Queue the selected expansions again (what is there already is kept)")
+    def queue_again(self, request, queryset):
+        n = queryset.exclude(status__in=[JobStatus.PENDING, JobStatus.RUNNING]).update(
+            status=JobStatus.PENDING, error="", finished_at=None
+        )
+        for expansion_id in queryset.filter(status=JobStatus.PENDING).values_list("pk", flat=True):
+            transaction.on_commit(partial(services.enqueue_expansion, expansion_id))
+        self.message_user(request, f"{n} expansion(s) queued again.")
 
 
 @admin.register(GenerationRun)

@@ -12,8 +12,8 @@ class EmbeddingError(ValueError):
     """The embedding model cannot be used; the message says which setting or path to fix."""
 
 
-@lru_cache(maxsize=2)
-def load_embedder(path: str):
+def check_model(path: str) -> None:
+    """EmbeddingError unless `path` is a local sentence-transformers model directory (nothing is loaded)."""
     if not path:
         raise EmbeddingError(
             "GUARDTRACE_EMBEDDING_MODEL is not set: aligned images need a local sentence-transformers model directory"
@@ -23,6 +23,12 @@ def load_embedder(path: str):
         raise EmbeddingError(
             f"GUARDTRACE_EMBEDDING_MODEL={path}: not a sentence-transformers model directory"
         )
+
+
+@lru_cache(maxsize=2)
+def load_embedder(path: str):
+    check_model(path)
+    folder = Path(path)
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(folder), device="cpu", local_files_only=True)
@@ -31,8 +37,20 @@ def load_embedder(path: str):
 def similarities(path: str, queries: Sequence[str], captions: Sequence[str]):
     """Cosine similarity of every query to every caption (a queries × captions array)."""
     model = load_embedder(path)
-    q = model.encode(list(queries), normalize_embeddings=True, convert_to_numpy=True, batch_size=64)
-    c = model.encode(list(captions), normalize_embeddings=True, convert_to_numpy=True, batch_size=64)
+    q = model.encode(
+        list(queries),
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        batch_size=64,
+        show_progress_bar=False,
+    )
+    c = model.encode(
+        list(captions),
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        batch_size=64,
+        show_progress_bar=False,
+    )
     return q @ c.T
 
 

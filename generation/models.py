@@ -96,6 +96,42 @@ class Variant(models.Model):
         return f"{self.get_kind_display()} of seed #{self.seed_id}"
 
 
+class Expansion(models.Model):
+    """One expansion asked for in the admin, worked on a worker seed chunk by chunk (progress in `done`).
+
+    Expanding is idempotent, so an expansion redelivered after a crash runs again and only adds what is missing."""
+
+    Status = JobStatus
+
+    seed_sets = models.ManyToManyField(SeedSet, related_name="expansions")
+    parameters = models.JSONField(default=dict, help_text="kinds, pools, rng seed, font size.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    total = models.PositiveIntegerField(default=0, help_text="Seeds to expand.")
+    done = models.PositiveIntegerField(default=0, help_text="Seeds expanded so far.")
+    created = models.PositiveIntegerField(default=0, help_text="Variants made.")
+    kept = models.PositiveIntegerField(default=0, help_text="Variants already there from the same recipe.")
+    by_kind = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Expansion #{self.pk}"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def percent(self) -> int:
+        return round(100 * self.done / self.total) if self.total else 0
+
+
 class Generator(models.Model):
     """A reasoning model that answers variants with a reasoning trace and an answer, configured like a juror."""
 

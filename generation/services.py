@@ -15,17 +15,20 @@ import random
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from itertools import repeat
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
 
 from annotation.formats import RecordError
 from annotation.images import ImageInfo, ImageRejected, ImageSource, inspect_image
 from annotation.models import ImageAsset, InputVariant
 from annotation.services import ImportRejected, image_store
 from generation import embedding, seeds
-from generation.models import ImagePool, PoolImage, SeedQuery, SeedSet, Variant
+from generation.models import Expansion, ImagePool, PoolImage, SeedQuery, SeedSet, Variant
 from generation.typography import (
     FIGSTEP_INSTRUCTION,
     TypographyError,
@@ -33,6 +36,7 @@ from generation.typography import (
     render_typographic,
     resolve_font_path,
 )
+from guardmodel.models import JobStatus
 
 EXPANSIONS = (InputVariant.TEXT_ONLY, InputVariant.IRRELEVANT_IMAGE, InputVariant.ALIGNED_IMAGE,
               InputVariant.TYPOGRAPHIC)  # fmt: skip
@@ -263,7 +267,7 @@ def _render_all(variants: list[Variant], options: TypographyOptions) -> None:
 
 
 def variant_attach(*, seed: SeedQuery, data: bytes, text: str = "", user=None) -> Variant:
-    """An aligned image chosen by hand for a seed."""
+    """An aligned image chosen by hand for a seed (attached again, the same image and text give the same variant)."""
     try:
         asset = image_store(data)
     except ImageRejected as exc:
@@ -274,3 +278,134 @@ def variant_attach(*, seed: SeedQuery, data: bytes, text: str = "", user=None) -
         defaults={"kind": "aligned_image", "text": text or seed.text, "image": asset, "derivation": derivation},
     )  # fmt: skip
     return variant
+
+
+EXPANSION_CHUNK = (
+    2000  # seeds expanded (and written) per step of a queued expansion; progress moves by as much
+)
+EXPANSION_LEASE_S = 600  # an expansion with no progress for this long is taken to have lost its worker
+
+
+def expansion_options(parameters: dict) -> dict:
+    """expand()'s keyword arguments from a queued expansion's parameters: the pools looked up, the typography
+    settled, and every setting checked (ExpansionError naming the one to fix) before anything is written."""
+    kinds = list(parameters.get("kinds") or [])
+    if not kinds:
+        raise ExpansionError("kinds: choose at least one kind of variant")
+    if unknown := [k for k in kinds if k not in EXPANSIONS]:
+        raise ExpansionError(
+            f"kinds: {', '.join(unknown)} cannot be expanded to; use {', '.join(EXPANSIONS)}"
+        )
+    pools: dict[str, ImagePool | None] = {}
+    for field_name, kind in (("irrelevant_pool", "irrelevant_image"), ("aligned_pool", "aligned_image")):
+        pool_id = parameters.get(field_name)
+        pools[field_name] = ImagePool.objects.filter(pk=pool_id).first() if pool_id else None
+        if pool_id and pools[field_name] is None:
+            raise ExpansionError(f"{field_name}: image pool #{pool_id} no longer exists")
+        if kind in kinds:
+            _pool_images(pools[field_name], kind)
+    typography = TypographyOptions(**settings.GUARDTRACE_FIGSTEP)  # type: ignore[arg-type]
+    if size := parameters.get("font_size"):
+        options = {**settings.GUARDTRACE_FIGSTEP, "font_size": int(size)}
+        typography = TypographyOptions(**options, min_size=min(18, int(size)))  # type: ignore[arg-type]
+    if "typographic" in kinds:
+        try:
+            resolve_font_path(typography.font_path)
+        except TypographyError as exc:
+            raise ExpansionError(f"typographic: {exc}") from None
+    if "aligned_image" in kinds:
+        try:
+            embedding.check_model(settings.GUARDTRACE_EMBEDDING_MODEL)
+        except embedding.EmbeddingError as exc:
+            raise ExpansionError(f"aligned_image: {exc}") from None
+    return {
+        "kinds": kinds,
+        "rng_seed": int(parameters.get("rng_seed") or 0),
+        "typography": typography,
+        **pools,
+    }
+
+
+def expansion_create(
+    *, seed_sets: list[SeedSet], parameters: dict, user=None, enqueue: bool = True
+) -> Expansion:
+    """Check the settings now (ExpansionError), then queue the expansion for a worker."""
+    if not seed_sets:
+        raise ExpansionError("seed sets: none selected")
+    expansion_options(parameters)
+    total = SeedQuery.objects.filter(seed_set__in=seed_sets).count()
+    if not total:
+        raise ExpansionError("seeds: the selected sets hold no queries")
+    with transaction.atomic():
+        expansion = Expansion.objects.create(parameters=parameters, total=total, created_by=user)
+        expansion.seed_sets.set(seed_sets)
+        if enqueue:
+            transaction.on_commit(lambda: enqueue_expansion(expansion.pk))
+    return expansion
+
+
+def enqueue_expansion(expansion_id: int) -> None:
+    from generation.tasks import expansion_task
+
+    expansion_task.delay(expansion_id)
+
+
+def expansion_work(expansion_id: int, *, chunk: int = EXPANSION_CHUNK) -> Expansion:
+    """Expand the seeds of a queued expansion chunk by chunk, recording progress after each; stops when it is
+    cancelled. A rerun (a redelivered message) starts over and finds what was made already there."""
+    expansion = Expansion.objects.get(pk=expansion_id)
+    ids = list(
+        SeedQuery.objects.filter(seed_set__in=expansion.seed_sets.all())
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    # Taken only when waiting, or when the worker on it has made no progress within the lease (it died).
+    taken = Expansion.objects.filter(
+        Q(status=JobStatus.PENDING) | Q(status=JobStatus.RUNNING, updated_at__lt=_stale()), pk=expansion_id
+    ).update(status=JobStatus.RUNNING, total=len(ids), done=0, created=0, kept=0, by_kind={}, error="",
+             updated_at=timezone.now())  # fmt: skip
+    if not taken:
+        return Expansion.objects.get(pk=expansion_id)
+    try:
+        options = expansion_options(expansion.parameters)
+        by_kind: dict[str, int] = {}
+        for start in range(0, len(ids), chunk):
+            if Expansion.objects.filter(pk=expansion_id, status=JobStatus.CANCELLED).exists():
+                return Expansion.objects.get(pk=expansion_id)
+            part = ids[start : start + chunk]
+            report = expand(SeedQuery.objects.filter(pk__in=part).order_by("pk"), **options)
+            for kind, n in report.by_kind.items():
+                by_kind[kind] = by_kind.get(kind, 0) + n
+            Expansion.objects.filter(pk=expansion_id).update(
+                done=F("done") + len(part), created=F("created") + report.created, kept=F("kept") + report.kept,
+                by_kind=by_kind, updated_at=timezone.now(),
+            )  # fmt: skip
+    except ExpansionError as exc:
+        _expansion_finish(expansion_id, JobStatus.FAILED, str(exc))
+    except Exception as exc:
+        _expansion_finish(expansion_id, JobStatus.FAILED, f"{type(exc).__name__}: {exc}")
+        raise
+    else:
+        _expansion_finish(expansion_id, JobStatus.SUCCEEDED)
+    return Expansion.objects.get(pk=expansion_id)
+
+
+def _expansion_finish(expansion_id: int, status: str, error: str = "") -> None:
+    Expansion.objects.filter(pk=expansion_id).exclude(status=JobStatus.CANCELLED).update(
+        status=status, error=error, finished_at=timezone.now()
+    )
+
+
+def _stale():
+    return timezone.now() - timedelta(seconds=EXPANSION_LEASE_S)
+
+
+def expansions_resume() -> int:
+    """Queue again the expansions a dead worker left unfinished (no progress within the lease)."""
+    ids = list(
+        Expansion.objects.filter(status__in=[JobStatus.PENDING, JobStatus.RUNNING], updated_at__lt=_stale())
+        .values_list("pk", flat=True)
+    )  # fmt: skip
+    for expansion_id in ids:
+        enqueue_expansion(expansion_id)
+    return len(ids)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from celery import shared_task
 from celery.signals import worker_ready
 
-from generation import runs
+from generation import runs, services
 
 
 @shared_task(acks_late=True)
@@ -12,7 +12,15 @@ def generation_drive_task(run_id: int, generator_id: int) -> int:
     return runs.generation_drive(run_id, generator_id)
 
 
+@shared_task(acks_late=True)
+def expansion_task(expansion_id: int) -> int:
+    """Expand a queued expansion's seeds; a redelivered message finds it taken or finished and does no harm."""
+    return services.expansion_work(expansion_id).done
+
+
 @worker_ready.connect
 def _resume_on_start(sender=None, **kwargs) -> None:
-    """A worker starting up (after a crash, a deploy, a reboot) re-queues the drivers of unfinished runs."""
+    """A worker starting up (after a crash, a deploy, a reboot) re-queues the drivers of unfinished runs and the
+    expansions a dead worker left."""
     runs.resume_unfinished()
+    services.expansions_resume()

@@ -5,6 +5,7 @@ from generation import views
 urlpatterns = [
     path("generation/", views.seed_sets, name="seed_sets"),
     path("generation/seeds/<int:set_id>/", views.seed_set, name="seed_set"),
+    path("generation/seeds/query/<int:seed_id>/attach/", views.seed_attach, name="seed_attach"),
     path("generation/runs/", views.run_list, name="generation_runs"),
     path("generation/runs/<int:run_id>/", views.run_detail, name="generation_run"),
 ]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch
 from django.http import JsonResponse
-from django.shortcuts import get_object_or_404, render
-from django.views.decorators.http import require_GET
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
 
+from annotation.roles import is_admin
 from annotation.views import HtmxHttpRequest, role_required
-from generation.models import GenerationRun, GenerationTask, SeedQuery, SeedSet, Variant
+from generation import services
+from generation.models import Expansion, GenerationRun, GenerationTask, SeedQuery, SeedSet, Variant
 from generation.runs import run_progress, runs_progress
 
 PAGE = 50
@@ -27,13 +32,52 @@ def seed_sets(request: HtmxHttpRequest):
 @require_GET
 @role_required
 def seed_set(request: HtmxHttpRequest, set_id: int):
-    """The expansion preview: each seed with the variants made from it, images blurred until revealed."""
+    """The expansion preview: each seed with the variants made from it, images blurred until revealed; the set's
+    queued and recent expansions with their progress (live while one is going)."""
     seed_set = get_object_or_404(SeedSet, pk=set_id)
+    expansions = list(Expansion.objects.filter(seed_sets=seed_set)[:5])
+    live = any(not expansion.finished for expansion in expansions)
+    if request.htmx and request.GET.get("part") == "expansions":
+        return render(request, "generation/seed_set.html#expansions",
+                      {"seed_set": seed_set, "expansions": expansions, "live": live})  # fmt: skip
     queries = SeedQuery.objects.filter(seed_set=seed_set).prefetch_related(
         Prefetch("variants", queryset=Variant.objects.select_related("image").order_by("kind", "id"))
     )
     page = Paginator(queries, PAGE).get_page(request.GET.get("page"))
-    return render(request, "generation/seed_set.html", {"seed_set": seed_set, "page": page})
+    context = {"seed_set": seed_set, "page": page, "expansions": expansions, "live": live}
+    return render(request, "generation/seed_set.html", context)
+
+
+@require_POST
+@role_required
+def seed_attach(request: HtmxHttpRequest, seed_id: int):
+    """An aligned image attached by hand to a seed (admins): it becomes an aligned-image variant of the seed."""
+    seed = get_object_or_404(SeedQuery, pk=seed_id)
+    back = (
+        reverse("seed_set", args=[seed.seed_set_id]) + f"?page={request.POST.get('page', '1')}#seed-{seed.pk}"
+    )
+    if not is_admin(request.user):
+        return render(request, "403.html", status=403)
+    upload = request.FILES.get("image")
+    if upload is None:
+        messages.error(request, f"seed #{seed.pk}: image: choose an image file to attach")
+        return redirect(back)
+    if (upload.size or 0) > settings.GUARDTRACE_MAX_IMAGE_BYTES:
+        messages.error(
+            request,
+            f"seed #{seed.pk}: {upload.name}: larger than {settings.GUARDTRACE_MAX_IMAGE_BYTES} bytes",
+        )
+        return redirect(back)
+    try:
+        variant = services.variant_attach(seed=seed, data=upload.read(), text=request.POST.get("text", "").strip(),
+                                          user=request.user)  # fmt: skip
+    except services.ExpansionError as exc:
+        messages.error(request, f"seed #{seed.pk}: {upload.name}: {exc}")
+    else:
+        messages.success(
+            request, f"seed #{seed.pk}: {upload.name} attached as aligned-image variant #{variant.pk}"
+        )
+    return redirect(back)
 
 
 @require_GET

@@ -13,7 +13,7 @@ from annotation.images import DirectoryImageSource
 from annotation.services import ImportRejected
 from generation import services
 from generation.embedding import build_tiny_embedder
-from generation.models import SeedQuery, SeedSet, Variant
+from generation.models import Expansion, SeedQuery, SeedSet, Variant
 from generation.typography import (
     FIGSTEP_INSTRUCTION,
     TypographyOptions,
@@ -183,6 +183,59 @@ def test_expansion_refuses_what_it_cannot_do_before_writing(seed_set, pool, sett
     with pytest.raises(services.ExpansionError, match="kinds: hades cannot be expanded to"):
         services.expand(queries, kinds=["hades"])
     assert not Variant.objects.exists()
+
+
+def test_a_queued_expansion_works_in_chunks_is_claimed_once_and_fails_clearly_when_its_pool_goes(
+    seed_set, pool, tiny_embedder, settings
+):
+    settings.GUARDTRACE_EMBEDDING_MODEL = ""
+    with pytest.raises(services.ExpansionError, match="aligned_image: GUARDTRACE_EMBEDDING_MODEL is not set"):
+        services.expansion_create(
+            seed_sets=[seed_set], parameters={"kinds": ["aligned_image"], "aligned_pool": pool.pk}
+        )
+    with pytest.raises(services.ExpansionError, match="kinds: choose at least one"):
+        services.expansion_create(seed_sets=[seed_set], parameters={"kinds": []})
+    assert not Expansion.objects.exists()
+
+    settings.GUARDTRACE_EMBEDDING_MODEL = tiny_embedder
+    params = {"kinds": ["text_only", "aligned_image", "irrelevant_image"], "aligned_pool": pool.pk,
+              "irrelevant_pool": pool.pk, "rng_seed": 2}  # fmt: skip
+    expansion = services.expansion_create(seed_sets=[seed_set], parameters=params, enqueue=False)
+    assert expansion.status == "pending" and expansion.total == 4
+    done = services.expansion_work(expansion.pk, chunk=3)  # two steps: 3 seeds, then 1
+    assert (done.status, done.done, done.created, done.kept) == ("succeeded", 4, 12, 0)
+    assert done.by_kind == {"text_only": 4, "aligned_image": 4, "irrelevant_image": 4}
+    assert Variant.objects.count() == 12 and done.finished_at is not None
+    assert services.expansion_work(expansion.pk).created == 12  # a redelivered message does nothing more
+
+    # A worker already on it (progress within the lease) keeps it: a second message leaves it alone.
+    second = services.expansion_create(
+        seed_sets=[seed_set], parameters={"kinds": ["text_only"]}, enqueue=False
+    )
+    Expansion.objects.filter(pk=second.pk).update(status="running", done=1)
+    assert services.expansion_work(second.pk).done == 1
+
+    # Its pool deleted while it waited: failed, saying which setting, and nothing half-written.
+    third = services.expansion_create(
+        seed_sets=[seed_set], parameters={"kinds": ["irrelevant_image"], "irrelevant_pool": pool.pk, "rng_seed": 9},
+        enqueue=False,
+    )  # fmt: skip
+    pool.delete()
+    failed = services.expansion_work(third.pk)
+    assert (
+        failed.status == "failed"
+        and failed.error == f"irrelevant_pool: image pool #{params['irrelevant_pool']} no longer exists"
+    )
+    assert Variant.objects.count() == 12
+
+
+def test_a_cancelled_expansion_is_not_started():
+    seed_set = services.seeds_import(data=b'{"text": "q"}\n', name="s.jsonl")
+    expansion = services.expansion_create(
+        seed_sets=[seed_set], parameters={"kinds": ["text_only"]}, enqueue=False
+    )
+    Expansion.objects.filter(pk=expansion.pk).update(status="cancelled")
+    assert services.expansion_work(expansion.pk).status == "cancelled" and not Variant.objects.exists()
 
 
 def test_a_missing_font_is_refused_before_anything_is_written(seed_set):

@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 
 from generation import services
-from generation.models import ImagePool, SeedSet, Variant
+from generation.models import Expansion, ImagePool, SeedSet, Variant
 from tests.generation.test_expansion import _png
 
 pytestmark = pytest.mark.django_db
@@ -66,9 +66,26 @@ def test_an_admin_imports_seeds_and_a_pool_expands_them_and_previews_the_variant
     assert (
         "irrelevant_image: choose an image pool" in refused.content.decode() and not Variant.objects.exists()
     )
-    done = admin.post(expand_url, {"kinds": ["text_only", "irrelevant_image", "typographic"], "irrelevant_pool": pool.pk,
-                                   "rng_seed": 5, "font_size": 30})  # fmt: skip
-    assert done.status_code == 302 and Variant.objects.count() == 6
+    queued = admin.post(expand_url, {"kinds": ["text_only", "irrelevant_image", "typographic"],
+                                     "irrelevant_pool": pool.pk, "rng_seed": 5, "font_size": 30})  # fmt: skip
+    expansion = Expansion.objects.get()
+    assert queued.status_code == 302 and queued["Location"] == reverse("seed_set", args=[seed_set.pk])
+    assert expansion.status == "pending" and expansion.total == 2 and not Variant.objects.exists()
+    waiting = admin.get(queued["Location"]).content.decode()
+    assert (
+        f"Expansion #{expansion.pk} queued: 2 seed(s)" in waiting and "every 2s" in waiting
+    )  # polls while live
+    services.expansion_work(expansion.pk)  # what the worker does with the queued message
+    expansion.refresh_from_db()
+    assert expansion.status == "succeeded" and (expansion.done, expansion.created, expansion.kept) == (
+        2,
+        6,
+        0,
+    )
+    assert expansion.by_kind == {"text_only": 2, "irrelevant_image": 2, "typographic": 2}
+    assert Variant.objects.count() == 6
+    part = admin.get(queued["Location"] + "?part=expansions", HTTP_HX_REQUEST="true").content.decode()
+    assert part.strip().startswith('<section id="expansions"') and "every 2s" not in part and "2 / 2" in part
     assert (
         Variant.objects.get(kind="typographic", seed__external_id="1").derivation["typography"]["font_size"]
         == 30
@@ -143,3 +160,41 @@ def test_an_admin_generates_traces_from_the_seed_sets_follows_the_run_and_sends_
     )
     jury_run = JuryRun.objects.get()
     assert sent.status_code == 302 and jury_run.samples == 1
+
+
+def test_an_admin_attaches_an_aligned_image_by_hand_and_no_one_else_can(admin, client, expert_user):
+    seed_set = services.seeds_import(data=b'{"id": "a", "text": "How do I pick a lock?"}\n', name="s.jsonl")
+    seed = seed_set.queries.get()
+    page_url = reverse("seed_set", args=[seed_set.pk])
+    attach_url = reverse("seed_attach", args=[seed.pk])
+    assert 'name="image"' in admin.get(page_url).content.decode()
+
+    bad = admin.post(attach_url, {"image": _upload("notes.png", b"not an image at all")}, follow=True)
+    assert f"seed #{seed.pk}: notes.png: image:" in bad.content.decode() and not Variant.objects.exists()
+    empty = admin.post(attach_url, {}, follow=True)
+    assert f"seed #{seed.pk}: image: choose an image file to attach" in empty.content.decode()
+
+    good = admin.post(
+        attach_url, {"image": _upload("lock.png", _png((9, 9, 9))), "text": "What is shown here?"}
+    )
+    assert (
+        good.status_code == 302
+        and good["Location"].startswith(page_url)
+        and good["Location"].endswith(f"#seed-{seed.pk}")
+    )
+    variant = Variant.objects.get()
+    assert (variant.kind, variant.text, variant.derivation) == (
+        "aligned_image",
+        "What is shown here?",
+        {"by_hand": "alice"},
+    )
+    admin.post(attach_url, {"image": _upload("lock.png", _png((9, 9, 9))), "text": "What is shown here?"})
+    assert Variant.objects.count() == 1  # the same image and text again: the same variant
+    body = admin.get(page_url).content.decode()
+    assert "What is shown here?" in body and "by_hand=alice" in body
+
+    # Experts see the preview but cannot attach.
+    expert = client_for_role(client, expert_user)
+    assert 'name="image"' not in expert.get(page_url).content.decode()
+    refused = expert.post(attach_url, {"image": _upload("x.png", _png((1, 2, 3)))})
+    assert refused.status_code == 403 and Variant.objects.count() == 1
