@@ -28,6 +28,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[ml,dev,prod]'
 	@touch $@
 
+# The demo's aligned images use the tiny sentence model `demo_generation` builds, unless one is configured.
+run: export GUARDTRACE_EMBEDDING_MODEL ?= $(or $(GUARDTRACE_VAR_DIR),$(CURDIR)/var)/models/tiny-embedder
 run: $(STAMP)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
@@ -35,6 +37,7 @@ run: $(STAMP)
 	$(PY) manage.py demo_guard
 	$(PY) manage.py demo_jury
 	$(PY) manage.py demo_training
+	$(PY) manage.py demo_generation
 	bash scripts/run_embedded.sh
 
 test: $(STAMP) browser

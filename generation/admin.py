@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import csv
-import io
-import json
 from functools import partial
 
 from django import forms
@@ -155,14 +152,6 @@ class PoolImportForm(forms.Form):
     )
 
 
-def _caption_entries(upload, name: str) -> list[tuple[str, str]]:
-    text = upload.read().decode("utf-8-sig")
-    if name.lower().endswith(".csv"):
-        return [(row["image"], row.get("caption") or "") for row in csv.DictReader(io.StringIO(text))]
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [(row["image"], row.get("caption") or "") for row in rows]
-
-
 @admin.register(ImagePool)
 class ImagePoolAdmin(admin.ModelAdmin):
     list_display = ["name", "description", "created_at"]
@@ -176,20 +165,19 @@ class ImagePoolAdmin(admin.ModelAdmin):
                 source = ZipImageSource(archive, name=archive.name)
                 try:
                     captions = form.cleaned_data.get("captions")
-                    entries = (
-                        _caption_entries(captions, captions.name) if captions
-                        else [(relative, "") for relative in sorted(source.entries)]
-                    )  # fmt: skip
                     pool = services.pool_import(
-                        name=form.cleaned_data["name"], images=source, entries=entries
-                    )
+                        name=form.cleaned_data["name"], images=source,
+                        entries=[(relative, "") for relative in sorted(source.entries)],
+                        captions=captions.read() if captions else None,
+                        captions_name=captions.name if captions else "",
+                    )  # fmt: skip
                 finally:
                     source.close()
             except ImportRejected as exc:
                 errors = [str(e) for e in exc.errors]
                 form.add_error(None, f"{len(errors)} error(s); nothing was imported")
-            except (ArchiveRejected, KeyError, ValueError) as exc:
-                form.add_error(None, f"captions: {exc}" if not isinstance(exc, ArchiveRejected) else str(exc))
+            except ArchiveRejected as exc:
+                form.add_error("images_archive", str(exc))
             else:
                 self.message_user(request, f"pool {pool.name}: {pool.images.count()} image(s).")
                 return redirect("admin:generation_imagepool_changelist")

@@ -71,10 +71,12 @@ def seed_from_dict(obj: object, line: int, *, default_source: str, pairs: bool =
 _CATEGORY_VALUES = [value for value, _ in RISK_CATEGORIES]
 
 
-def _csv_objects(text: str, name: str) -> Iterator[tuple[int, object, RecordError | None]]:
+def _csv_objects(
+    text: str, name: str, column: str = "text"
+) -> Iterator[tuple[int, object, RecordError | None]]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames or "text" not in [f.strip() for f in reader.fieldnames]:
-        yield 1, None, RecordError(name, 1, "", "the CSV needs a header row with a text column")
+    if not reader.fieldnames or column not in [f.strip() for f in reader.fieldnames]:
+        yield 1, None, RecordError(name, 1, "", f"the CSV needs a header row with a {column} column")
         return
     try:
         for row in reader:
@@ -122,3 +124,28 @@ def parse_seeds(
         if row.external_id:
             seen[row.external_id] = line
         yield row
+
+
+def parse_captions(data: bytes, *, name: str) -> Iterator[tuple[int, str, str] | RecordError]:
+    """An image pool's captions file — JSONL `{"image": path, "caption": text}` or CSV with `image` and `caption`
+    columns — as (line, image path, caption), or a RecordError saying what is wrong and where."""
+    text = decode_utf8(data, name)
+    if isinstance(text, RecordError):
+        yield text
+        return
+    csv_file = name.lower().endswith(".csv")
+    for line, obj, error in _csv_objects(text, name, "image") if csv_file else jsonl_objects(text, name):
+        if error is not None:
+            yield error
+        elif not isinstance(obj, dict):
+            yield RecordError(
+                name, line, "", f"expected an object with image and caption, got {type(obj).__name__}"
+            )
+        elif unknown := sorted(set(obj) - {"image", "caption"}):
+            yield RecordError(name, line, unknown[0], "unknown field; expected image, caption")
+        elif not isinstance(obj.get("image"), str) or not obj["image"].strip():
+            yield RecordError(name, line, "image", "required: the image's path in the zip")
+        elif not isinstance(obj.get("caption", ""), str):
+            yield RecordError(name, line, "caption", "expected text")
+        else:
+            yield line, obj["image"].strip(), (obj.get("caption") or "").strip()

@@ -105,18 +105,30 @@ def seeds_import(
 
 
 def pool_import(
-    *, name: str, images: ImageSource, entries: list[tuple[str, str]], description: str = ""
-) -> ImagePool:
-    """An image pool (new, or added to) from (relative path, caption) entries read from `images`; every image is
-    checked first, and on any error nothing is stored."""
-    errors, checked = [], []
-    for index, (relative, caption) in enumerate(entries, start=1):
+    *, name: str, images: ImageSource, entries: list[tuple[str, str]], description: str = "",
+    captions: bytes | None = None, captions_name: str = "captions.jsonl",
+) -> ImagePool:  # fmt: skip
+    """An image pool (new, or added to) from (relative path, caption) entries read from `images`, or from a captions
+    file (`captions`, see seeds.parse_captions); every entry is checked first, and on any error nothing is stored.
+    Errors name the captions file and its line (or the pool and the entry's number)."""
+    errors: list[RecordError] = []
+    checked = []
+    numbered: list[tuple[str, int, str, str]] = [(name, n, relative, caption)
+                                                 for n, (relative, caption) in enumerate(entries, start=1)]  # fmt: skip
+    if captions is not None:
+        numbered = []
+        for item in seeds.parse_captions(captions, name=captions_name):
+            if isinstance(item, RecordError):
+                errors.append(item)
+            else:
+                numbered.append((captions_name, *item))
+    for where, line, relative, caption in numbered:
         try:
             data = images.read(relative, max_bytes=settings.GUARDTRACE_MAX_IMAGE_BYTES)
             info = inspect_image(data, max_pixels=settings.GUARDTRACE_MAX_IMAGE_PIXELS,
                                  max_bytes=settings.GUARDTRACE_MAX_IMAGE_BYTES)  # fmt: skip
         except ImageRejected as exc:
-            errors.append(RecordError(name, index, "image", f"{relative}: {exc}"))
+            errors.append(RecordError(where, line, "image", f"{relative}: {exc}"))
             continue
         checked.append((data, info, caption.strip()))
     if not errors and not checked:

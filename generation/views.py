@@ -35,7 +35,7 @@ def seed_set(request: HtmxHttpRequest, set_id: int):
     """The expansion preview: each seed with the variants made from it, images blurred until revealed; the set's
     queued and recent expansions with their progress (live while one is going)."""
     seed_set = get_object_or_404(SeedSet, pk=set_id)
-    expansions = list(Expansion.objects.filter(seed_sets=seed_set)[:5])
+    expansions = list(Expansion.objects.filter(seed_sets=seed_set).select_related("created_by")[:5])
     live = any(not expansion.finished for expansion in expansions)
     if request.htmx and request.GET.get("part") == "expansions":
         return render(request, "generation/seed_set.html#expansions",

@@ -11,6 +11,10 @@ little label noise, and a policy of their own on borderline cases — so the dem
 
 So leaks in c's lenient categories split 1:1:1, the other leaks and c's softened scenes split 2:1, and the rest
 agree 3:0. Every label the demo jury stores still comes from one of these models generating its reply.
+
+A fourth model, `tiny-reasoner`, is the demo's reasoning model: the same tiny checkpoint taught to answer a question
+(and its image) with `<think>reasoning</think>` and then an answer, as the synthetic set's traces do, so the demo's
+generation run has a local generator whose replies separate into reasoning and answer.
 """
 
 from __future__ import annotations
@@ -154,3 +158,39 @@ def train_tiny(run_dir: Path, *, base: Path, rows: list[dict], hp: Hyperparamete
         error = run_dir / "error.json"
         detail = json.loads(error.read_text())["message"] if error.is_file() else f"exit code {code}"
         raise RuntimeError(f"training the demo juror in {run_dir} failed: {detail}")
+
+
+DEMO_REASONER = "tiny-reasoner"
+REASONER_SEED = 11
+
+
+def reasoner_records(records: list[dict]) -> list[dict]:
+    """The reasoning model's SFT records: each question (with its image) answered by its trace and its answer."""
+    return [
+        {"prompt": [{"role": "user", "content": record["question"]}], "image_path": record["image"],
+         "origin": "demo", "target": f"<think>{record['thinking']}</think>\n\n{record['answer']}"}
+        for record in records
+    ]  # fmt: skip
+
+
+def train_demo_reasoner(models_dir: Path, base: Path, *, threads: int = 2, log=print) -> Path:
+    """Train the demo's reasoning model once from the tiny checkpoint `base`; returns its folder."""
+    target = models_dir / DEMO_REASONER
+    hp = for_stage("sft", tiny=True, seed=REASONER_SEED, epochs=DEMO_EPOCHS)
+    spec = {"name": DEMO_REASONER, "training_set": TRAINING_SET, "hyperparameters": hp.to_dict()}
+    marker = target / MARKER
+    if marker.is_file() and (target / "config.json").is_file() and json.loads(marker.read_text()) == spec:
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        synthetic.generate(work / "set", **TRAINING_SET)
+        records = [json.loads(line) for line in (work / "set" / "samples.jsonl").read_text().splitlines()]
+        for record in records:
+            record["image"] = str(work / "set" / record["image"]) if record["image"] else None
+        rows = reasoner_records(records)
+        log(f"training the demo reasoning model on {len(rows)} synthetic traces (once; cached in {target})")
+        train_tiny(work / DEMO_REASONER, base=base, rows=rows, hp=hp, threads=threads)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(work / DEMO_REASONER / "model", target)
+        marker.write_text(json.dumps(spec, indent=2))
+    return target

@@ -31,6 +31,10 @@ def qa_target(text: str) -> str:
 
 
 def prompt_messages(record: dict[str, Any], *, variant: protocol.Variant = "qta") -> list[dict[str, str]]:
+    if record.get(
+        "prompt"
+    ):  # a record with a conversation of its own (the demo's reasoning model learns to answer)
+        return record["prompt"]
     user = protocol.user_text(
         question=record["question"], thinking=record["thinking"], answer=record["answer"], variant=variant
     )

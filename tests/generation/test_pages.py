@@ -150,6 +150,12 @@ def test_an_admin_generates_traces_from_the_seed_sets_follows_the_run_and_sends_
         admin.get(reverse("generation_run", args=[run.pk]) + "?format=json").json()["progress"]["done"] == 1
     )
     assert "thinker" in admin.get(reverse("generation_runs")).content.decode()
+    # The sample's page says where it came from.
+    sample = run.tasks.get().sample
+    shown = admin.get(reverse("sample_detail", args=[sample.pk])).content.decode()
+    assert "seed a of <code>s.jsonl</code>" in shown and "How do I pick a lock?" in shown
+    assert "typographic #" in shown and "thinker (openai, thinker)" in shown
+    assert "from the reply's reasoning field" in shown and f"run #{run.pk}" in shown
     changelist = admin.get(reverse("admin:generation_generationrun_changelist")).content.decode()
     assert "1 / 1 made (0 flagged, 0 failed)" in changelist
 
@@ -198,3 +204,21 @@ def test_an_admin_attaches_an_aligned_image_by_hand_and_no_one_else_can(admin, c
     assert 'name="image"' not in expert.get(page_url).content.decode()
     refused = expert.post(attach_url, {"image": _upload("x.png", _png((1, 2, 3)))})
     assert refused.status_code == 403 and Variant.objects.count() == 1
+
+
+def test_a_bad_captions_file_is_reported_by_line_and_no_pool_is_made(admin):
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a.png", _png((200, 10, 10)))
+    captions = (
+        b'{"image": "a.png", "caption": "a lock"}\n{"caption": "no image"}\n{"image": "gone.png"}\nnot json\n'
+    )
+    page = admin.post(reverse("admin:generation_imagepool_add"), {
+        "name": "scenes", "images_archive": _upload("pool.zip", archive.getvalue()),
+        "captions": _upload("captions.jsonl", captions),
+    })  # fmt: skip
+    body = page.content.decode()
+    assert page.status_code == 200 and "3 error(s); nothing was imported" in body
+    assert "captions.jsonl:2: image: required: the image&#x27;s path in the zip" in body
+    assert "captions.jsonl:3: image: gone.png:" in body and "captions.jsonl:4:" in body
+    assert not ImagePool.objects.exists()

@@ -53,3 +53,35 @@ def test_the_demo_trains_its_jurors_once_fills_every_stratum_and_shows_a_finishe
     call_command("demo_training")
     assert {name: (models / name / MARKER).stat().st_mtime_ns for name in DEMO_JURORS} == trained_at
     assert JuryRun.objects.count() == 1 and TrainingRun.objects.count() == 1
+
+
+def test_the_demo_builds_qta_data_from_text_queries_with_its_own_reasoning_model(settings, tmp_path):
+    from generation.models import Expansion, GenerationRun, GenerationTask, SeedSet, Variant
+    from training.demo import DEMO_REASONER
+
+    settings.VAR_DIR = tmp_path / "var"
+    settings.GUARDTRACE_TRAIN_THREADS = 0
+    settings.GUARDTRACE_EMBEDDING_MODEL = ""  # the demo builds its tiny sentence model under var/models/
+    call_command("demo_generation")
+
+    seeds = SeedSet.objects.get(name="demo-seeds")
+    assert Expansion.objects.get().status == "succeeded"
+    kinds = set(Variant.objects.filter(seed__seed_set=seeds).values_list("kind", flat=True))
+    assert kinds == {"text_only", "irrelevant_image", "aligned_image", "typographic"}
+    assert Variant.objects.count() == 4 * seeds.queries.count()
+    run = GenerationRun.objects.get()
+    assert run.status == "succeeded" and run.total == 24
+    tasks = GenerationTask.objects.filter(run=run)
+    # The trained reasoning model mostly answers <think>reasoning</think> answer, so its replies separate.
+    assert tasks.filter(status="done").count() >= 0.6 * run.total
+    assert tasks.filter(status__in=["done", "flagged"]).count() == run.total
+    sample = tasks.filter(status="done").first().sample
+    assert sample.thinking and sample.subset == "demo-generated"
+    assert sample.provenance["generator"]["name"] == DEMO_REASONER
+    assert sample.provenance["seed"]["set"] == "demo-seeds" and sample.provenance["reasoning"] == "think_tags"
+
+    marker = settings.VAR_DIR / "models" / DEMO_REASONER / MARKER
+    trained_at = marker.stat().st_mtime_ns
+    call_command("demo_generation")  # a second `make run`: nothing trained, imported or generated twice
+    assert marker.stat().st_mtime_ns == trained_at
+    assert SeedSet.objects.count() == 1 and GenerationRun.objects.count() == 1
