@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import random
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import repeat
@@ -176,9 +176,10 @@ def draw_irrelevant(seed_text: str, count: int, rng_seed: int) -> int:
 def expand(
     seed_queries: Iterable[SeedQuery], *, kinds: Iterable[str], irrelevant_pool: ImagePool | None = None,
     aligned_pool: ImagePool | None = None, rng_seed: int = 0, typography: TypographyOptions | None = None,
-    embedding_model: str | None = None,
+    embedding_model: str | None = None, drawing: Executor | None = None,
 ) -> ExpansionReport:  # fmt: skip
-    """Make the asked kinds of variant for each seed (see EXPANSIONS); checks everything before writing."""
+    """Make the asked kinds of variant for each seed (see EXPANSIONS); checks everything before writing.
+    `drawing`: processes to draw typographic images in (made here for a large expansion when not given)."""
     kinds = list(dict.fromkeys(kinds))
     if unknown := [k for k in kinds if k not in EXPANSIONS]:
         raise ExpansionError(
@@ -246,7 +247,7 @@ def expand(
             Variant.objects.filter(seed_id__in=seed_ids[start : start + CHUNK]).values_list("seed_id", "key")
         )
     new = [variant for pair, variant in rows.items() if pair not in existing]
-    _render_all([variant for variant in new if variant.kind == "typographic"], typography)
+    _render_all([variant for variant in new if variant.kind == "typographic"], typography, drawing)
     with transaction.atomic():
         # A concurrent expansion of the same recipe may have written some meanwhile: the constraint keeps one.
         Variant.objects.bulk_create(new, batch_size=CHUNK, ignore_conflicts=True)
@@ -259,14 +260,23 @@ def expand(
 PARALLEL_RENDER_FROM = 200  # typographic images; fewer are drawn here, more by one process per core
 
 
-def _render_all(variants: list[Variant], options: TypographyOptions) -> None:
-    texts = [variant.seed.text for variant in variants]
+def drawing_processes() -> ProcessPoolExecutor | None:
+    """One process per core (at most 8) to draw typographic images in, or None on one core."""
     workers = min(os.cpu_count() or 1, 8)
+    if workers < 2:
+        return None
+    # Spawned, not forked: the caller may be a threaded worker; the children only import Pillow code.
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _render_all(variants: list[Variant], options: TypographyOptions, drawing: Executor | None = None) -> None:
+    texts = [variant.seed.text for variant in variants]
     try:
-        if len(texts) >= PARALLEL_RENDER_FROM and workers > 1:
-            # Spawned, not forked: the caller may be a threaded worker; the children only import Pillow code.
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                drawn = list(pool.map(render_typographic, texts, repeat(options), chunksize=64))
+        if drawing is not None and len(texts) >= PARALLEL_RENDER_FROM:
+            drawn = list(drawing.map(render_typographic, texts, repeat(options), chunksize=64))
+        elif len(texts) >= PARALLEL_RENDER_FROM and (own := drawing_processes()) is not None:
+            with own:
+                drawn = list(own.map(render_typographic, texts, repeat(options), chunksize=64))
         else:
             drawn = [render_typographic(text, options) for text in texts]
     except TypographyError as exc:
@@ -378,14 +388,17 @@ def expansion_work(expansion_id: int, *, chunk: int = EXPANSION_CHUNK) -> Expans
              updated_at=timezone.now())  # fmt: skip
     if not taken:
         return Expansion.objects.get(pk=expansion_id)
+    drawing = None
     try:
         options = expansion_options(expansion.parameters)
+        if "typographic" in options["kinds"] and len(ids) >= PARALLEL_RENDER_FROM:
+            drawing = drawing_processes()  # started once for every chunk
         by_kind: dict[str, int] = {}
         for start in range(0, len(ids), chunk):
             if Expansion.objects.filter(pk=expansion_id, status=JobStatus.CANCELLED).exists():
                 return Expansion.objects.get(pk=expansion_id)
             part = ids[start : start + chunk]
-            report = expand(SeedQuery.objects.filter(pk__in=part).order_by("pk"), **options)
+            report = expand(SeedQuery.objects.filter(pk__in=part).order_by("pk"), drawing=drawing, **options)
             for kind, n in report.by_kind.items():
                 by_kind[kind] = by_kind.get(kind, 0) + n
             Expansion.objects.filter(pk=expansion_id).update(
@@ -399,6 +412,9 @@ def expansion_work(expansion_id: int, *, chunk: int = EXPANSION_CHUNK) -> Expans
         raise
     else:
         _expansion_finish(expansion_id, JobStatus.SUCCEEDED)
+    finally:
+        if drawing is not None:
+            drawing.shutdown()
     return Expansion.objects.get(pk=expansion_id)
 
 
