@@ -37,20 +37,8 @@ def load_embedder(path: str):
 def similarities(path: str, queries: Sequence[str], captions: Sequence[str]):
     """Cosine similarity of every query to every caption (a queries × captions array)."""
     model = load_embedder(path)
-    q = model.encode(
-        list(queries),
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-        batch_size=64,
-        show_progress_bar=False,
-    )
-    c = model.encode(
-        list(captions),
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-        batch_size=64,
-        show_progress_bar=False,
-    )
+    q, c = (model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True, batch_size=64,
+                         show_progress_bar=False) for texts in (queries, captions))  # fmt: skip
     return q @ c.T
 
 

@@ -302,9 +302,8 @@ def variant_attach(*, seed: SeedQuery, data: bytes, text: str = "", user=None) -
     return variant
 
 
-EXPANSION_CHUNK = (
-    2000  # seeds expanded (and written) per step of a queued expansion; progress moves by as much
-)
+# Seeds expanded (and written) per step of a queued expansion; its progress moves by as much.
+EXPANSION_CHUNK = 2000
 EXPANSION_LEASE_S = 600  # an expansion with no progress for this long is taken to have lost its worker
 
 

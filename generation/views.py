@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from annotation.roles import is_admin
 from annotation.views import HtmxHttpRequest, role_required
-from generation import services
+from generation import seeds, services
 from generation.models import Expansion, GenerationRun, GenerationTask, SeedQuery, SeedSet, Variant
 from generation.runs import run_progress, runs_progress
 
@@ -53,8 +53,9 @@ def seed_set(request: HtmxHttpRequest, set_id: int):
 def seed_attach(request: HtmxHttpRequest, seed_id: int):
     """An aligned image attached by hand to a seed (admins): it becomes an aligned-image variant of the seed."""
     seed = get_object_or_404(SeedQuery, pk=seed_id)
+    page = request.POST.get("page", "1")
     back = (
-        reverse("seed_set", args=[seed.seed_set_id]) + f"?page={request.POST.get('page', '1')}#seed-{seed.pk}"
+        reverse("seed_set", args=[seed.seed_set_id]) + f"?page={page if page.isdigit() else 1}#seed-{seed.pk}"
     )
     if not is_admin(request.user):
         return render(request, "403.html", status=403)
@@ -68,8 +69,14 @@ def seed_attach(request: HtmxHttpRequest, seed_id: int):
             f"seed #{seed.pk}: {upload.name}: larger than {settings.GUARDTRACE_MAX_IMAGE_BYTES} bytes",
         )
         return redirect(back)
+    text = request.POST.get("text", "").strip()
+    if len(text) > seeds.MAX_TEXT:
+        messages.error(
+            request, f"seed #{seed.pk}: text: {len(text):,} characters, over the {seeds.MAX_TEXT:,} limit"
+        )
+        return redirect(back)
     try:
-        variant = services.variant_attach(seed=seed, data=upload.read(), text=request.POST.get("text", "").strip(),
+        variant = services.variant_attach(seed=seed, data=upload.read(), text=text,
                                           user=request.user)  # fmt: skip
     except services.ExpansionError as exc:
         messages.error(request, f"seed #{seed.pk}: {upload.name}: {exc}")

@@ -112,6 +112,15 @@ def _hyperparameters(policy: JurorPolicy) -> Hyperparameters:
     return for_stage("sft", tiny=True, seed=policy.seed, epochs=DEMO_EPOCHS)
 
 
+def training_set(folder: Path) -> list[dict]:
+    """The demo models' synthetic training set, drawn into `folder`: its records, image paths made absolute."""
+    synthetic.generate(folder, **TRAINING_SET)
+    records = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+    for record in records:
+        record["image"] = str(folder / record["image"]) if record["image"] else None
+    return records
+
+
 def train_demo_jurors(models_dir: Path, base: Path, *, threads: int = 2, log=print) -> list[Path]:
     """Train each demo juror missing under `models_dir` from the tiny checkpoint `base`; returns their folders."""
     folders = {name: models_dir / name for name in DEMO_JURORS}
@@ -120,10 +129,7 @@ def train_demo_jurors(models_dir: Path, base: Path, *, threads: int = 2, log=pri
         return list(folders.values())
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        synthetic.generate(work / "set", **TRAINING_SET)
-        records = [json.loads(line) for line in (work / "set" / "samples.jsonl").read_text().splitlines()]
-        for record in records:
-            record["image"] = str(work / "set" / record["image"]) if record["image"] else None
+        records = training_set(work / "set")
         for name in todo:
             policy = DEMO_JURORS[name]
             hp = _hyperparameters(policy)
@@ -183,10 +189,7 @@ def train_demo_reasoner(models_dir: Path, base: Path, *, threads: int = 2, log=p
         return target
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        synthetic.generate(work / "set", **TRAINING_SET)
-        records = [json.loads(line) for line in (work / "set" / "samples.jsonl").read_text().splitlines()]
-        for record in records:
-            record["image"] = str(work / "set" / record["image"]) if record["image"] else None
+        records = training_set(work / "set")
         rows = reasoner_records(records)
         log(f"training the demo reasoning model on {len(rows)} synthetic traces (once; cached in {target})")
         train_tiny(work / DEMO_REASONER, base=base, rows=rows, hp=hp, threads=threads)
