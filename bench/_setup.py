@@ -42,3 +42,18 @@ def machine() -> str:
     import platform
 
     return f"{platform.node()} · {os.cpu_count()} cores · Python {platform.python_version()}"
+
+
+def run_drivers(ctx, target, arg_tuples, results) -> tuple[list, float]:
+    """One process per argument tuple running `target(*args, results)`, each putting one report on `results`
+    (a queue of `ctx`); returns the reports and the wall-clock seconds until the last one."""
+    import time
+
+    start = time.perf_counter()
+    drivers = [ctx.Process(target=target, args=(*args, results)) for args in arg_tuples]
+    for driver in drivers:
+        driver.start()
+    reports = [results.get(timeout=3600) for _ in drivers]
+    for driver in drivers:
+        driver.join()
+    return reports, time.perf_counter() - start

@@ -18,7 +18,7 @@ import multiprocessing as mp
 import os
 import time
 
-from _setup import ROOT, fresh_database, machine
+from _setup import ROOT, fresh_database, machine, run_drivers
 
 DELAY_S = 0.2
 CONCURRENCY = 32
@@ -87,14 +87,7 @@ def main() -> None:
     ]  # fmt: skip
     run = runs.generation_run_create(variants=Variant.objects.all(), generators=generators, enqueue=False)
     connection.close()
-    start = time.perf_counter()
-    drivers = [ctx.Process(target=_drive, args=(run.pk, g.pk, results)) for g in generators]
-    for driver in drivers:
-        driver.start()
-    reports = [results.get(timeout=3600) for _ in drivers]
-    for driver in drivers:
-        driver.join()
-    wall = time.perf_counter() - start
+    reports, wall = run_drivers(ctx, _drive, [(run.pk, g.pk) for g in generators], results)
     stop.set()
     for server in servers:
         server.join()

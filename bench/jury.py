@@ -18,7 +18,7 @@ import os
 import random
 import time
 
-from _setup import ROOT, fresh_database, machine
+from _setup import ROOT, fresh_database, machine, run_drivers
 
 DELAY_S = 0.2
 CONCURRENCY = 32
@@ -97,14 +97,7 @@ def _pass(samples: int, fault_rate: float) -> dict:
     ]
     run = services.jury_run_create(selection={}, enqueue=False)
     connection.close()
-    start = time.perf_counter()
-    drivers = [ctx.Process(target=_drive, args=(j.pk, results)) for j in jurors]
-    for driver in drivers:
-        driver.start()
-    reports = [results.get(timeout=3600) for _ in drivers]
-    for driver in drivers:
-        driver.join()
-    wall = time.perf_counter() - start
+    reports, wall = run_drivers(ctx, _drive, [(j.pk,) for j in jurors], results)
     stop.set()
     server_cpu_s = sum(cpu for _, cpu in (ready.get(timeout=30) for _ in servers))
     for server in servers:
