@@ -12,7 +12,7 @@ from django.db import models
 from django.db.models import Q
 
 from annotation.models import ImageAsset, InputVariant, RiskCategory
-from guardmodel.models import FINISHED, JobStatus, validate_base_url
+from guardmodel.models import JobStatus, LongWork, validate_base_url
 
 
 class SeedSet(models.Model):
@@ -96,7 +96,7 @@ class Variant(models.Model):
         return f"{self.get_kind_display()} of seed #{self.seed_id}"
 
 
-class Expansion(models.Model):
+class Expansion(LongWork, models.Model):
     """One expansion asked for in the admin, worked on a worker seed chunk by chunk (progress in `done`).
 
     Expanding is idempotent, so an expansion redelivered after a crash runs again and only adds what is missing."""
@@ -122,10 +122,6 @@ class Expansion(models.Model):
 
     def __str__(self) -> str:
         return f"Expansion #{self.pk}"
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
 
     @property
     def percent(self) -> int:
@@ -173,7 +169,7 @@ class Generator(models.Model):
         return self.name
 
 
-class GenerationRun(models.Model):
+class GenerationRun(LongWork, models.Model):
     Status = JobStatus
 
     generators = models.ManyToManyField(Generator, related_name="runs")
@@ -191,10 +187,6 @@ class GenerationRun(models.Model):
 
     def __str__(self) -> str:
         return f"Generation run #{self.pk}"
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
 
 
 class GenerationTask(models.Model):

@@ -80,7 +80,17 @@ class JobStatus(models.TextChoices):
 FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
-class GuardJob(models.Model):
+class LongWork:
+    """For models of long work whose `status` is a JobStatus: whether it has finished."""
+
+    status: str
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+class GuardJob(LongWork, models.Model):
     """Judging a set of samples with one checkpoint, on the gpu queue. Re-running skips samples already judged."""
 
     Status = JobStatus
@@ -108,10 +118,6 @@ class GuardJob(models.Model):
 
     def __str__(self) -> str:
         return f"Guard job #{self.pk} ({self.checkpoint})"
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
 
     @property
     def percent(self) -> int:

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from guardmodel.models import FINISHED, JobStatus, validate_base_url
+from guardmodel.models import JobStatus, LongWork, validate_base_url
 from guardmodel.protocol import PROMPT_VERSION
 
 
@@ -73,7 +73,7 @@ class JurorLease(models.Model):
     until = models.DateTimeField(null=True, blank=True)
 
 
-class JuryRun(models.Model):
+class JuryRun(LongWork, models.Model):
     """One pass of the jury over a selection of samples."""
 
     Status = JobStatus
@@ -94,10 +94,6 @@ class JuryRun(models.Model):
 
     def __str__(self) -> str:
         return f"Jury run #{self.pk}"
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
 
 
 class JuryTask(models.Model):

@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from guardmodel.models import LongWork
+
 
 class Stage(models.TextChoices):
     SFT = "sft", "SFT"
@@ -46,7 +48,7 @@ class DatasetSnapshot(models.Model):
         return f"{self.get_stage_display()} snapshot {self.content_hash[:12]} ({self.records} records)"
 
 
-class TrainingRun(models.Model):
+class TrainingRun(LongWork, models.Model):
     """One round of guard training, run by the gpu worker in a child process."""
 
     Stage = Stage
@@ -116,10 +118,6 @@ class TrainingRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_stage_display()} run #{self.pk}"
-
-    @property
-    def finished(self) -> bool:
-        return self.status in {self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED}
 
     @property
     def resumable(self) -> bool:
