@@ -1,5 +1,16 @@
-from django.contrib import admin
+from __future__ import annotations
 
+import zipfile
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import redirect
+from django.utils.html import format_html, format_html_join
+
+from annotation import services
+from annotation.formats import FORMATS, SPLITS, DefaultsRejected, file_defaults, guess_format
 from annotation.models import (
     AuditEvent,
     ExpertQueueItem,
@@ -10,7 +21,9 @@ from annotation.models import (
     ReviewDecision,
     Sample,
 )
+from annotation.roles import is_admin
 from guardmodel.admin import judge_samples_action
+from guardtrace.adminforms import MAX_ERRORS_SHOWN, admin_form
 
 
 class LabelInline(admin.TabularInline):
@@ -60,11 +73,85 @@ class ImageAssetAdmin(admin.ModelAdmin):
     readonly_fields = ["sha256", "file", "width", "height", "format", "size_bytes"]
 
 
+class ImportJobForm(forms.Form):
+    """An uploaded QTA file (and a zip of its images), imported by the worker."""
+
+    data_file = forms.FileField(
+        label="Samples file",
+        help_text="Our JSONL (one sample per line) or the GuardTrace-VL release JSON (a list of objects with "
+        "image_name, question, thinking, response, evaluation_result).",
+    )
+    images_archive = forms.FileField(
+        required=False,
+        label="Images (zip)",
+        help_text="The images the rows name: found at their path (also under the zip's single top folder, or "
+        "without the path's leading folders), else by a base name that is unique in the zip. Not needed when no "
+        "row names an image.",
+    )
+    format = forms.ChoiceField(
+        choices=[("", "from the file name (.json: release, else JSONL)"), *((f, f) for f in FORMATS)],
+        required=False,
+    )
+    split = forms.ChoiceField(
+        choices=[("", "as each row says (train when it says none)"), *((s, s) for s in SPLITS)],
+        required=False,
+    )
+    subset = forms.CharField(required=False, help_text="For rows that name none, e.g. S-Eval or MMBench.")
+    source_dataset = forms.CharField(required=False, help_text="For rows that name none, e.g. GuardTrace-VL.")
+    skip_invalid = forms.BooleanField(
+        required=False,
+        help_text="Store the valid rows and list the rest (by default a file with any error stores nothing).",
+    )
+
+    def clean(self):
+        data = super().clean()
+        limit = settings.GUARDTRACE_MAX_UPLOAD_BYTES
+        for name in ("data_file", "images_archive"):
+            if data.get(name) is not None and data[name].size > limit:
+                self.add_error(name, f"over the {limit:,}-byte upload limit")
+        archive = data.get("images_archive")
+        if archive is not None and "images_archive" not in self.errors and not zipfile.is_zipfile(archive):
+            self.add_error("images_archive", "must be a zip archive")
+        try:
+            file_defaults(
+                split=data.get("split", ""),
+                subset=data.get("subset", ""),
+                source_dataset=data.get("source_dataset", ""),
+            )
+        except DefaultsRejected as exc:
+            self.add_error(exc.field, exc.reason)
+        return data
+
+
+# A job's page: what was asked, and what came of it.
+_JOB_FIELDS = (
+    "status",
+    "original_name",
+    "images_original_name",
+    "format",
+    "skip_invalid",
+    "split",
+    "subset",
+    "source_dataset",
+    "created",
+    "duplicates",
+    "error_list",
+    "created_by",
+    "created_at",
+    "finished_at",
+)
+
+
 @admin.register(ImportJob)
 class ImportJobAdmin(admin.ModelAdmin):
+    """Add = upload a file and queue its import on the worker; a job's page shows its status and every error."""
+
     list_display = [
         "id",
+        "file_name",
         "format",
+        "split",
+        "subset",
         "status",
         "created",
         "duplicates",
@@ -72,7 +159,62 @@ class ImportJobAdmin(admin.ModelAdmin):
         "created_at",
         "finished_at",
     ]
-    readonly_fields = ["status", "created", "duplicates", "errors", "finished_at"]
+    list_filter = ["status", "format"]
+    fields = readonly_fields = _JOB_FIELDS
+    change_list_template = "admin/annotation/importjob/change_list.html"
+    change_form_template = "admin/annotation/importjob/change_form.html"
+
+    def has_add_permission(self, request) -> bool:
+        return super().has_add_permission(request) and is_admin(request.user)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # what was imported is in the samples; a job is only its record
+
+    @admin.display(description="file")
+    def file_name(self, job: ImportJob) -> str:
+        return job.file_name
+
+    @admin.display(description="errors")
+    def error_list(self, job: ImportJob):
+        if not job.errors:
+            return "—"
+        shown = job.errors[:MAX_ERRORS_SHOWN]
+        more = len(job.errors) - len(shown)
+        items = format_html_join("", "<li>{}</li>", ((error,) for error in shown))
+        tail = format_html("<li>… and {} more</li>", more) if more else ""
+        return format_html('<ul class="errorlist">{}{}</ul>', items, tail)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = self.get_object(request, object_id)
+        waiting = job is not None and job.status in (ImportJob.Status.PENDING, ImportJob.Status.RUNNING)
+        return super().change_view(
+            request, object_id, form_url, {**(extra_context or {}), "refresh": waiting}
+        )
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = ImportJobForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            upload = data["data_file"]
+            job = services.import_job_create(
+                data_file=upload,
+                images_archive=data.get("images_archive"),
+                fmt=data["format"] or guess_format(upload.name),
+                skip_invalid=data["skip_invalid"],
+                user=request.user,
+                split=data["split"],
+                subset=data["subset"],
+                source_dataset=data["source_dataset"],
+            )
+            self.message_user(request, f"{upload.name} is queued on the worker as import #{job.pk}.")
+            return redirect("admin:annotation_importjob_change", job.pk)
+        intro = (
+            "The worker imports the file. Every row is checked first: on any error nothing is stored (unless you "
+            "skip invalid rows), and the job's page lists each error as file:line: field: reason."
+        )
+        return admin_form(self, request, form, "Import QTA samples", intro=intro)
 
 
 @admin.register(AuditEvent)

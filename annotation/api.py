@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation import selectors, services
-from annotation.formats import FORMATS, SOURCE_KINDS
+from annotation.formats import FORMATS, SOURCE_KINDS, DefaultsRejected, guess_format
 from annotation.images import ImageRejected, ImageSource
 from annotation.models import ExpertQueueItem, ImportJob, Label, Sample
 from annotation.permissions import IsAdminRole
@@ -263,8 +263,13 @@ class ImportJobOutputSerializer(serializers.ModelSerializer):
         model = ImportJob
         fields = [
             "id",
+            "original_name",
+            "images_original_name",
             "format",
             "skip_invalid",
+            "split",
+            "subset",
+            "source_dataset",
             "status",
             "created",
             "duplicates",
@@ -275,7 +280,8 @@ class ImportJobOutputSerializer(serializers.ModelSerializer):
 
 
 class ImportJobCreateApi(APIView):
-    """Upload a file (and a zip of its images); a worker imports it. Poll the job for the result."""
+    """Upload a file (and a zip of its images); a worker imports it. Poll the job for the result. `split`, `subset`
+    and `source_dataset` apply to every row that gives none of its own."""
 
     permission_classes = [IsAdminRole]
     parser_classes = [MultiPartParser]
@@ -285,6 +291,10 @@ class ImportJobCreateApi(APIView):
         images = serializers.FileField(required=False)
         format = serializers.ChoiceField(choices=FORMATS, required=False)
         skip_invalid = serializers.BooleanField(default=False)
+        # Checked by the service (formats.file_defaults), which names the field.
+        split = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=True)
+        subset = serializers.CharField(required=False, allow_blank=True, default="")
+        source_dataset = serializers.CharField(required=False, allow_blank=True, default="")
 
     @extend_schema(request=InputSerializer, responses={202: ImportJobOutputSerializer})
     def post(self, request) -> Response:
@@ -299,14 +309,20 @@ class ImportJobCreateApi(APIView):
                 )
         if data.get("images") is not None and not zipfile.is_zipfile(data["images"]):
             return Response({"images": ["must be a zip archive"]}, status=status.HTTP_400_BAD_REQUEST)
-        fmt = data.get("format") or ("guardtrace" if data["file"].name.lower().endswith(".json") else "jsonl")
-        job = services.import_job_create(
-            data_file=data["file"],
-            images_archive=data.get("images"),
-            fmt=fmt,
-            skip_invalid=data["skip_invalid"],
-            user=request.user,
-        )
+        fmt = data.get("format") or guess_format(data["file"].name)
+        try:
+            job = services.import_job_create(
+                data_file=data["file"],
+                images_archive=data.get("images"),
+                fmt=fmt,
+                skip_invalid=data["skip_invalid"],
+                user=request.user,
+                split=data["split"],
+                subset=data["subset"],
+                source_dataset=data["source_dataset"],
+            )
+        except DefaultsRejected as exc:
+            return Response({exc.field: [exc.reason]}, status=status.HTTP_400_BAD_REQUEST)
         return Response(ImportJobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
 

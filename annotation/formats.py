@@ -4,7 +4,9 @@ Two formats:
 - `jsonl`: ours, one sample per line (the format `export_qta` writes);
 - `guardtrace`: the GuardTrace-VL release, a JSON list of objects with `image_name`, `question`, `thinking`,
   `response` and `evaluation_result`.
-Every problem becomes a `RecordError` naming the file, the line and the field.
+An empty or missing image path means a text-only sample. `split`, `subset` and `source_dataset` may be given for the
+whole file (`FileDefaults`); a row's own value wins. Every problem becomes a `RecordError` naming the file, the line
+and the field.
 """
 
 from __future__ import annotations
@@ -77,6 +79,43 @@ class SampleRecord:
     external_id: str = ""
     provenance: dict = field(default_factory=dict)
     labels: list[LabelRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FileDefaults:
+    """Values for every row of a file that does not give its own (`file_defaults` checks them)."""
+
+    split: str = ""
+    subset: str = ""
+    source_dataset: str = ""
+
+
+NO_DEFAULTS = FileDefaults()
+
+
+class DefaultsRejected(ValueError):
+    """A file-wide value is not acceptable; `field` names it."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def file_defaults(*, split: str = "", subset: str = "", source_dataset: str = "") -> FileDefaults:
+    """The file-wide values, checked as a row's own are; raises DefaultsRejected naming the first bad one."""
+    try:
+        return FileDefaults(
+            split=_choice({"split": split}, "split", SPLITS, ""),
+            **{  # type: ignore[arg-type]
+                key: _text(
+                    {key: value}, key, required=False, allow_empty=True, max_chars=_SHORT_FIELDS[key]
+                ).strip()
+                for key, value in (("subset", subset), ("source_dataset", source_dataset))
+            },
+        )
+    except _Invalid as exc:
+        raise DefaultsRejected(exc.field, exc.reason) from None
 
 
 class _Invalid(Exception):
@@ -177,29 +216,46 @@ def _label_record(obj: Any, index: int, max_chars: int) -> LabelRecord:
     )
 
 
-def record_from_dict(obj: Any, line: int, *, max_chars: int) -> SampleRecord:
+def _image_path(obj: dict, key: str) -> str | None:
+    """The row's image path; missing, null or empty means no image."""
+    image = obj.get(key)
+    if image is None or isinstance(image, str) and not image.strip():
+        return None
+    if not isinstance(image, str):
+        raise _Invalid(key, f"expected a relative path string or null, got {type(image).__name__}")
+    return image
+
+
+def _short_fields(obj: dict, defaults: FileDefaults) -> dict[str, str]:
+    values = {
+        key: _text(obj, key, required=False, allow_empty=True, max_chars=n)
+        for key, n in _SHORT_FIELDS.items()
+    }
+    for key in ("subset", "source_dataset"):
+        values[key] = values[key] or getattr(defaults, key)
+    return values
+
+
+def record_from_dict(
+    obj: Any, line: int, *, max_chars: int, defaults: FileDefaults = NO_DEFAULTS
+) -> SampleRecord:
     """One of our JSONL objects as a SampleRecord; raises _Invalid naming the first bad field."""
     if not isinstance(obj, dict):
         raise _Invalid("", f"expected a JSON object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - _JSONL_FIELDS)
     if unknown:
         raise _Invalid(unknown[0], "unknown field")
-    image = obj.get("image")
-    if image is not None and (not isinstance(image, str) or not image.strip()):
-        raise _Invalid("image", "expected a relative path string or null")
+    image = _image_path(obj, "image")
     record = SampleRecord(
         line=line,
         question=_text(obj, "question", required=True, allow_empty=False, max_chars=max_chars),
         thinking=_text(obj, "thinking", required=True, allow_empty=True, max_chars=max_chars),
         answer=_text(obj, "answer", required=True, allow_empty=False, max_chars=max_chars),
         image=image,
-        split=_choice(obj, "split", SPLITS, "train"),
+        split=_choice(obj, "split", SPLITS, defaults.split or "train"),
         category=_choice(obj, "category", CATEGORIES, "other"),
         input_variant=_choice(obj, "input_variant", VARIANTS, "other" if image else "text_only"),
-        **{  # type: ignore[arg-type]
-            key: _text(obj, key, required=False, allow_empty=True, max_chars=n)
-            for key, n in _SHORT_FIELDS.items()
-        },
+        **_short_fields(obj, defaults),  # type: ignore[arg-type]
     )
     provenance = obj.get("provenance")
     if provenance is not None:
@@ -232,23 +288,25 @@ def record_from_dict(obj: Any, line: int, *, max_chars: int) -> SampleRecord:
     return record
 
 
-def _guardtrace_record(obj: Any, line: int, *, max_chars: int, source: str) -> SampleRecord:
+def _guardtrace_record(
+    obj: Any, line: int, *, max_chars: int, source: str, defaults: FileDefaults = NO_DEFAULTS
+) -> SampleRecord:
     if not isinstance(obj, dict):
         raise _Invalid("", f"expected a JSON object, got {type(obj).__name__}")
-    image = obj.get("image_name")
-    if image is not None and (not isinstance(image, str) or not image.strip()):
-        raise _Invalid("image_name", "expected a relative path string or null")
+    image = _image_path(obj, "image_name" if "image_name" in obj else "image")
     record = SampleRecord(
         line=line,
         question=_text(obj, "question", required=True, allow_empty=False, max_chars=max_chars),
         thinking=_text(obj, "thinking", required=True, allow_empty=True, max_chars=max_chars),
         answer=_text(obj, "response", required=True, allow_empty=False, max_chars=max_chars),
-        image=image or None,
-        split=_choice(obj, "split", SPLITS, "train"),
+        image=image,
+        split=_choice(obj, "split", SPLITS, defaults.split or "train"),
         category=_choice(obj, "category", CATEGORIES, "other"),
         input_variant="other" if image else "text_only",
-        subset=_text(obj, "subset", required=False, allow_empty=True, max_chars=64),
-        source_dataset="GuardTrace-VL",
+        subset=_text(obj, "subset", required=False, allow_empty=True, max_chars=64) or defaults.subset,
+        source_dataset=_text(obj, "source_dataset", required=False, allow_empty=True, max_chars=100)
+        or defaults.source_dataset
+        or "GuardTrace-VL",
         external_id=str(obj.get("id", "") or "")[:200],
     )
     result = obj.get("evaluation_result")
@@ -293,10 +351,18 @@ def jsonl_objects(text: str, name: str) -> Iterator[tuple[int, Any, RecordError 
 def json_list_objects(text: str, name: str) -> Iterator[tuple[int, Any, RecordError | None]]:
     """Elements of a top-level JSON list, each with the line it starts on."""
     decoder = json.JSONDecoder()
+    # Lines are counted from where the last count stopped: counting from the start each time is quadratic.
+    counted_to, line = 0, 1
+
+    def line_at(position: int) -> int:
+        nonlocal counted_to, line
+        line += text.count("\n", counted_to, position)
+        counted_to = position
+        return line
+
     index = len(text) - len(text.lstrip())
     if not text.startswith("[", index):
-        line = text.count("\n", 0, index) + 1
-        yield line, None, RecordError(name, line, "", "expected a JSON list of objects")
+        yield line_at(index), None, RecordError(name, line_at(index), "", "expected a JSON list of objects")
         return
     index += 1
     while True:
@@ -304,7 +370,7 @@ def json_list_objects(text: str, name: str) -> Iterator[tuple[int, Any, RecordEr
             index += 1
         if text.startswith("]", index):
             return
-        line = text.count("\n", 0, index) + 1
+        start = line_at(index)
         try:
             obj, index = decoder.raw_decode(text, index)
         except json.JSONDecodeError as exc:
@@ -314,17 +380,16 @@ def json_list_objects(text: str, name: str) -> Iterator[tuple[int, Any, RecordEr
                 RecordError(name, exc.lineno, "", f"malformed JSON: {exc.msg} at column {exc.colno}"),
             )
             return
-        yield line, obj, None
+        yield start, obj, None
         while index < len(text) and text[index] in " \t\r\n":
             index += 1
         if text.startswith(",", index):
             index += 1
         elif not text.startswith("]", index):
-            line = text.count("\n", 0, index) + 1
             yield (
-                line,
+                line_at(index),
                 None,
-                RecordError(name, line, "", "malformed JSON: expected ',' or ']' between objects"),
+                RecordError(name, line_at(index), "", "malformed JSON: expected ',' or ']' between objects"),
             )
             return
 
@@ -339,9 +404,16 @@ def decode_utf8(data: bytes, name: str) -> str | RecordError:
 
 
 def parse_records(
-    data: bytes, *, name: str, fmt: str, max_chars: int, label_source: str = "guardtrace-vl"
+    data: bytes,
+    *,
+    name: str,
+    fmt: str,
+    max_chars: int,
+    label_source: str = "guardtrace-vl",
+    defaults: FileDefaults = NO_DEFAULTS,
 ) -> Iterator[SampleRecord | RecordError]:
-    """Each sample in the file as a SampleRecord, or a RecordError saying what is wrong and where."""
+    """Each sample in the file as a SampleRecord, or a RecordError saying what is wrong and where; `defaults` fill
+    the split, subset and source dataset of rows that give none."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     text = decode_utf8(data, name)
@@ -355,9 +427,11 @@ def parse_records(
             continue
         try:
             if fmt == "jsonl":
-                yield record_from_dict(obj, line, max_chars=max_chars)
+                yield record_from_dict(obj, line, max_chars=max_chars, defaults=defaults)
             else:
-                yield _guardtrace_record(obj, line, max_chars=max_chars, source=label_source)
+                yield _guardtrace_record(
+                    obj, line, max_chars=max_chars, source=label_source, defaults=defaults
+                )
         except _Invalid as exc:
             yield RecordError(name, line, exc.field, exc.reason)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -51,6 +52,46 @@ def safe_relative_path(raw: str) -> PurePosixPath:
     return path
 
 
+# Folders an archiver adds beside the images (macOS zip's resource forks): never images, never a top folder.
+_JUNK_FOLDERS = {"__MACOSX"}
+
+
+class _Index:
+    """Where a relative path given by a data file is, among an archive's or a folder's files.
+
+    In order: the path itself; the path under the single top folder (`zip -r images.zip images` stores
+    `images/x.png`); the path with its leading folders dropped, at the top or under that folder (`sft_images/x.png`
+    given with the folder `sft_images` itself or a zip of its contents); else the one file anywhere with that base
+    name. Two files with the base name and no better match is an error naming both."""
+
+    def __init__(self, entries: list[str], where: str) -> None:
+        self.entries = set(entries)
+        self.where = where
+        tops = {entry.split("/", 1)[0] if "/" in entry else "" for entry in entries}
+        self.top = tops.pop() if len(tops) == 1 and "" not in tops else ""
+        self.by_name: dict[str, list[str]] = {}
+        for entry in sorted(entries):
+            self.by_name.setdefault(PurePosixPath(entry).name, []).append(entry)
+
+    def find(self, path: PurePosixPath, relative: str) -> str:
+        parts = path.parts
+        for start in range(len(parts)):
+            tail = "/".join(parts[start:])
+            for candidate in (tail, f"{self.top}/{tail}" if self.top else ""):
+                if candidate in self.entries:
+                    return candidate
+        found = self.by_name.get(path.name, [])
+        if len(found) == 1:
+            return found[0]
+        if found:
+            others = f" (and {len(found) - 2} more)" if len(found) > 2 else ""
+            raise ImageRejected(
+                f"image {relative!r} is ambiguous: {self.where} holds both {found[0]!r} and {found[1]!r}{others}; "
+                "give the path inside it"
+            )
+        raise ImageRejected(f"image {relative!r} not found in {self.where}")
+
+
 class ImageSource:
     """Where an import's relative image paths are looked up."""
 
@@ -64,9 +105,27 @@ class ImageSource:
 class DirectoryImageSource(ImageSource):
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+        self._index: _Index | None = None
+
+    def _locate(self, relative: str) -> Path:
+        clean = safe_relative_path(relative)
+        if not (self.root / clean).is_file():
+            if self._index is None:
+                self._index = _Index(self._walk(), f"folder {self.root}")
+            clean = PurePosixPath(self._index.find(clean, relative))
+        return self.root / clean
+
+    def _walk(self) -> list[str]:
+        # Only when a path is not where the file says: hidden folders (.git, .venv) and archivers' junk skipped.
+        files: list[str] = []
+        for folder, dirs, names in os.walk(self.root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _JUNK_FOLDERS)
+            base = PurePosixPath(Path(folder).relative_to(self.root).as_posix())
+            files.extend(str(base / name) for name in names if not name.startswith("."))
+        return files
 
     def read(self, relative: str, *, max_bytes: int) -> bytes:
-        path = (self.root / safe_relative_path(relative)).resolve()
+        path = self._locate(relative).resolve()
         # A symlink inside the folder may still point outside it.
         if not path.is_relative_to(self.root):
             raise ImageRejected(f"image path {relative!r} resolves outside the images folder")
@@ -96,13 +155,13 @@ class ZipImageSource(ImageSource):
                 raise ArchiveRejected(
                     f"{self.name}: entry {info.filename!r} escapes the archive folder ({exc})"
                 ) from None
-            self.entries[str(clean)] = info
+            if clean.parts[0] not in _JUNK_FOLDERS:
+                self.entries[str(clean)] = info
+        self._index = _Index(list(self.entries), f"archive {self.name}")
 
     def read(self, relative: str, *, max_bytes: int) -> bytes:
-        key = str(safe_relative_path(relative))
-        info = self.entries.get(key)
-        if info is None:
-            raise ImageRejected(f"image {relative!r} not found in archive {self.name}")
+        clean = safe_relative_path(relative)
+        info = self.entries.get(str(clean)) or self.entries[self._index.find(clean, relative)]
         if info.file_size > max_bytes:
             raise ImageRejected(
                 f"image {relative!r} is {info.file_size:,} bytes, over the {max_bytes:,}-byte limit"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -355,7 +357,7 @@ class ReviewDecision(models.Model):
 
 
 class ImportJob(models.Model):
-    """An import submitted through the API, run by a Celery worker."""
+    """An import submitted through the API or the admin, run by a Celery worker."""
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -365,8 +367,15 @@ class ImportJob(models.Model):
 
     data_file = models.FileField(upload_to="imports/")
     images_archive = models.FileField(upload_to="imports/", blank=True)
+    # The names the files had on the user's machine: errors name those, never the stored upload's.
+    original_name = models.CharField(max_length=255, blank=True)
+    images_original_name = models.CharField(max_length=255, blank=True)
     format = models.CharField(max_length=16)
     skip_invalid = models.BooleanField(default=False)
+    # For every row that gives none of its own.
+    split = models.CharField(max_length=8, blank=True)
+    subset = models.CharField(max_length=64, blank=True)
+    source_dataset = models.CharField(max_length=100, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     created = models.PositiveIntegerField(default=0)
     duplicates = models.PositiveIntegerField(default=0)
@@ -377,6 +386,13 @@ class ImportJob(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Import #{self.pk} of {self.file_name}"
+
+    @property
+    def file_name(self) -> str:
+        return self.original_name or Path(self.data_file.name or "upload").name
 
 
 class AuditEvent(models.Model):

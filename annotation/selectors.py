@@ -315,11 +315,17 @@ def clean_disagreement_filters(params) -> dict[str, str]:
 
 
 def disagreements(*, guard_name: str, filters: dict[str, str]) -> QuerySet[Label]:
-    """The guard's valid labels that differ from the sample's training label (jury majority or experts)."""
+    """The guard's valid labels, asked with its current template, that differ from the sample's training label
+    (jury majority or experts)."""
+    from guardmodel.models import GuardCheckpoint
+
+    asked_with = (
+        GuardCheckpoint.objects.filter(name=guard_name).values_list("prompt_version", flat=True).first()
+    )
     labels = Label.objects.filter(
         source_kind=Label.SourceKind.GUARD,
         source_name=guard_name,
-        prompt_version=PROMPT_VERSION,
+        prompt_version=asked_with or PROMPT_VERSION,
         status=Label.Status.VALID,
         sample__final_label__isnull=False,
     ).exclude(judgment=F("sample__final_label"))

@@ -17,7 +17,14 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from annotation.formats import RecordError, SampleRecord, parse_records
+from annotation.formats import (
+    NO_DEFAULTS,
+    FileDefaults,
+    RecordError,
+    SampleRecord,
+    file_defaults,
+    parse_records,
+)
 from annotation.images import (
     ArchiveRejected,
     ImageInfo,
@@ -153,16 +160,21 @@ def samples_import(
     skip_invalid: bool = False,
     user=None,
     progress: Progress | None = None,
+    defaults: FileDefaults = NO_DEFAULTS,
 ) -> ImportReport:
     """Validate the whole file, then store it in one transaction.
 
     With errors and `skip_invalid` off, raises ImportRejected and stores nothing. Samples already stored (same
-    content hash) are reported as duplicates and not stored again.
+    content hash) are reported as duplicates and not stored again. `name` is the file as the user knows it (errors
+    name it); `defaults` (from `formats.file_defaults`) fill the split, subset and source of rows that give none.
     """
     tick = progress or (lambda n: None)
     errors: list[RecordError] = []
     records: list[SampleRecord] = []
-    for item in parse_records(data, name=name, fmt=fmt, max_chars=settings.GUARDTRACE_MAX_TEXT_CHARS):
+    parsed = parse_records(
+        data, name=name, fmt=fmt, max_chars=settings.GUARDTRACE_MAX_TEXT_CHARS, defaults=defaults
+    )
+    for item in parsed:
         if isinstance(item, RecordError):
             errors.append(item)
             tick(1)
@@ -505,19 +517,43 @@ def samples_export(*, samples, out_dir: Path, user=None, progress: Progress | No
     return count
 
 
-def import_job_create(*, data_file, images_archive=None, fmt: str, skip_invalid: bool, user) -> ImportJob:
-    """Store the uploaded files and queue the import on the worker once the row is committed."""
+def import_job_create(
+    *,
+    data_file,
+    images_archive=None,
+    fmt: str,
+    skip_invalid: bool,
+    user,
+    split: str = "",
+    subset: str = "",
+    source_dataset: str = "",
+) -> ImportJob:
+    """Store the uploaded files and queue the import on the worker once the row is committed.
+
+    The uploads' own names are kept for the errors; the file-wide split, subset and source dataset are checked here
+    (DefaultsRejected names the field)."""
     from annotation.tasks import import_job_run_task
 
+    defaults = file_defaults(split=split, subset=subset, source_dataset=source_dataset)
     job = ImportJob.objects.create(
         data_file=data_file,
         images_archive=images_archive or "",
+        original_name=_upload_name(data_file),
+        images_original_name=_upload_name(images_archive) if images_archive else "",
         format=fmt,
         skip_invalid=skip_invalid,
+        split=defaults.split,
+        subset=defaults.subset,
+        source_dataset=defaults.source_dataset,
         created_by=user,
     )
     transaction.on_commit(lambda: import_job_run_task.delay(job.pk))
     return job
+
+
+def _upload_name(upload) -> str:
+    # An upload's name is what the browser sent: keep its last part, as Django's storage would.
+    return Path(str(getattr(upload, "name", "") or "").replace("\\", "/")).name[:255]
 
 
 def import_job_run(*, job_id: int) -> bool:
@@ -529,19 +565,23 @@ def import_job_run(*, job_id: int) -> bool:
         return False
     job = ImportJob.objects.get(pk=job_id)
     images: ImageSource | None = None
+    archive: IO[bytes] | None = None
     try:
         if job.images_archive:
             archive = cast(IO[bytes], job.images_archive.open("rb"))
-            images = ZipImageSource(archive, name=Path(job.images_archive.name or "images.zip").name)
+            images = ZipImageSource(
+                archive, name=job.images_original_name or Path(job.images_archive.name or "images.zip").name
+            )
         with job.data_file.open("rb") as handle:
             data = handle.read()
         report = samples_import(
             data=data,
-            name=Path(job.data_file.name or "upload").name,
+            name=job.file_name,
             fmt=job.format,
             images=images,
             skip_invalid=job.skip_invalid,
             user=job.created_by,
+            defaults=FileDefaults(split=job.split, subset=job.subset, source_dataset=job.source_dataset),
         )
     except ImportRejected as exc:
         job.status, job.errors = ImportJob.Status.FAILED, [str(e) for e in exc.errors]
@@ -558,6 +598,8 @@ def import_job_run(*, job_id: int) -> bool:
     finally:
         if images is not None:
             images.close()
+        if archive is not None:
+            archive.close()
     job.finished_at = timezone.now()
     job.save(update_fields=["status", "created", "duplicates", "errors", "finished_at"])
     return True

@@ -7,5 +7,5 @@ from annotation import services
 
 @shared_task(acks_late=True, soft_time_limit=3300, time_limit=3600)
 def import_job_run_task(job_id: int) -> bool:
-    """Run one API import; a second delivery of the same message finds the job claimed and does nothing."""
+    """Run one import job (API or admin upload); a second delivery of the same message finds the job claimed and does nothing."""
     return services.import_job_run(job_id=job_id)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.db.models import QuerySet
@@ -8,18 +9,155 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from annotation.models import Sample
+from annotation.roles import is_admin
 from guardmodel import services
 from guardmodel.loading import CheckpointError, check_checkpoint_dir, is_local
-from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob
+from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob, PromptTemplate
+from guardmodel.prompts import TemplateError, prompt_template_check, prompt_template_create, version_choices
+from guardmodel.protocol import RELEASE_GENERATION
+from guardmodel.views import readings
+
+
+class PromptTemplateForm(forms.ModelForm):
+    """A template from an uploaded system-prompt file (or pasted text); stored through the service, immutable."""
+
+    system_prompt_file = forms.FileField(
+        required=False,
+        help_text="A UTF-8 text file, for example your copy of a released guard's prompt file.",
+    )
+    system_prompt = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 12}),
+        help_text="Or paste the system prompt here.",
+    )
+
+    class Meta:
+        model = PromptTemplate
+        fields = ["name", "variant", "layout", "system_prompt"]
+
+    def clean(self):
+        data = super().clean()
+        upload = data.get("system_prompt_file")
+        if upload is not None and upload.size > 400_000:
+            raise forms.ValidationError({"system_prompt_file": f"{upload.name}: over 400 kB"})
+        text = upload.read() if upload is not None else data.get("system_prompt", "")
+        if not text:
+            raise forms.ValidationError({"system_prompt": "upload a file or paste the system prompt"})
+        try:
+            prompt_template_check(
+                name=data.get("name", ""),
+                system_prompt=text,
+                variant=data.get("variant", "qta"),
+                layout=data.get("layout", "tagged"),
+                source_file=upload.name if upload else "",
+            )
+        except TemplateError as exc:
+            field = "system_prompt_file" if upload is not None and exc.field == "system_prompt" else exc.field
+            raise forms.ValidationError({field if field in self.fields else None: str(exc)}) from None
+        data["system_prompt_text"] = text
+        return data
+
+
+@admin.register(PromptTemplate)
+class PromptTemplateAdmin(admin.ModelAdmin):
+    form = PromptTemplateForm
+    list_display = ["version", "layout", "variant", "source_file", "created_by", "created_at"]
+    readonly_fields = ["version", "content_hash", "source_file", "created_by", "created_at"]
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["name", "variant", "layout", "system_prompt_file", "system_prompt"]
+        return ["version", "name", "variant", "layout", "system_prompt", "source_file", "content_hash",
+                "created_by", "created_at"]  # fmt: skip
+
+    def has_add_permission(self, request) -> bool:
+        return super().has_add_permission(request) and is_admin(request.user)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # A version names its content: a change would be a new template.
+        return False if obj is not None else super().has_change_permission(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        upload = data.get("system_prompt_file")
+        form.instance = prompt_template_create(
+            name=data["name"],
+            system_prompt=data["system_prompt_text"],
+            variant=data["variant"],
+            layout=data["layout"],
+            source_file=upload.name if upload else "",
+            user=request.user,
+        )
+        obj.pk = form.instance.pk
+
+    def save_related(self, request, form, formsets, change):
+        pass  # no relations; the service stored the row
+
+    def delete_model(self, request, obj):
+        if in_use := _template_users(obj.version):
+            self.message_user(request, f"{obj} is in use by {in_use}: not deleted.", messages.ERROR)
+            return
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            self.delete_model(request, obj)
+
+
+def _template_users(version: str) -> str:
+    from jury.models import Juror
+
+    names = [f"checkpoint {c}" for c in GuardCheckpoint.objects.filter(prompt_version=version)]
+    names += [f"juror {j}" for j in Juror.objects.filter(prompt_version=version)]
+    return ", ".join(names)
+
+
+class GuardCheckpointForm(forms.ModelForm):
+    prompt_version = forms.ChoiceField(
+        label="Prompt template",
+        help_text="How it is asked; its labels carry this version (Admin → Prompt templates).",
+    )
+    preset = forms.ChoiceField(
+        required=False,
+        choices=[
+            ("", "as set below"),
+            ("release", "GuardTrace-VL release: greedy, 2,000 new tokens, 8,192 input"),
+        ],
+        help_text="Fills the generation settings.",
+    )
+
+    class Meta:
+        model = GuardCheckpoint
+        fields = "__all__"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["prompt_version"].choices = version_choices()
+
+    def clean(self):
+        data = super().clean()
+        if data.get("preset") == "release":
+            data.update(RELEASE_GENERATION)
+            for name, value in RELEASE_GENERATION.items():
+                setattr(self.instance, name, value)
+        return data
 
 
 @admin.register(GuardCheckpoint)
 class GuardCheckpointAdmin(admin.ModelAdmin):
-    list_display = ["name", "is_active", "path", "endpoint", "base_model", "produced_by", "created_at"]
+    form = GuardCheckpointForm
+    list_display = [
+        "name", "is_active", "path", "endpoint", "prompt_version", "base_model", "produced_by", "created_at"
+    ]  # fmt: skip
     list_filter = ["is_active"]
     raw_id_fields = ["produced_by"]
     readonly_fields = ["is_active"]
     actions = ["make_active", "judge_test_subsets"]
+    fieldsets = [
+        (None, {"fields": ["name", "path", "endpoint", "served_model", "api_key_env", "base_model", "produced_by",
+                           "is_active"]}),
+        ("How it is asked", {"fields": ["prompt_version", "preset", "max_new_tokens", "max_input_tokens", "greedy"]}),
+    ]  # fmt: skip
 
     def save_model(self, request, obj, form, change):
         if obj.path and is_local(obj.path):
@@ -132,7 +270,6 @@ class EvaluationAdmin(admin.ModelAdmin):
     def subset_list(self, evaluation: Evaluation) -> str:
         return ", ".join(evaluation.subsets)
 
-    @admin.display(description="average F1")
+    @admin.display(description="average F1 (headline · other reading)")
     def average_f1(self, evaluation: Evaluation) -> str:
-        value = evaluation.metrics.get("average", {}).get("f1")
-        return "—" if value is None else f"{100 * value:.1f}"
+        return " · ".join(f"{r['f1']} ({r['label']})" for r in readings(evaluation))

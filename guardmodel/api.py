@@ -17,7 +17,6 @@ from annotation.permissions import CanAudit
 from guardmodel import services
 from guardmodel.engine import AuditInput, ImageError, decode_image
 from guardmodel.loading import CheckpointError
-from guardmodel.protocol import PROMPT_VERSION
 
 
 class ImageField(serializers.Field):
@@ -137,7 +136,7 @@ class AuditApi(APIView):
                 "analysis": verdict.analysis,
                 "error": verdict.error,
                 "checkpoint": checkpoint.name,
-                "prompt_version": PROMPT_VERSION,
+                "prompt_version": checkpoint.prompt_version,
                 "latency_ms": round(verdict.latency_ms, 1),
                 "truncated_tokens": verdict.truncated_tokens,
             }

@@ -23,7 +23,6 @@ from guardmodel import protocol
 log = logging.getLogger(__name__)
 
 Status = Literal["valid", "invalid", "failed"]
-TRUNCATION_MARK = "\n[… {n} tokens of reasoning removed …]\n"
 
 
 @dataclass(frozen=True)
@@ -121,7 +120,13 @@ class EngineOptions:
     max_image_pixels: int = 50_000_000  # refuse to decode beyond this
     device: str | None = None
     dtype: str | None = None
-    variant: protocol.Variant = "qta"
+    variant: protocol.Variant = "qta"  # the built-in template of this variant, unless `template` is given
+    template: protocol.Template | None = None
+    greedy: bool = True  # False: sample (temperature 1), as some served guards are run
+
+    @property
+    def prompt(self) -> protocol.Template:
+        return self.template or protocol.builtin_template(self.variant)
 
 
 @dataclass
@@ -162,10 +167,9 @@ class TransformersGuard:
 
     # -- prompt building ---------------------------------------------------------------------------------------
     def _render(self, item: AuditInput, thinking: str, has_image: bool, followup: str | None = None) -> str:
-        messages = protocol.build_messages(
-            question=item.question, thinking=thinking, answer=item.answer, has_image=has_image,
-            variant=self.options.variant,
-        )  # fmt: skip
+        messages = self.options.prompt.messages(
+            question=item.question, thinking=thinking, answer=item.answer, has_image=has_image
+        )
         if followup is not None:
             messages = protocol.reask_messages(messages, followup)
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -181,35 +185,30 @@ class TransformersGuard:
         return placeholders - 1 + expanded["num_image_tokens"][0]  # the one placeholder becomes that many
 
     def _prepare(self, index: int, item: AuditInput, followup: str | None = None) -> _Prepared:
+        # The one truncation policy, shared with the training rounds (imported here: this edit stays in _prepare).
+        from guardmodel.budget import fit_reasoning
+
         image = None
         if item.image is not None:
             image = decode_image(item.image, max_pixels=self.options.max_image_pixels)
-        text = self._render(item, item.thinking, image is not None, followup)
+        has_image = image is not None
+        text = self._render(item, item.thinking, has_image, followup)
         length = self._count(text, image)
         truncated = 0
         if length > self.max_input_tokens:
-            ids = self.tokenizer(item.thinking, add_special_tokens=False)["input_ids"]
-            overflow = length - self.max_input_tokens
-            # Cut a little more than the overflow: the marker costs tokens and re-tokenizing shifts boundaries.
-            cut = min(len(ids), overflow + 16)
-            while True:
-                keep_head = (len(ids) - cut) // 2
-                keep_tail = len(ids) - cut - keep_head
-                thinking = (
-                    self.tokenizer.decode(ids[:keep_head])
-                    + TRUNCATION_MARK.format(n=cut)
-                    + (self.tokenizer.decode(ids[len(ids) - keep_tail :]) if keep_tail else "")
-                )
-                text = self._render(item, thinking, image is not None, followup)
-                length = self._count(text, image)
-                if length <= self.max_input_tokens or cut >= len(ids):
-                    break
-                cut = min(len(ids), cut + (length - self.max_input_tokens) + 16)
-            truncated = cut
-            if length > self.max_input_tokens:
-                raise ValueError(
-                    f"prompt needs {length} tokens without any reasoning; the limit is {self.max_input_tokens}"
-                )
+
+            def measure(thinking: str) -> int:
+                return self._count(self._render(item, thinking, has_image, followup), image)
+
+            fitted = fit_reasoning(
+                item.thinking,
+                limit=self.max_input_tokens,
+                measure=measure,
+                tokenizer=self.tokenizer,
+                tokens=length,
+            )
+            text = self._render(item, fitted.thinking, has_image, followup)
+            length, truncated = fitted.tokens, fitted.removed
         return _Prepared(index, text, image, length, truncated)
 
     # -- generation --------------------------------------------------------------------------------------------
@@ -224,7 +223,7 @@ class TransformersGuard:
             output = self.model.generate(
                 **inputs,
                 max_new_tokens=self.options.max_new_tokens,
-                do_sample=False,
+                do_sample=not self.options.greedy,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
         new = output[:, inputs["input_ids"].shape[1] :]
@@ -306,7 +305,7 @@ class TransformersGuard:
                 per_item = (time.perf_counter() - started) * 1000 / len(batch)
                 for p, (text, generated) in zip(batch, outputs, strict=True):
                     verdicts[p.index] = Verdict.from_output(
-                        text, variant=self.options.variant, latency_ms=per_item, prompt_tokens=p.prompt_tokens,
+                        text, variant=self.options.prompt.variant, latency_ms=per_item, prompt_tokens=p.prompt_tokens,
                         completion_tokens=generated, truncated_tokens=p.truncated,
                     )  # fmt: skip
             start += len(batch)
@@ -326,12 +325,11 @@ def image_data_url(data: bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def openai_messages(item: AuditInput, variant: protocol.Variant = "qta") -> list[dict]:
-    """The protocol's messages in the OpenAI chat format, the image as a base64 data URL."""
-    messages = protocol.build_messages(
-        question=item.question, thinking=item.thinking, answer=item.answer, has_image=item.image is not None,
-        variant=variant,
-    )  # fmt: skip
+def openai_messages(item: AuditInput, template: protocol.Template = protocol.QTA_TEMPLATE) -> list[dict]:
+    """The template's messages in the OpenAI chat format, the image as a base64 data URL."""
+    messages = template.messages(
+        question=item.question, thinking=item.thinking, answer=item.answer, has_image=item.image is not None
+    )
     converted = []
     for message in messages:
         parts = []
@@ -411,6 +409,8 @@ class OpenAIGuard:
         max_tokens: int = 512,
         retry: RetryPolicy | None = None,
         variant: protocol.Variant = "qta",
+        template: protocol.Template | None = None,
+        greedy: bool = True,
         reask: bool = False,
     ):
         import openai
@@ -420,7 +420,9 @@ class OpenAIGuard:
         self.max_tokens = max_tokens
         self.max_concurrency = max(1, max_concurrency)
         self.retry = retry or RetryPolicy()
-        self.variant: protocol.Variant = variant
+        self.template = template or protocol.builtin_template(variant)
+        self.variant: protocol.Variant = self.template.variant
+        self.greedy = greedy
         self.reask = reask  # re-ask once with the format reminder when the output cannot be read
         # The client's own retries are off: ours log each attempt and end in a failed verdict, not an exception.
         self.client = openai.OpenAI(
@@ -428,13 +430,18 @@ class OpenAIGuard:
         )
 
     def _request(self, messages: list[dict], log_: list[dict]) -> Any:
-        body = {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": self.max_tokens}
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": 0 if self.greedy else 1.0,
+            "max_tokens": self.max_tokens,
+        }
         return post_chat(self.client, body, self.retry, log_, self.name)
 
     def judge_one(self, item: AuditInput) -> Verdict:
         """One sample: retried calls, then (with `reask`) one re-ask with the format reminder if unreadable."""
         try:
-            messages = openai_messages(item, self.variant)
+            messages = openai_messages(item, self.template)
         except Exception as exc:
             return Verdict(status="failed", error=f"image could not be decoded ({exc})", attempts=0)
         started = time.perf_counter()

@@ -22,6 +22,37 @@ def validate_base_url(value: str) -> None:
         )
 
 
+class PromptTemplate(models.Model):
+    """A prompt a user supplied (for example their copy of a released guard's prompt file): immutable, versioned by
+    name and content hash. Checkpoints, jurors and the oracle name the template they are asked with by version."""
+
+    class Layout(models.TextChoices):
+        TAGGED = "tagged", "Tagged <question> / <reasoning> / <answer> (this app's layout)"
+        RELEASE = "release", "GuardTrace-VL release: Current Task Query / Thinking / Cleaned Response"
+
+    class Variant(models.TextChoices):
+        QTA = "qta", "Question, reasoning and answer (levels 0 / 0.5 / 1)"
+        QA = "qa", "Question and answer only (levels 0 / 1)"
+
+    name = models.CharField(max_length=19, help_text="Lower-case letters, digits, '_' or '.'.")
+    version = models.CharField(
+        max_length=32, unique=True, help_text="<name>-<first 12 hex digits of the hash>."
+    )
+    content_hash = models.CharField(max_length=64)
+    variant = models.CharField(max_length=3, choices=Variant.choices, default=Variant.QTA)
+    layout = models.CharField(max_length=8, choices=Layout.choices, default=Layout.TAGGED)
+    system_prompt = models.TextField()
+    source_file = models.CharField(max_length=255, blank=True, help_text="The file it was read from.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "-created_at"]
+
+    def __str__(self) -> str:
+        return self.version
+
+
 class GuardCheckpoint(models.Model):
     """A guard model the app can run: a local checkpoint directory or an OpenAI-compatible endpoint."""
 
@@ -40,6 +71,18 @@ class GuardCheckpoint(models.Model):
         max_length=100, blank=True, help_text="Environment variable holding the endpoint's API key."
     )
     base_model = models.CharField(max_length=255, blank=True)
+    prompt_version = models.CharField(
+        max_length=32, default="qta-v1",
+        help_text="The prompt template it is asked with (qta-v1, qa-v1 or a template's version); its labels carry it.",
+    )  # fmt: skip
+    max_new_tokens = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Longest output generated; empty: the app's default."
+    )
+    max_input_tokens = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Input budget in tokens: longer inputs lose the middle of the reasoning; empty: the model's context.",
+    )  # fmt: skip
+    greedy = models.BooleanField(default=True, help_text="Greedy decoding (temperature 0).")
     produced_by = models.ForeignKey(
         "training.TrainingRun",
         null=True,

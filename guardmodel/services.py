@@ -22,6 +22,7 @@ from guardmodel import metrics
 from guardmodel.engine import AuditInput, EngineOptions, Guard, OpenAIGuard, TransformersGuard, Verdict
 from guardmodel.loading import CheckpointError, check_checkpoint_dir, is_local
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob, validate_base_url
+from guardmodel.prompts import TemplateError, template_for
 from guardmodel.protocol import PROMPT_VERSION
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,33 @@ class EvaluationError(ValueError):
 
 
 def checkpoint_register(
-    *, name: str, path: str = "", endpoint: str = "", base_model: str = "", served_model: str = "",
-    api_key_env: str = "", produced_by=None, activate: bool = False,
-) -> GuardCheckpoint:  # fmt: skip
-    """Register a checkpoint; a local directory is checked first so a bad path fails here, naming the missing file."""
+    *,
+    name: str,
+    path: str = "",
+    endpoint: str = "",
+    base_model: str = "",
+    served_model: str = "",
+    api_key_env: str = "",
+    produced_by=None,
+    activate: bool = False,
+    prompt_version: str = PROMPT_VERSION,
+    max_new_tokens: int | None = None,
+    max_input_tokens: int | None = None,
+    greedy: bool = True,
+) -> GuardCheckpoint:
+    """Register a checkpoint; a local directory is checked first so a bad path fails here, naming the missing file.
+
+    `prompt_version` names the template it is asked with (built-in or stored); the generation settings default to
+    the app's (GUARDTRACE_GUARD_MAX_NEW_TOKENS, the model's context)."""
     if not path and not endpoint:
         raise CheckpointError("a checkpoint needs a path or an endpoint")
+    try:
+        template_for(prompt_version)
+    except TemplateError as exc:
+        raise CheckpointError(str(exc)) from None
+    for field_name, value in (("max_new_tokens", max_new_tokens), ("max_input_tokens", max_input_tokens)):
+        if value is not None and not 1 <= value <= 1_000_000:
+            raise CheckpointError(f"{field_name}: {value} is not between 1 and 1,000,000")
     if endpoint:
         try:
             validate_base_url(endpoint)
@@ -53,7 +75,8 @@ def checkpoint_register(
     with transaction.atomic():
         checkpoint = GuardCheckpoint.objects.create(
             name=name, path=path, endpoint=endpoint, base_model=base_model, served_model=served_model,
-            api_key_env=api_key_env, produced_by=produced_by,
+            api_key_env=api_key_env, produced_by=produced_by, prompt_version=prompt_version,
+            max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens, greedy=greedy,
         )  # fmt: skip
         if activate:
             checkpoint_activate(checkpoint)
@@ -67,8 +90,9 @@ def checkpoint_activate(checkpoint: GuardCheckpoint) -> None:
     checkpoint.is_active = True
 
 
-def engine_options() -> EngineOptions:
-    return EngineOptions(
+def engine_options(checkpoint: GuardCheckpoint | None = None) -> EngineOptions:
+    """The engine's settings: the app's, overridden by a checkpoint's template and generation settings."""
+    options = EngineOptions(
         max_new_tokens=settings.GUARDTRACE_GUARD_MAX_NEW_TOKENS,
         batch_size=settings.GUARDTRACE_GUARD_BATCH_SIZE,
         max_pixels=settings.GUARDTRACE_GUARD_MAX_PIXELS,
@@ -76,6 +100,12 @@ def engine_options() -> EngineOptions:
         device=settings.GUARDTRACE_GUARD_DEVICE,
         dtype=settings.GUARDTRACE_GUARD_DTYPE,
     )
+    if checkpoint is not None:
+        options.template = template_for(checkpoint.prompt_version)
+        options.max_new_tokens = checkpoint.max_new_tokens or options.max_new_tokens
+        options.max_input_tokens = checkpoint.max_input_tokens or options.max_input_tokens
+        options.greedy = checkpoint.greedy
+    return options
 
 
 _backends: dict[tuple, Guard] = {}
@@ -84,10 +114,14 @@ _backends_lock = threading.Lock()
 
 def backend_for(checkpoint: GuardCheckpoint) -> Guard:
     """The checkpoint's backend, kept loaded in this process (one local model at a time: memory)."""
-    key = (checkpoint.pk, checkpoint.path, checkpoint.endpoint, checkpoint.served_model)
+    key = (
+        checkpoint.pk, checkpoint.path, checkpoint.endpoint, checkpoint.served_model, checkpoint.prompt_version,
+        checkpoint.max_new_tokens, checkpoint.max_input_tokens, checkpoint.greedy,
+    )  # fmt: skip
     with _backends_lock:
         if key in _backends:
             return _backends[key]
+        options = engine_options(checkpoint)
         if checkpoint.endpoint:
             backend: Guard = OpenAIGuard(
                 checkpoint.endpoint,
@@ -95,12 +129,14 @@ def backend_for(checkpoint: GuardCheckpoint) -> Guard:
                 name=checkpoint.name,
                 api_key=os.environ.get(checkpoint.api_key_env) if checkpoint.api_key_env else None,
                 max_concurrency=settings.GUARDTRACE_GUARD_ENDPOINT_CONCURRENCY,
-                max_tokens=settings.GUARDTRACE_GUARD_MAX_NEW_TOKENS,
+                max_tokens=options.max_new_tokens,
+                template=options.template,
+                greedy=options.greedy,
             )
         else:
             for old in [k for k in _backends if not k[2]]:
                 del _backends[old]
-            backend = TransformersGuard(checkpoint.path, engine_options(), name=checkpoint.name)
+            backend = TransformersGuard(checkpoint.path, options, name=checkpoint.name)
         _backends[key] = backend
         return backend
 
@@ -156,7 +192,7 @@ def guard_job_create(
     ids = sorted(set(sample_ids))
     job = GuardJob.objects.create(
         checkpoint=checkpoint,
-        prompt_version=PROMPT_VERSION,
+        prompt_version=checkpoint.prompt_version,
         sample_ids=ids,
         total=len(ids),
         evaluate_subsets=evaluate_subsets or [],
@@ -307,9 +343,19 @@ def _predictions(sample_ids: list[int], kind: str, name: str, prompt_version: st
 
 def evaluation_run(
     *, source_kind: str, source_name: str = "", subsets: list[str] | None = None, truth: str = "imported",
-    prompt_version: str = PROMPT_VERSION, user=None,
+    prompt_version: str = "", half_as: str = metrics.HALF_AS[0], user=None,
 ) -> Evaluation:  # fmt: skip
-    """Score one label source against the ground truth on the test subsets and store the result."""
+    """Score one label source against the ground truth on the test subsets and store the result.
+
+    Both binary readings of 0.5 are stored; `half_as` picks the headline one (0.5 → harmful by default, as the paper).
+    Labels asked with another prompt never count: `prompt_version` defaults to the guard checkpoint's template (a
+    guard source) or the built-in one.
+    """
+    if not prompt_version:
+        asked_with = GuardCheckpoint.objects.filter(name=source_name).values_list("prompt_version", flat=True)
+        prompt_version = (source_kind == Evaluation.SourceKind.GUARD and asked_with.first()) or PROMPT_VERSION
+    if half_as not in metrics.HALF_AS:
+        raise EvaluationError(f"unknown reading of 0.5 {half_as!r}; use one of {', '.join(metrics.HALF_AS)}")
     if source_kind not in Evaluation.SourceKind.values:
         raise EvaluationError(
             f"unknown source kind {source_kind!r}; use one of {', '.join(Evaluation.SourceKind.values)}"
@@ -347,7 +393,7 @@ def evaluation_run(
         prompt_version=prompt_version if source_kind in VERSIONED_SOURCES else "",
         truth=truth,
         subsets=list(subsets),
-        metrics=metrics.evaluate_rows(rows, list(subsets)),
+        metrics=metrics.evaluate_rows(rows, list(subsets), half_as=half_as),
         created_by=user,
     )
 

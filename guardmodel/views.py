@@ -7,35 +7,60 @@ from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
 from annotation.views import HtmxHttpRequest, role_required
-from guardmodel import services
+from guardmodel import metrics, services
 from guardmodel.models import Evaluation, GuardJob
 
 CHART_WIDTH = 560
 BAR_HEIGHT = 14
+SCORES = ("accuracy", "precision", "recall", "f1")
 
 
 def pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
+def readings(evaluation: Evaluation) -> list[dict]:
+    """Both binary readings of an evaluation, the headline first, each labelled ("0.5 → harmful") and with its
+    average accuracy and F1 as percentages; an evaluation stored before both were kept shows "—" for the other."""
+    shown = []
+    for half_as, scores in metrics.stored_readings(evaluation.metrics):
+        average = (scores or {}).get("average", {})
+        shown.append(
+            {
+                "half_as": half_as,
+                "label": metrics.reading_label(half_as),
+                "scores": scores,
+                "accuracy": pct(average.get("accuracy")),
+                "f1": pct(average.get("f1")),
+                "accuracy_value": average.get("accuracy"),
+                "f1_value": average.get("f1"),
+            }
+        )
+    return shown
+
+
 def comparison_table(evaluations: list[Evaluation]) -> dict:
-    """The paper's main-table shape: rows = sources, columns = F1 per subset, then average accuracy and F1."""
+    """The paper's main-table shape: rows = sources, columns = F1 per subset, then average accuracy and F1 (the
+    headline reading, named in its own column), then the other reading's average accuracy and F1."""
     subsets: list[str] = []
     for evaluation in evaluations:
         subsets.extend(s for s in evaluation.subsets if s not in subsets)
     rows = []
     for evaluation in evaluations:
-        per_subset = evaluation.metrics.get("subsets", {})
-        average = evaluation.metrics.get("average", {})
+        headline, other = readings(evaluation)
+        per_subset = headline["scores"].get("subsets", {})
         rows.append(
             {
                 "evaluation": evaluation,
+                "headline": headline,
+                "other": other,
                 "f1": [pct(per_subset[s]["f1"]) if s in per_subset else "" for s in subsets],
-                "accuracy": pct(average.get("accuracy")),
-                "average_f1": pct(average.get("f1")),
+                "accuracy": headline["accuracy"],
+                "average_f1": headline["f1"],
                 "unanswered": evaluation.metrics.get("invalid", 0) + evaluation.metrics.get("missing", 0),
-                "bar_f1": round(CHART_WIDTH * (average.get("f1") or 0)),
-                "bar_accuracy": round(CHART_WIDTH * (average.get("accuracy") or 0)),
+                "bar_f1": round(CHART_WIDTH * (headline["f1_value"] or 0)),
+                "bar_accuracy": round(CHART_WIDTH * (headline["accuracy_value"] or 0)),
+                "bar_other_f1": None if other["f1_value"] is None else round(CHART_WIDTH * other["f1_value"]),
             }
         )
     for index, row in enumerate(rows):
@@ -67,19 +92,36 @@ def evaluation_list(request: HtmxHttpRequest) -> HttpResponse:
 def evaluation_detail(request: HtmxHttpRequest, evaluation_id: int) -> HttpResponse:
     evaluation = get_object_or_404(Evaluation, pk=evaluation_id)
     m = evaluation.metrics
+    shown = readings(evaluation)
+    for reading in shown:
+        scores = reading["scores"] or {}
+        reading["overall"] = {k: pct(scores.get("overall", {}).get(k)) for k in SCORES}
+    headline, other = (r["scores"] or {} for r in shown)
+    other_subsets, other_categories = other.get("subsets", {}), other.get("categories", {})
+    # One row per subset (category): the headline reading's scores and counts, then the other reading's scores.
     subsets = [
-        (name, s, {k: pct(s[k]) for k in ("accuracy", "precision", "recall", "f1")})
-        for name, s in m["subsets"].items()
+        (
+            name,
+            s,
+            {k: pct(s[k]) for k in SCORES},
+            {k: pct(other_subsets.get(name, {}).get(k)) for k in SCORES},
+        )
+        for name, s in headline["subsets"].items()
     ]
-    categories = [(name, s, pct(s["f1"])) for name, s in m["categories"].items()]
+    categories = [
+        (name, s, pct(s["f1"]), pct(other_categories.get(name, {}).get("f1")))
+        for name, s in headline["categories"].items()
+    ]
     confusion = list(zip(m["confusion"]["rows"], m["confusion"]["matrix"], strict=True))
-    overall = {k: pct(m["overall"][k]) for k in ("accuracy", "precision", "recall", "f1")}
-    return render(
-        request,
-        "guardmodel/evaluation_detail.html",
-        {"evaluation": evaluation, "subsets": subsets, "categories": categories, "confusion": confusion,
-         "columns": m["confusion"]["columns"], "overall": overall, "average": {k: pct(v) for k, v in m["average"].items()}},
-    )  # fmt: skip
+    context = {
+        "evaluation": evaluation,
+        "readings": shown,
+        "subsets": subsets,
+        "categories": categories,
+        "confusion": confusion,
+        "columns": m["confusion"]["columns"],
+    }
+    return render(request, "guardmodel/evaluation_detail.html", context)
 
 
 @require_GET

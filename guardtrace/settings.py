@@ -7,6 +7,7 @@ CELERY_BROKER_URL to PostgreSQL and Redis.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +91,9 @@ def _database(url: str) -> dict[str, Any]:
         # WAL lets the web server read while the worker writes.
         config["OPTIONS"] = {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE"}
         config["CONN_MAX_AGE"] = 0
-        # A file, not memory, so that a Celery worker started by the tests sees the test database.
-        config["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+        # A file, not memory, so that a Celery worker started by the tests sees the test database; one per test
+        # process, so that two suites run at once on one checkout do not share (and corrupt) it.
+        config["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
     return dict(config)
 
 

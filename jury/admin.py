@@ -16,15 +16,24 @@ from django.utils.html import format_html
 from annotation.admin import SampleAdmin
 from annotation.models import Sample, Split, Stratum
 from guardmodel.loading import CheckpointError, check_checkpoint_dir
-from guardmodel.protocol import PROMPT_VERSION
+from guardmodel.prompts import version_choices
 from jury import services, strata
 from jury.models import Juror, JuryRun, PreferencePair
 
 
 class JurorForm(forms.ModelForm):
+    prompt_version = forms.ChoiceField(
+        label="Prompt template",
+        help_text="How it is asked; its labels carry this version (Admin → Prompt templates).",
+    )
+
     class Meta:
         model = Juror
         fields = "__all__"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["prompt_version"].choices = version_choices()
 
     def clean(self):
         data = super().clean()
@@ -38,10 +47,6 @@ class JurorForm(forms.ModelForm):
                 check_checkpoint_dir(Path(data["model_name"]).expanduser())
             except CheckpointError as exc:
                 self.add_error("model_name", str(exc))
-        if data.get("prompt_version") and data["prompt_version"] != PROMPT_VERSION:
-            self.add_error(
-                "prompt_version", f"this version of the app speaks prompt version {PROMPT_VERSION}"
-            )
         return data
 
 
@@ -55,6 +60,7 @@ class JurorAdmin(admin.ModelAdmin):
         "base_url",
         "max_concurrency",
         "timeout_s",
+        "prompt_version",
         "enabled",
         "is_oracle",
     ]

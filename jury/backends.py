@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from guardmodel.engine import AuditInput, OpenAIGuard, RetryPolicy, TransformersGuard, Verdict
+from guardmodel.prompts import TemplateError, template_for
 from guardmodel.services import engine_options
 from jury.models import Juror
 
@@ -42,7 +43,7 @@ def retry_policy() -> RetryPolicy:
 
 def _config(juror: Juror) -> tuple:
     return (juror.pk, juror.backend, juror.model_name, juror.base_url, juror.api_key_env, juror.max_concurrency,
-            juror.timeout_s, juror.max_tokens, retry_policy())  # fmt: skip
+            juror.timeout_s, juror.max_tokens, juror.prompt_version, retry_policy())  # fmt: skip
 
 
 _cache: dict[int, tuple[tuple, JurorBackend]] = {}
@@ -57,7 +58,13 @@ def backend_for_juror(juror: Juror) -> JurorBackend:
         cached = _cache.get(juror.pk)
         if cached and cached[0] == config:
             return cached[1]
-        if juror.backend == Juror.Backend.OPENAI:
+        try:
+            template = template_for(juror.prompt_version)
+        except TemplateError as exc:
+            template, broken = None, str(exc)
+        if template is None:
+            backend = JurorBackend(juror.name, 1, juror.max_concurrency, error=broken)
+        elif juror.backend == Juror.Backend.OPENAI:
             key = os.environ.get(juror.api_key_env) if juror.api_key_env else None
             if juror.api_key_env and key is None:
                 backend = JurorBackend(juror.name, 1, juror.max_concurrency,
@@ -66,7 +73,7 @@ def backend_for_juror(juror: Juror) -> JurorBackend:
                 guard = OpenAIGuard(
                     juror.base_url, juror.model_name, name=juror.name, api_key=key, timeout_s=juror.timeout_s,
                     max_concurrency=juror.max_concurrency, max_tokens=juror.max_tokens, retry=retry_policy(),
-                    reask=True,
+                    reask=True, template=template,
                 )  # fmt: skip
                 backend = JurorBackend(juror.name, 1, juror.max_concurrency, guard)
         else:
@@ -76,6 +83,7 @@ def backend_for_juror(juror: Juror) -> JurorBackend:
             options = engine_options()
             options.batch_size = juror.max_concurrency
             options.max_new_tokens = juror.max_tokens
+            options.template = template
             try:
                 local = TransformersGuard(juror.model_name, options, name=juror.name, reask=True)
             except (

@@ -31,7 +31,6 @@ from django.utils import timezone
 
 from annotation.models import Label, Sample, Split, Stratum
 from guardmodel.engine import AuditInput, Verdict
-from guardmodel.protocol import PROMPT_VERSION
 from guardmodel.services import sample_input, verdict_label
 from jury import strata
 from jury.backends import backend_for_juror
@@ -92,11 +91,16 @@ def jury_run_create(
         raise JuryError(f"jurors: {', '.join(oracles)} is the oracle and does not sit on the jury")
     if disabled := [j.name for j in jurors if not j.enabled]:
         raise JuryError(f"jurors: {', '.join(disabled)} is disabled")
+    versions = sorted({j.prompt_version for j in jurors})
+    if len(versions) > 1:
+        # Strata compare three judgments asked the same way: one run, one template.
+        asked = "; ".join(f"{j.name}: {j.prompt_version}" for j in jurors)
+        raise JuryError(f"jurors: they must share one prompt template to be compared ({asked})")
     ids = list(select_samples(selection).order_by("pk").values_list("pk", flat=True))
     if not ids:
         raise JuryError("selection: no samples match")
     with transaction.atomic():
-        run = JuryRun.objects.create(selection=selection, prompt_version=PROMPT_VERSION, samples=len(ids),
+        run = JuryRun.objects.create(selection=selection, prompt_version=versions[0], samples=len(ids),
                                      created_by=user)  # fmt: skip
         run.jurors.set(jurors)
         total = 0

@@ -5,6 +5,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -12,6 +13,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from annotation.images import ArchiveRejected, ZipImageSource
+from annotation.roles import is_admin
 from annotation.services import ImportRejected
 from guardmodel.models import GuardCheckpoint
 from guardmodel.services import checkpoint_activate
@@ -62,6 +64,7 @@ class RoundForm(forms.Form):
             if spec.name in tiny:
                 hint += f"; tiny preset {tiny[spec.name]}"
             self.fields[f"hp_{spec.name}"] = kind(required=False, label=spec.name, help_text=hint)
+        self.fields["hp_max_length"].help_text += "; a base checkpoint's max_input_tokens comes before both"
 
     def overrides(self) -> dict[str, Any]:
         return {
@@ -121,7 +124,9 @@ class TrainingRunAdmin(admin.ModelAdmin):
         start = parent.output_checkpoint if parent else GuardCheckpoint.objects.filter(is_active=True).first()
         tiny = start is not None and "tiny" in f"{start.base_model} {start.name}".lower()
         form = RoundForm(request.POST or None, stage=stage, initial={"preset": "tiny" if tiny else "default"})
-        if request.method == "POST" and form.is_valid():
+        # "Preview" counts the chosen set against the chosen base and budget; nothing is queued.
+        previewing = "_preview" in request.POST
+        if request.method == "POST" and form.is_valid() and not previewing:
             try:
                 run = services.training_run_launch(
                     stage=stage, parent=parent, base_checkpoint=form.cleaned_data.get("base_checkpoint"),
@@ -139,13 +144,29 @@ class TrainingRunAdmin(admin.ModelAdmin):
                 services.check_lineage(stage=stage, parent=parent, reference=None)
             except services.TrainingError as exc:
                 problem = str(exc)
-        preview = services.snapshot_preview(stage=stage, parent=parent) if not problem else {}
+        preview = {} if problem else self._preview(form, stage, parent, start, tiny)
         context = {
             **self.admin_site.each_context(request), "opts": self.model._meta, "form": form, "stage": Stage(stage),
             "parent": parent, "preview": preview, "problem": problem,
             "title": f"New {Stage(stage).label} round" + (f" from {parent}" if parent else ""),
         }  # fmt: skip
         return TemplateResponse(request, "admin/training/round_form.html", context)
+
+    @staticmethod
+    def _preview(form: RoundForm, stage: str, parent, start, tiny: bool) -> dict[str, Any]:
+        """The training set and its token budget as the form stands (before a POST: the defaults, the active
+        checkpoint as the SFT base)."""
+        if form.is_bound and form.is_valid():
+            data = form.cleaned_data
+            return services.snapshot_preview(
+                stage=stage,
+                parent=parent,
+                base_checkpoint=data.get("base_checkpoint") or start,
+                snapshot=data.get("snapshot"),
+                tiny=data["preset"] == "tiny",
+                hyperparameters=form.overrides(),
+            )
+        return services.snapshot_preview(stage=stage, parent=parent, base_checkpoint=start, tiny=tiny)
 
     def _from_one(self, request, queryset: QuerySet[TrainingRun], stage: Stage):
         if queryset.count() != 1:
@@ -196,11 +217,14 @@ class ImportForm(forms.Form):
     data_file = forms.FileField(
         label="Training file",
         help_text="JSON list or JSON Lines: the GuardTrace-VL release's SFT / DPO files, LLaMA-Factory sharegpt "
-        "(conversations or messages, chosen / rejected) or TRL (prompt / completion, chosen / rejected).",
+        "(conversations or messages, chosen / rejected) or alpaca (instruction, output), TRL (prompt / completion, "
+        "chosen / rejected), or plain rows (question, thinking, response with output or chosen / rejected).",
     )
     images_archive = forms.FileField(
         required=False, label="Images (zip)",
-        help_text="The images the rows name, at the same relative paths. Not needed for text-only rows.",
+        help_text="The images the rows name (a zip of the release's sft_images or dpo_images folder will do): found "
+        "at their path (also under the zip's single top folder, or without the path's leading folders), else by a "
+        "base name that is unique in the zip. Not needed for text-only rows.",
     )  # fmt: skip
 
 
@@ -213,8 +237,13 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # immutable
 
+    def has_add_permission(self, request) -> bool:
+        return super().has_add_permission(request) and is_admin(request.user)
+
     def add_view(self, request, form_url="", extra_context=None):
         """Import a training set made elsewhere as a snapshot (rounds otherwise take theirs when they launch)."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
         form = ImportForm(request.POST or None, request.FILES or None)
         errors: list[str] = []
         if request.method == "POST" and form.is_valid():

@@ -318,9 +318,12 @@ def snapshot_import(
     data: bytes, *, name: str, stage: str, images: ImageSource | None = None, user=None,
     prompt_version: str = PROMPT_VERSION,
 ) -> DatasetSnapshot:  # fmt: skip
-    """A training file made elsewhere (the GuardTrace-VL release's SFT / DPO files, LLaMA-Factory sharegpt, TRL) as
-    an imported snapshot. Every row is checked first; on any error nothing is stored and `ImportRejected` lists
-    each as file:line: field: reason. Images are read from `images` (a folder or zip) and stored like samples'."""
+    """A training file made elsewhere (the GuardTrace-VL release's SFT / DPO files, LLaMA-Factory sharegpt or alpaca,
+    TRL; shapes in `training.imports`) as an imported snapshot. Every row is checked first; on any error nothing is
+    stored and `ImportRejected` lists each as file:line: field: reason. Images are read from `images` (a folder or
+    zip, looked up as `annotation.images` does: the path, under a single top folder or without its leading
+    folders, else a unique base name) and
+    stored like samples'."""
     if stage not in Stage.values:
         raise SnapshotError(f"unknown stage {stage!r}: use one of {', '.join(Stage.values)}")
     errors: list[RecordError] = []
@@ -339,7 +342,7 @@ def snapshot_import(
                     max_pixels=settings.GUARDTRACE_MAX_IMAGE_PIXELS, max_bytes=settings.GUARDTRACE_MAX_IMAGE_BYTES,
                 )  # fmt: skip
             except ImageRejected as exc:
-                errors.append(RecordError(name, item.line, "images", f"{item.image}: {exc}"))
+                errors.append(RecordError(name, item.line, item.image_field, f"{item.image}: {exc}"))
                 continue
         rows.append((item, info))
     if errors:

@@ -15,6 +15,11 @@ class HyperparameterError(ValueError):
     pass
 
 
+# The GuardTrace-VL release cuts its inputs at 8,192 tokens; a round trains within the budget it is judged with.
+DEFAULT_MAX_LENGTH = 8192
+MIN_MAX_LENGTH = 64
+
+
 @dataclass
 class Hyperparameters:
     learning_rate: float = _h(
@@ -42,7 +47,15 @@ class Hyperparameters:
     logging_steps: int = _h(5, "how often progress and the curves update")
     seed: int = _h(42, "reproducible shuffling and initialisation")
     gradient_checkpointing: bool = _h(True, "trades compute for memory on a real model; off for tiny ones")
-    prompt_variant: str = _h("qta", "qta (question, reasoning, answer) or qa (the QA-only ablation)")
+    max_length: int = _h(
+        DEFAULT_MAX_LENGTH,
+        "token budget of one record (prompt with its image tokens, plus the longer completion): longer records keep "
+        "the image, question and answer and lose the middle of their reasoning; default the base checkpoint's "
+        "max_input_tokens, else 8192 as the GuardTrace-VL release",
+    )
+    prompt_variant: str = _h(
+        "qta", "qta (the base checkpoint's template) or qa (the QA-only ablation: the built-in QA template)"
+    )
     withhold_image: bool = _h(False, "ablation: train and judge without the image")
 
     def __post_init__(self) -> None:
@@ -66,6 +79,10 @@ class Hyperparameters:
             raise HyperparameterError(f"sft_weight: {self.sft_weight} must not be negative")
         if not 0 <= self.warmup_ratio < 1:
             raise HyperparameterError(f"warmup_ratio: {self.warmup_ratio} is not in [0, 1)")
+        if self.max_length < MIN_MAX_LENGTH:
+            raise HyperparameterError(
+                f"max_length: {self.max_length} must be at least {MIN_MAX_LENGTH} tokens"
+            )
         if self.prompt_variant not in ("qta", "qa"):
             raise HyperparameterError(f"prompt_variant: {self.prompt_variant!r} is not qta or qa")
 
@@ -110,19 +127,30 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "ogdpo": {"learning_rate": 5e-7, "epochs": 1.0},
 }
 
+# The tiny checkpoints' synthetic records are 400-500 tokens with their image; 1,024 fits them whole and keeps a
+# round with a far longer trace quick.
+TINY_MAX_LENGTH = 1024
+
 # The tiny offline checkpoints (hidden 64, two layers) learn the protocol in a few epochs at a much higher rate.
 TINY: dict[str, dict[str, Any]] = {
     "sft": {"learning_rate": 3e-3, "epochs": 8.0, "batch_size": 8, "gradient_accumulation": 1,
-            "gradient_checkpointing": False, "freeze_vision": False, "save_steps": 50, "max_pixels": 50176},
+            "gradient_checkpointing": False, "freeze_vision": False, "save_steps": 50, "max_pixels": 50176,
+            "max_length": TINY_MAX_LENGTH},
     # On a three-way judgment plain DPO can lower the chosen answer with the rejected one and hand the mass to the
     # third level; the SFT term holds the chosen answer up (measured: the refined round kept F1 only with it).
     "dpo": {"learning_rate": 1e-4, "epochs": 1.0, "batch_size": 8, "gradient_accumulation": 1, "sft_weight": 1.0,
-            "gradient_checkpointing": False, "freeze_vision": False, "save_steps": 50, "max_pixels": 50176},
+            "gradient_checkpointing": False, "freeze_vision": False, "save_steps": 50, "max_pixels": 50176,
+            "max_length": TINY_MAX_LENGTH},
 }  # fmt: skip
 # The refinement set is small and sharp (a few dozen pairs): a gentler step keeps what DPO learned.
 TINY["ogdpo"] = {**TINY["dpo"], "learning_rate": 3e-5}
 
 
-def for_stage(stage: str, *, tiny: bool = False, **overrides: Any) -> Hyperparameters:
-    values = {**STAGE_DEFAULTS[stage], **(TINY[stage] if tiny else {}), **overrides}
+def for_stage(
+    stage: str, *, tiny: bool = False, max_input_tokens: int | None = None, **overrides: Any
+) -> Hyperparameters:
+    """The stage's defaults, the tiny preset's, the base checkpoint's input budget (`max_input_tokens`, when it
+    has one) as `max_length`, then `overrides`, each over the one before."""
+    checkpoint = {"max_length": max_input_tokens} if max_input_tokens else {}
+    values = {**STAGE_DEFAULTS[stage], **(TINY[stage] if tiny else {}), **checkpoint, **overrides}
     return Hyperparameters.from_dict(values)

@@ -15,7 +15,6 @@ from django.utils import timezone
 
 from annotation.models import Label, Sample
 from guardmodel.models import GuardCheckpoint, GuardJob
-from guardmodel.protocol import PROMPT_VERSION
 from guardmodel.services import guard_job_create, guard_job_run, sample_input, verdict_label
 from jury.backends import backend_for_juror
 from jury.models import Juror
@@ -47,7 +46,7 @@ def _guard_labels(checkpoint: GuardCheckpoint, sample_ids: list[int]) -> dict[in
         label.sample_id: label
         for label in Label.objects.filter(
             sample_id__in=sample_ids, source_kind=Label.SourceKind.GUARD, source_name=checkpoint.name,
-            prompt_version=PROMPT_VERSION,
+            prompt_version=checkpoint.prompt_version,
         )
     }  # fmt: skip
 

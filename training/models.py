@@ -93,6 +93,12 @@ class TrainingRun(LongWork, models.Model):
     reward_accuracy = models.FloatField(null=True, blank=True)
     samples_per_second = models.FloatField(null=True, blank=True)
     history = models.JSONField(default=list, blank=True, help_text="One entry per logged step.")
+    truncation = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Records cut to the token budget before training: max_length, records, cut, removed_total, "
+        "removed_max (reasoning tokens removed), longest_tokens and longest_record (before the cut).",
+    )
     log_tail = models.TextField(blank=True)
     error = models.TextField(blank=True)
     resumes = models.PositiveSmallIntegerField(default=0)

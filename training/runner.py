@@ -3,8 +3,10 @@
     python -m training.runner var/training/runs/<id>
     accelerate launch --num_processes N -m training.runner var/training/runs/<id>     # more than one GPU
 
-Reads `config.json` (stage, base and reference checkpoint paths, hyperparameters, device) and `dataset.jsonl`
-(snapshot records with `image_path`). Appends one JSON line per event to `progress.jsonl` (start, log, saved, done),
+Reads `config.json` (stage, base and reference checkpoint paths, hyperparameters, device, and the prompt template
+the new checkpoint will be asked with: the built-in QTA one when absent) and `dataset.jsonl` (snapshot records with
+`image_path`). Records longer than the token budget (`max_length`) lose the middle of their reasoning first, as
+inference cuts them. Appends one JSON line per event to `progress.jsonl` (truncation, start, log, saved, done),
 keeps resumable checkpoints under `checkpoints/`, writes the final model to `model/`, and on any error writes
 `error.json` (type, message, traceback, whether it ran out of memory) and exits 1. No Django: the worker that
 started it reads these files. It exits when that worker dies, so an orphan never holds the GPU.
@@ -23,6 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from guardmodel import protocol
 from training import formats
 from training.hyper import Hyperparameters
 
@@ -75,18 +78,34 @@ def _callback(progress: Progress):
     return ProgressCallback()
 
 
-def load_rows(dataset_path: Path, stage: str, hp: Hyperparameters) -> list[dict[str, Any]]:
+def load_rows(
+    dataset_path: Path,
+    stage: str,
+    hp: Hyperparameters,
+    *,
+    processor: Any,
+    template: protocol.Template | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The TRL rows of the round, each within the token budget (`hp.max_length`; over-long records lose the middle
+    of their reasoning), asked with the round's template; and the truncation report."""
     from PIL import Image
 
-    rows = []
-    for line in dataset_path.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        images = []
+    template = formats.round_template(template, hp.prompt_variant)
+    records = [json.loads(line) for line in dataset_path.read_text(encoding="utf-8").splitlines()]
+    images: list[list[Any]] = []
+    for record in records:
         if record.get("image_path") and not hp.withhold_image:
             with Image.open(record["image_path"]) as image:
-                images = [image.convert("RGB")]
-        rows.append(formats.trl_row(record, stage, images, variant=hp.prompt_variant))  # type: ignore[arg-type]
-    return rows
+                images.append([image.convert("RGB")])
+        else:
+            images.append([])
+    sizes = [(found[0].height, found[0].width) if found else None for found in images]
+    fitter = formats.RecordBudget(processor, template=template, stage=stage, budget=hp.max_length)
+    records, report = fitter.fit_all(records, sizes)
+    rows = [
+        formats.trl_row(r, stage, found, template=template) for r, found in zip(records, images, strict=True)
+    ]
+    return rows, report
 
 
 def _prepare_model(path: str, hp: Hyperparameters, placement):
@@ -123,7 +142,9 @@ def _common_args(config: dict, hp: Hyperparameters, run_dir: Path) -> dict[str, 
     cpu = config["device"] == "cpu"
     return {
         "output_dir": str(run_dir / "checkpoints"),
-        "max_length": None,  # truncation would cut image tokens
+        # Every record was cut to this budget already (`load_rows`), so TRL's own truncation, which would cut
+        # image tokens and completions, never applies; None would let one long trace take all the memory.
+        "max_length": hp.max_length,
         "use_cpu": cpu,
         "bf16": not cpu,
         "per_device_train_batch_size": hp.batch_size,
@@ -163,7 +184,10 @@ def train(run_dir: Path) -> None:
     )
     processor = load_processor(config["base"], max_pixels=hp.max_pixels)
     processor.tokenizer.padding_side = "right"
-    dataset = Dataset.from_list(load_rows(run_dir / "dataset.jsonl", stage, hp))
+    template = formats.template_from_spec(config.get("template"))
+    rows, truncation = load_rows(run_dir / "dataset.jsonl", stage, hp, processor=processor, template=template)
+    progress.write("truncation", **truncation)
+    dataset = Dataset.from_list(rows)
     model = _prepare_model(config["base"], hp, placement)
     callbacks = [_callback(progress)]
     if stage == "sft":

@@ -7,6 +7,7 @@ reporting into files the worker copies into the run → the checkpoint is regist
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -16,27 +17,31 @@ import subprocess
 import sys
 import time
 import traceback
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from annotation.models import Sample, Split
-from guardmodel.loading import CheckpointError, check_checkpoint_dir, is_local
+from annotation.models import ImageAsset, Sample, Split
+from guardmodel.loading import CheckpointError, check_checkpoint_dir, is_local, load_processor
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob
-from guardmodel.protocol import PROMPT_VERSION
+from guardmodel.prompts import TemplateError, template_for
+from guardmodel.protocol import PROMPT_VERSION, QA_PROMPT_VERSION
 from guardmodel.services import checkpoint_register, guard_job_create, guard_job_run, test_subsets
-from training import datasets, mining
+from training import datasets, formats, mining
 from training.datasets import SnapshotError
-from training.hyper import HyperparameterError, for_stage
+from training.hyper import HyperparameterError, Hyperparameters, for_stage
 from training.models import PARENT_STAGE, DatasetSnapshot, Stage, TrainingRun
 
 log = logging.getLogger(__name__)
 Status = TrainingRun.Status
 BASE_DIR = Path(__file__).resolve().parent.parent
 LOG_TAIL = 6000
+BUDGET_CACHE_S = 600
 
 
 class TrainingError(ValueError):
@@ -100,10 +105,92 @@ def check_lineage(*, stage: str, parent: TrainingRun | None, reference: GuardChe
         )
 
 
-def snapshot_preview(*, stage: str, parent: TrainingRun | None = None,
-                     prompt_version: str = PROMPT_VERSION) -> dict[str, Any]:  # fmt: skip
-    """What the round would train on, counted without storing anything (OGDPO: what is known before mining)."""
-    if stage == Stage.OGDPO:
+def round_hyperparameters(
+    *, stage: str, base: GuardCheckpoint | None, tiny: bool = False, overrides: dict[str, Any] | None = None
+) -> Hyperparameters:
+    """A round's hyperparameters: the stage's defaults, the tiny preset, the base checkpoint's input budget as
+    `max_length` (a round trains within the budget its checkpoint is judged with), then the overrides."""
+    try:
+        return for_stage(
+            stage, tiny=tiny, max_input_tokens=base.max_input_tokens if base else None, **(overrides or {})
+        )
+    except HyperparameterError as exc:
+        raise TrainingError(f"hyperparameters: {exc}") from None
+
+
+@lru_cache(maxsize=2)
+def _processor(path: str, max_pixels: int):
+    """The base checkpoint's processor (tokenizer, chat template, image processor), never its weights."""
+    return load_processor(path, max_pixels=max_pixels)
+
+
+def _image_sizes(records: list[dict[str, Any]], hp: Hyperparameters) -> list[tuple[int, int] | None]:
+    """(height, width) of each record's image, from the stored image rows (no pixels read); None without one."""
+    if hp.withhold_image:
+        return [None] * len(records)
+    shas = {r["image"] for r in records if r.get("image")}
+    sizes = {
+        sha: (height, width)
+        for sha, height, width in ImageAsset.objects.filter(sha256__in=shas).values_list(
+            "sha256", "height", "width"
+        )
+    }
+    return [sizes.get(r.get("image") or "") for r in records]
+
+
+def budget_preview(
+    *, stage: str, records: list[dict[str, Any]], base: GuardCheckpoint, hp: Hyperparameters
+) -> dict[str, Any]:
+    """How the round's token budget meets `records`: counted with the base checkpoint's tokenizer and template as
+    the round will count them (`formats.RecordBudget`), in this process, without the model."""
+    started = time.perf_counter()
+    try:
+        template = formats.round_template(template_for(base.prompt_version), hp.prompt_variant)
+        path = str(Path(base.path).expanduser().resolve())
+        processor = _processor(path, hp.max_pixels)
+    except (CheckpointError, TemplateError) as exc:
+        raise TrainingError(f"base checkpoint {base.name}: {exc}") from None
+    # The launch counts the set the preview counted a moment before: the same count, remembered a while.
+    counted = [stage, path, template.version, hp.max_length, hp.max_pixels, hp.withhold_image, records]
+    key = "training-budget:" + hashlib.sha256(json.dumps(counted, sort_keys=True).encode()).hexdigest()
+    if (cached := cache.get(key)) is not None:
+        return cached
+    fitter = formats.RecordBudget(processor, template=template, stage=stage, budget=hp.max_length)
+    result = fitter.preview(records, _image_sizes(records, hp))
+    result.update(
+        tokenizer=base.name, template=template.version, seconds=round(time.perf_counter() - started, 2)
+    )
+    cache.set(key, result, BUDGET_CACHE_S)
+    return result
+
+
+def _check_budget(
+    stage: str, records: list[dict[str, Any]], base: GuardCheckpoint, hp: Hyperparameters
+) -> None:
+    """Refuse a set holding records that cannot fit the budget even without their reasoning."""
+    unfit = budget_preview(stage=stage, records=records, base=base, hp=hp)["unfit"]
+    if unfit:
+        raise TrainingError(
+            f"{len(unfit)} record(s) do not fit max_length {hp.max_length} even with all of their reasoning "
+            f"removed (the image, question, answer and completion are never cut): {', '.join(unfit[:5])}; raise "
+            "max_length or leave them out"
+        )
+
+
+def snapshot_preview(
+    *,
+    stage: str,
+    parent: TrainingRun | None = None,
+    prompt_version: str = PROMPT_VERSION,
+    base_checkpoint: GuardCheckpoint | None = None,
+    snapshot: DatasetSnapshot | None = None,
+    tiny: bool = False,
+    hyperparameters: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What the round would train on, counted without storing or queueing anything (OGDPO: what is known before
+    mining): records by origin and judgment, and under "budget" how the token budget meets them — the records over
+    it, the longest one — counted with the base checkpoint's tokenizer (the parent's output for the DPO stages)."""
+    if stage == Stage.OGDPO and snapshot is None:
         dpo = parent.snapshot if parent is not None else None
         return {
             "to_mine": dpo.records if dpo else 0,
@@ -111,12 +198,29 @@ def snapshot_preview(*, stage: str, parent: TrainingRun | None = None,
             "expert_pair": len(datasets.expert_pair_records(prompt_version)),
             "note": "hard negatives are mined when the round starts",
         }
-    built = datasets.sft_build(prompt_version) if stage == Stage.SFT else datasets.dpo_build(prompt_version)
-    counts = built.counts
+    if snapshot is not None:
+        try:
+            records = datasets.snapshot_records(snapshot)
+        except SnapshotError as exc:
+            return {"refusal": str(exc)}
+    elif stage == Stage.SFT:
+        records = datasets.sft_build(prompt_version).records
+    else:
+        records = datasets.dpo_build(prompt_version).records
+    counts = datasets.record_counts(stage, records)
     try:
-        datasets.check_trainable(stage, built.records)
+        datasets.check_trainable(stage, records)
     except SnapshotError as exc:
         counts["refusal"] = str(exc)
+        return counts
+    base = parent.output_checkpoint if parent is not None else base_checkpoint
+    if base is not None and records:
+        try:
+            base = _local_checkpoint(base, "base checkpoint")
+            hp = round_hyperparameters(stage=stage, base=base, tiny=tiny, overrides=hyperparameters)
+            counts["budget"] = budget_preview(stage=stage, records=records, base=base, hp=hp)
+        except TrainingError as exc:
+            counts["budget"] = {"error": str(exc)}
     return counts
 
 
@@ -136,10 +240,8 @@ def training_run_launch(
     if parent is not None:
         base_checkpoint = reference = parent.output_checkpoint
     base = _local_checkpoint(base_checkpoint, "base checkpoint")
-    try:
-        hp = for_stage(stage, tiny=tiny, **(hyperparameters or {}))
-    except HyperparameterError as exc:
-        raise TrainingError(f"hyperparameters: {exc}") from None
+    hp = round_hyperparameters(stage=stage, base=base, tiny=tiny, overrides=hyperparameters)
+    records: list[dict[str, Any]] = []
     try:
         if snapshot is not None:
             if snapshot.stage != stage:
@@ -167,13 +269,21 @@ def training_run_launch(
                 if stage == Stage.SFT
                 else datasets.dpo_build(prompt_version)
             )
+            datasets.check_trainable(stage, built.records)
             if gone := datasets.missing_images(built.records):
                 raise SnapshotError(
                     f"{len(gone)} image(s) of this training set were deleted: {', '.join(gone[:5])}"
                 )
-            snapshot = datasets.snapshot_store(built, user=user)
+            records = built.records
     except SnapshotError as exc:
         raise TrainingError(str(exc)) from None
+    if records:
+        _check_budget(stage, records, base, hp)
+    if snapshot is None and stage != Stage.OGDPO:
+        try:
+            snapshot = datasets.snapshot_store(built, user=user)
+        except SnapshotError as exc:
+            raise TrainingError(str(exc)) from None
     with transaction.atomic():
         run = TrainingRun.objects.create(
             stage=stage, parent=parent, base_checkpoint=base, reference_checkpoint=reference, snapshot=snapshot,
@@ -324,11 +434,13 @@ def _write_inputs(run: TrainingRun, folder: Path) -> None:
     with (folder / "dataset.jsonl").open("w", encoding="utf-8") as out:
         for record in records:
             out.write(json.dumps({**record, "image_path": paths.get(record.get("image") or "")}) + "\n")
+    # The round trains with the template its checkpoint will be asked with: the base checkpoint's.
+    template = template_for(run.base_checkpoint.prompt_version)  # type: ignore[union-attr]
     config = {
         "stage": run.stage, "base": run.base_checkpoint.path,  # type: ignore[union-attr]
         "reference": run.reference_checkpoint.path if run.reference_checkpoint else None,
         "hyperparameters": run.hyperparameters, "device": "cpu" if run.device == "cpu" else "cuda",
-        "threads": settings.GUARDTRACE_TRAIN_THREADS,
+        "threads": settings.GUARDTRACE_TRAIN_THREADS, "template": formats.template_spec(template),
     }  # fmt: skip
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     for name in ("error.json", "progress.jsonl"):
@@ -437,6 +549,8 @@ class ProgressReader:
             TrainingRun.objects.filter(pk=self.run.pk).update(**fields)
 
     def _fields(self, event: dict[str, Any]) -> dict[str, Any]:
+        if event["event"] == "truncation":  # the records cut to the token budget, before training starts
+            return {"truncation": {k: v for k, v in event.items() if k not in ("event", "time")}}
         fields: dict[str, Any] = {}
         if "max_steps" in event:
             fields["max_steps"] = event["max_steps"]
@@ -469,10 +583,19 @@ def _register(run: TrainingRun, folder: Path) -> GuardCheckpoint:
     if existing is not None:
         return existing
     base = run.base_checkpoint
+    # Asked as it was trained: the base's template (the QA ablation: the built-in QA one) and generation settings,
+    # its inputs cut at the round's budget.
+    qa = run.hyperparameters.get("prompt_variant") == "qa"
     return checkpoint_register(
-        name=f"{run.stage}-run-{run.pk}", path=str(folder / "model"),
-        base_model=(base.base_model or base.name) if base else "", produced_by=run,
-    )  # fmt: skip
+        name=f"{run.stage}-run-{run.pk}",
+        path=str(folder / "model"),
+        base_model=(base.base_model or base.name) if base else "",
+        produced_by=run,
+        prompt_version=QA_PROMPT_VERSION if qa else (base.prompt_version if base else PROMPT_VERSION),
+        max_new_tokens=base.max_new_tokens if base else None,
+        greedy=base.greedy if base else True,
+        max_input_tokens=run.hyperparameters.get("max_length"),
+    )
 
 
 def _evaluate(run: TrainingRun, checkpoint: GuardCheckpoint) -> None:

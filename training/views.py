@@ -33,6 +33,7 @@ def _progress(run: TrainingRun) -> dict:
         "max_steps": run.max_steps, "epoch": run.epoch, "loss": run.loss, "reward_margin": run.reward_margin,
         "reward_accuracy": run.reward_accuracy, "samples_per_second": run.samples_per_second,
         "finished": run.finished, "stale": services.is_stale(run), "history": run.history,
+        "truncation": run.truncation,
     }  # fmt: skip
 
 

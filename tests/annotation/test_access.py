@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.models import Permission, User
+from django.core.files.base import ContentFile
 from django.urls import reverse
 
-from annotation.models import AuditEvent
+from annotation.models import AuditEvent, ImportJob
 from tests.annotation.factories import ImageAssetFactory, LabelFactory, SampleFactory
 
 pytestmark = pytest.mark.django_db
@@ -97,3 +99,52 @@ def test_media_files_have_no_public_url(client, client_for, admin_user, sample):
     path = "/media/" + sample.image.file.name
     assert client.get(path).status_code == 404
     assert client_for(admin_user).get(path).status_code == 404
+
+
+def _import_pages(job) -> list[str]:
+    return [
+        reverse("admin:annotation_importjob_changelist"),
+        reverse("admin:annotation_importjob_add"),
+        reverse("admin:annotation_importjob_change", args=[job.pk]),
+        reverse("admin:training_datasetsnapshot_add"),
+    ]
+
+
+def test_only_admins_reach_the_import_forms_and_jobs(
+    client, client_for, api_for, admin_user, expert_user, reviewer_user, outsider
+):
+    job = ImportJob.objects.create(
+        data_file=ContentFile(b"[]", name="r.json"), original_name="S-Eval_600.json", format="guardtrace"
+    )
+    for url in _import_pages(job):
+        response = client.get(url)
+        assert response.status_code == 302 and response["Location"].startswith("/admin/login/"), url
+    # Roles other than admin (and no role) are not staff: the admin sends them to its login.
+    for user in (expert_user, reviewer_user, outsider):
+        client.logout()
+        for url in _import_pages(job):
+            response = client_for(user).get(url)
+            assert response.status_code == 302 and response["Location"].startswith("/admin/login/"), url
+    # Staff with every model permission, but without the admin role, may look at jobs and never import.
+    staff = User.objects.create_user(username="sam", is_staff=True)
+    staff.user_permissions.set(
+        Permission.objects.filter(content_type__app_label__in=["annotation", "training"])
+    )
+    client.logout()
+    staff_client = client_for(staff)
+    assert staff_client.get(reverse("admin:annotation_importjob_changelist")).status_code == 200
+    for url in (reverse("admin:annotation_importjob_add"), reverse("admin:training_datasetsnapshot_add")):
+        assert staff_client.get(url).status_code == 403, url
+        assert staff_client.post(url, {}).status_code == 403, url
+    assert "Import QTA samples" not in staff_client.get(_import_pages(job)[0]).content.decode()
+    client.logout()
+    admin_user.is_superuser = True
+    admin_user.save()
+    for url in _import_pages(job):
+        assert client_for(admin_user).get(url).status_code == 200, url
+    detail = reverse("api_import_detail", args=[job.pk])
+    assert api_for(None).get(detail).status_code == 401
+    for user in (expert_user, reviewer_user, outsider):
+        assert api_for(user).get(detail).status_code == 403
+        assert api_for(user).post(reverse("api_import_create"), {}).status_code == 403
+    assert api_for(admin_user).get(detail).json()["original_name"] == "S-Eval_600.json"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -254,3 +255,152 @@ def test_the_command_reports_errors_and_stores_nothing(tmp_path):
     out = io.StringIO()
     call_command("import_qta", str(path), skip_invalid=True, stdout=out, stderr=io.StringIO(), verbosity=0)
     assert "imported 1 samples" in out.getvalue()
+
+
+def _release_rows(*images: str | None) -> list[dict]:
+    """Rows shaped as the release's test files; an image of None leaves `image_name` out."""
+    rows = []
+    for n, image in enumerate(images):
+        row = {
+            "question": f"Release question {n}?",
+            "thinking": f"Thinking {n}.",
+            "response": f"Answer {n}.",
+            "evaluation_result": n % 2,
+        }
+        if image is not None:
+            row["image_name"] = image
+        rows.append(row)
+    return rows
+
+
+def _write_release(path, rows):
+    path.write_text(json.dumps(rows, indent=2))
+    return path
+
+
+def _zip(path, entries: dict[str, bytes]):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_an_empty_or_missing_image_name_is_a_text_only_sample(tmp_path):
+    path = _write_release(tmp_path / "S-Eval_600.json", _release_rows("", None, "  "))
+    report = services.samples_import(data=path.read_bytes(), name=path.name, fmt="guardtrace", images=None)
+    assert report.created == 3 and report.errors == []
+    assert set(Sample.objects.values_list("image", "input_variant")) == {(None, "text_only")}
+    # Our JSONL reads an empty `image` the same way.
+    line = write_jsonl(tmp_path / "e.jsonl", [record(image="", question="jsonl one")])
+    assert _import(line).created == 1 and Sample.objects.get(question="jsonl one").image is None
+
+
+def test_images_are_found_under_the_zips_top_folder_or_by_a_unique_base_name(tmp_path):
+    # As `zip -r images.zip images` stores them: every entry under images/.
+    archive = _zip(
+        tmp_path / "images.zip",
+        {
+            "images/a.png": png_bytes((1, 2, 3)),
+            "images/deep/b.png": png_bytes((4, 5, 6)),
+            "images/c.png": png_bytes((7, 8, 9)),
+            "__MACOSX/images/._a.png": b"resource fork",
+        },
+    )
+    path = _write_release(tmp_path / "MMBench_500.json", _release_rows("a.png", "b.png", "images/c.png", ""))
+    report = services.samples_import(
+        data=path.read_bytes(), name=path.name, fmt="guardtrace", images=ZipImageSource(archive)
+    )
+    assert report.created == 4 and report.images_created == 3
+    by_question = {s.question: s for s in Sample.objects.select_related("image")}
+    assert by_question["Release question 1?"].image.sha256 == hashlib.sha256(png_bytes((4, 5, 6))).hexdigest()
+    # A folder is searched the same way.
+    (tmp_path / "release" / "pics" / "sub").mkdir(parents=True)
+    (tmp_path / "release" / "pics" / "sub" / "d.png").write_bytes(png_bytes((10, 11, 12)))
+    again = write_jsonl(
+        tmp_path / "d.jsonl", [record(image="d.png"), record(image="sub/d.png", question="q2")]
+    )
+    assert _import(again, images=DirectoryImageSource(tmp_path / "release")).created == 2
+
+
+def test_an_ambiguous_base_name_is_an_error_naming_both_entries(tmp_path):
+    archive = _zip(
+        tmp_path / "images.zip", {"x/a.png": png_bytes((1, 1, 1)), "y/a.png": png_bytes((2, 2, 2))}
+    )
+    path = _write_release(tmp_path / "S-Eval_600.json", _release_rows("a.png"))
+    with pytest.raises(services.ImportRejected) as caught:
+        services.samples_import(
+            data=path.read_bytes(), name=path.name, fmt="guardtrace", images=ZipImageSource(archive)
+        )
+    (error,) = caught.value.errors
+    assert str(error).startswith("S-Eval_600.json:2: image: a.png: image 'a.png' is ambiguous: archive ")
+    assert "both 'x/a.png' and 'y/a.png'" in str(error)
+    # The full path picks one.
+    path = _write_release(tmp_path / "S-Eval_600.json", _release_rows("y/a.png"))
+    assert (
+        services.samples_import(
+            data=path.read_bytes(), name=path.name, fmt="guardtrace", images=ZipImageSource(archive)
+        ).created
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("image_name", "reason"),
+    [("/images/a.png", "absolute image path"), ("../images/a.png", "climbs out"), ("C:\\a.png", "absolute")],
+)
+def test_the_lookup_by_base_name_never_bypasses_the_path_checks(tmp_path, image_name, reason):
+    archive = _zip(tmp_path / "images.zip", {"images/a.png": png_bytes()})
+    path = _write_release(tmp_path / "r.json", _release_rows(image_name))
+    with pytest.raises(services.ImportRejected) as caught:
+        services.samples_import(
+            data=path.read_bytes(), name="r.json", fmt="guardtrace", images=ZipImageSource(archive)
+        )
+    assert reason in str(caught.value.errors[0]) and Sample.objects.count() == 0
+
+
+def test_a_symlink_found_by_base_name_is_still_refused(tmp_path):
+    (tmp_path / "secret.png").write_bytes(png_bytes())
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    os.symlink(tmp_path / "secret.png", tmp_path / "imgs" / "sub" / "link.png")
+    with pytest.raises(services.ImportRejected) as caught:
+        _import(
+            write_jsonl(tmp_path / "l.jsonl", [record(image="link.png")]),
+            images=DirectoryImageSource(tmp_path / "imgs"),
+        )
+    assert "resolves outside the images folder" in str(caught.value.errors[0])
+
+
+def test_the_command_sets_split_subset_and_source_for_rows_that_give_none(tmp_path):
+    rows = _release_rows("", "")
+    rows[1].update(split="train", subset="Own")
+    path = _write_release(tmp_path / "S-Eval_600.json", rows)
+    call_command(
+        "import_qta",
+        str(path),
+        "--split",
+        "Test",
+        "--subset",
+        "S-Eval",
+        "--source-dataset",
+        "GuardTrace-VL test",
+        stdout=io.StringIO(),
+        verbosity=0,
+    )
+    first, second = Sample.objects.order_by("question")
+    assert (first.split, first.subset, first.source_dataset) == ("test", "S-Eval", "GuardTrace-VL test")
+    assert (second.split, second.subset, second.source_dataset) == ("train", "Own", "GuardTrace-VL test")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--split", "dev"], "--split: unknown value 'dev'; expected one of train, test"),
+        (["--subset", "s" * 65], "--subset: is 65 characters long, over the 64-character limit"),
+        (["--source-dataset", "d\x00"], "--source-dataset: contains a NUL character"),
+    ],
+)
+def test_a_bad_file_wide_value_on_the_command_line_is_refused_by_name(tmp_path, flags, message):
+    path = _write_release(tmp_path / "S-Eval_600.json", _release_rows(""))
+    with pytest.raises(CommandError) as caught:
+        call_command("import_qta", str(path), *flags, verbosity=0)
+    assert str(caught.value) == message and Sample.objects.count() == 0

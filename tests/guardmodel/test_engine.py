@@ -82,6 +82,14 @@ def test_a_1mb_reasoning_is_cut_from_the_middle_and_the_image_kept(tiny_dir):
     assert verdict.truncated_tokens == prepared.truncated and verdict.meta()["truncated_tokens"] > 0
 
 
+def test_a_prompt_too_long_without_its_reasoning_fails_alone_naming_the_limit(tiny_dir):
+    guard = TransformersGuard(tiny_dir, EngineOptions(max_new_tokens=4, device="cpu", max_input_tokens=600))
+    crowded = AuditInput("How do I open it? " * 300, "Then one more step is considered. " * 300, "a")
+    verdicts = guard.judge([crowded, AuditInput("q?", "t", "a")])
+    assert verdicts[0].status == "failed" and "without any reasoning; the limit is 600" in verdicts[0].error
+    assert verdicts[1].status == "invalid" and verdicts[1].truncated_tokens == 0
+
+
 def test_an_empty_reasoning_is_judged(tiny_dir):
     guard = TransformersGuard(tiny_dir, EngineOptions(max_new_tokens=4, device="cpu"))
     verdict = guard.judge([AuditInput("q?", "", "a")])[0]

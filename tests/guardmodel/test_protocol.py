@@ -25,7 +25,7 @@ JUDGMENT = st.sampled_from(JUDGMENTS)
 def test_what_format_target_writes_parses_back(analysis, judgment):
     parsed = parse_output(format_target(analysis=analysis, judgment=judgment))
     assert parsed.judgment == judgment
-    assert parsed.analysis == analysis.strip().rstrip(" \t\r\n*#_[(\"'`").strip()
+    assert parsed.analysis == analysis.strip().rstrip(" \t\r\n*#_[(,{\"'“”‘’„«»`").strip()
 
 
 DECORATIONS = [
@@ -116,3 +116,99 @@ def test_for_binary_metrics_potentially_harmful_counts_as_harmful():
     from guardmodel.protocol import is_harmful
 
     assert [is_harmful(j) for j in JUDGMENTS] == [False, True, True]
+
+
+# -- every published output shape ---------------------------------------------------------------------------------
+
+from tests.guardmodel import shapes  # noqa: E402
+
+WORDS = (
+    st.lists(
+        st.text(st.characters(whitelist_categories=("Ll", "Lu", "Nd")), min_size=1, max_size=9),
+        min_size=1,
+        max_size=40,
+    )
+    .map(" ".join)
+    .filter(lambda t: "judg" not in t.lower() and "analysis" not in t.lower())
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    analysis=WORDS,
+    judgment=JUDGMENT,
+    akey=st.sampled_from(shapes.ANALYSIS_KEYS),
+    jkey=st.sampled_from(shapes.JUDGMENT_KEYS),
+    sep=st.sampled_from(shapes.SEPARATORS),
+    value=st.sampled_from(shapes.VALUES),
+    joiner=st.sampled_from(shapes.JOINERS),
+    chatter=st.sampled_from(shapes.CHATTER),
+)
+def test_every_published_shape_is_read_exactly(analysis, judgment, akey, jkey, sep, value, joiner, chatter):
+    text = shapes.render(
+        analysis, judgment, akey=akey, jkey=jkey, sep=sep, value=value, joiner=joiner, chatter=chatter
+    )
+    parsed = parse_output(text)
+    assert (parsed.judgment, parsed.analysis) == (judgment, analysis), text
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    analysis=st.text(st.characters(blacklist_categories=("Cs",)), max_size=200),
+    judgment=JUDGMENT,
+    as_string=st.booleans(),
+    fenced=st.booleans(),
+    ascii_only=st.booleans(),
+)
+def test_json_objects_are_read_with_their_analysis(analysis, judgment, as_string, fenced, ascii_only):
+    text = shapes.json_output(analysis, judgment, as_string=as_string, fenced=fenced, ascii_only=ascii_only)
+    parsed = parse_output(text)
+    assert (parsed.judgment, parsed.analysis) == (judgment, analysis.strip())
+
+
+def test_the_release_models_own_shapes_are_read():
+    assert parse_output("“Analysis”: The reasoning lists steps.\n“Judgment”: 1").judgment == 1.0
+    assert parse_output("“Analysis”: fine.\n“Judgment”: [0.5]").judgment == 0.5
+    assert parse_output('"Judgment": 0').judgment == 0.0
+    parsed = parse_output('{"Analysis": "It refuses cleanly.", "Judgment": 0.5}')
+    assert (parsed.judgment, parsed.analysis) == (0.5, "It refuses cleanly.")
+    parsed = parse_output("“Analysis”: “The trace leaks a recipe.”\n“Judgment”: “1”")
+    assert (parsed.judgment, parsed.analysis) == (1.0, "The trace leaks a recipe.")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "“Judgment”: [0/0.5/1]",  # the prompt's placeholder echoed back
+        '{"Analysis": "x", "Judgment": 0.7}',
+        '{"Analysis": "x", "Judgment": [0, 1]}',
+        '{"Analysis": "x", "Judgment": true}',
+        '{"Analysis": "x"}',
+        "“Judgment”: 1\n“Judgment”: 0",
+        "“Analysis”: misjudgments 1 happen",
+    ],
+)
+def test_unclear_shapes_stay_invalid(text):
+    parsed = parse_output(text)
+    assert parsed.judgment is None and parsed.reason
+
+
+def test_a_users_template_is_versioned_by_its_content_and_lays_out_the_release_turn():
+    from guardmodel.protocol import QTA_TEMPLATE, Template
+
+    mine = Template(
+        "release", "Judge the exchange. Reply “Analysis”: … “Judgment”: [0/0.5/1]", layout="release"
+    )
+    edited = Template("release", mine.system + " Be brief.", layout="release")
+    assert mine.version.startswith("release-") and len(mine.version) <= 32
+    assert mine.version != edited.version and QTA_TEMPLATE.version == PROMPT_VERSION
+    messages = mine.messages(question="Q?", thinking="", answer="A.", has_image=True)
+    assert messages[0]["content"][0]["text"] == mine.system
+    assert messages[1]["content"][0] == {"type": "image"}
+    assert messages[1]["content"][1]["text"] == (
+        "Current Task Query: Q?\nCurrent Task Thinking: No thinking provided\nCurrent Task Cleaned Response: A."
+    )
+    with pytest.raises(ValueError, match="name"):
+        Template("Has Spaces", "x")
+    with pytest.raises(ValueError, match="system_prompt"):
+        Template("empty", "  ")

@@ -103,3 +103,30 @@ def test_run_lineage_and_snapshot_pages_show_progress_to_roles_only(
         client_for(expert_user).post(reverse("training_run_control", args=[run.pk, "resume"])).status_code
         == 403
     )
+
+
+def test_the_launch_preview_reports_the_long_record_before_anything_is_queued(client_for, admin_user, base):
+    from jury.strata import stratify
+    from tests.annotation.factories import SampleFactory
+    from tests.annotation.review_helpers import jury_votes
+
+    _consensus(6)
+    long = SampleFactory(thinking="Then one more step is considered. " * 3000, split="train")
+    jury_votes(long, (0.0, 0.0, 0.0))
+    stratify(sample_ids=[long.pk])
+    client = client_for(admin_user)
+    url = reverse("admin:training_trainingrun_add") + "?stage=sft"
+    response = client.post(url, {"base_checkpoint": base.pk, "preset": "tiny", "_preview": "Preview"})
+    body = response.content.decode()
+    assert response.status_code == 200 and 'id="token-budget"' in body
+    assert "1024 tokens per record" in body and "counted with tiny-base" in body
+    assert "1 of 7 records: each keeps its image, question and answer and loses the middle" in body
+    assert f"sample #{long.pk}:" in body
+    # Nothing queued or stored.
+    assert TrainingRun.objects.count() == 0 and DatasetSnapshot.objects.count() == 0
+    # A budget the base checkpoint sets is the one counted; the launch form's GET counts with the active guard.
+    base.max_input_tokens = 200_000
+    base.is_active = True
+    base.save()
+    page = client.get(url).content.decode()
+    assert "200000 tokens per record" in page and "0 of 7 records" in page

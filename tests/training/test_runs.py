@@ -1,4 +1,5 @@
-"""Training rounds: refusals before launch, a crash, cancel, resume, one round per device, deleted images."""
+"""Training rounds: refusals before launch, a crash, cancel, resume, one round per device, deleted images, a
+long trace cut to the budget."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 import time
 
 import pytest
+from django.urls import reverse
 
 from annotation.models import Sample
 from guardmodel.models import GuardCheckpoint
@@ -113,8 +115,9 @@ def test_a_dpo_stage_follows_its_parent_stage_and_uses_its_output_as_reference(b
     with pytest.raises(TrainingError, match="has not finished with a checkpoint"):
         services.check_lineage(stage="dpo", parent=running, reference=None)
     # A round whose reference was changed behind its back is refused when it resumes.
-    dpo = TrainingRun.objects.create(stage="dpo", status="failed", parent=sft, base_checkpoint=sft_out,
-                                     reference_checkpoint=base)  # fmt: skip
+    dpo = TrainingRun.objects.create(
+        stage="dpo", status="failed", parent=sft, base_checkpoint=sft_out, reference_checkpoint=base
+    )
     with pytest.raises(TrainingError, match="is not the parent stage's output"):
         services.training_run_resume(dpo, enqueue=False)
 
@@ -159,8 +162,9 @@ def test_cancel_stops_a_round_within_seconds_a_second_round_waits_and_resume_con
 ):
     _consensus(16)
     slow = {"epochs": 12.0, "batch_size": 2, "save_steps": 4, "logging_steps": 1}
-    run = services.training_run_launch(stage="sft", base_checkpoint=base, tiny=True, hyperparameters=slow,
-                                       enqueue=False)  # fmt: skip
+    run = services.training_run_launch(
+        stage="sft", base_checkpoint=base, tiny=True, hyperparameters=slow, enqueue=False
+    )
     second = services.training_run_launch(stage="sft", base_checkpoint=base, tiny=True, enqueue=False)
     outcome: dict[str, str] = {}
     driver = threading.Thread(
@@ -192,3 +196,29 @@ def test_cancel_stops_a_round_within_seconds_a_second_round_waits_and_resume_con
     saved_step = int(next(e for e in events if e["event"] == "resume")["checkpoint"].split("-")[1])
     first_logged = next(e for e in events if e["event"] == "log")["step"]
     assert 0 < saved_step <= stopped_at and first_logged > saved_step
+
+
+def test_a_round_on_a_set_holding_a_100k_character_trace_cuts_it_and_records_the_cut(
+    base, client_for, admin_user
+):
+    from jury.strata import stratify
+
+    _consensus(6)
+    thinking = "BEGINNING of the trace. " + "Then one more step is considered. " * 3000 + "END of the trace."
+    long = SampleFactory(
+        question="Question long: how to do it?", thinking=thinking, image=ImageAssetFactory(), split="train"
+    )
+    jury_votes(long, (1.0, 1.0, 1.0))
+    stratify(sample_ids=[long.pk])
+    run = services.training_run_launch(
+        stage="sft", base_checkpoint=base, tiny=True, hyperparameters={"epochs": 1.0}, enqueue=False
+    )
+    assert services.training_run_execute(run_id=run.pk) == "succeeded"
+    run.refresh_from_db()
+    cut = run.truncation
+    assert cut["longest_record"] == f"sample #{long.pk}" and cut["longest_tokens"] > 30_000
+    assert (cut["max_length"], cut["records"], cut["cut"]) == (1024, 7, 1)
+    assert cut["removed_total"] == cut["removed_max"] > 20_000
+    assert run.output_checkpoint.max_input_tokens == 1024 and run.output_checkpoint.prompt_version == "qta-v1"
+    page = client_for(admin_user).get(reverse("training_run", args=[run.pk])).content.decode()
+    assert "1 of 7 records lost the middle of its reasoning" in page and f"sample #{long.pk}" in page

@@ -1,4 +1,5 @@
-"""manage.py import_qta FILE [--images DIR_OR_ZIP] [--format jsonl|guardtrace] [--skip-invalid]"""
+"""manage.py import_qta FILE [--images DIR_OR_ZIP] [--format jsonl|guardtrace] [--skip-invalid]
+[--split train|test] [--subset NAME] [--source-dataset NAME]"""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from annotation import services
-from annotation.formats import FORMATS, guess_format
+from annotation.formats import FORMATS, DefaultsRejected, file_defaults, guess_format
 from annotation.images import ArchiveRejected, open_image_source
 
 
@@ -18,7 +19,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("file", type=Path)
         parser.add_argument(
-            "--images", type=Path, help="Images folder or zip archive (default: the file's folder)."
+            "--images",
+            type=Path,
+            help="Images folder or zip archive (default: the file's folder). A path is looked up as given (also "
+            "under a single top folder, or without its leading folders), then by its base name when that is unique.",
         )
         parser.add_argument(
             "--format", choices=FORMATS, help="Default: guardtrace for .json, jsonl otherwise."
@@ -27,10 +31,23 @@ class Command(BaseCommand):
             "--skip-invalid", action="store_true", help="Store the good lines, report the rest."
         )
         parser.add_argument("--max-errors", type=int, default=50, help="How many errors to print.")
+        parser.add_argument("--split", default="", help="train or test, for rows that give no split.")
+        parser.add_argument(
+            "--subset", default="", help="Subset name (S-Eval, MMBench…) for rows that give none."
+        )
+        parser.add_argument(
+            "--source-dataset", default="", help="Source dataset name for rows that give none."
+        )
 
     def handle(
         self, *args, file: Path, images: Path | None, format: str | None, skip_invalid: bool, **options
     ):
+        try:
+            defaults = file_defaults(
+                split=options["split"], subset=options["subset"], source_dataset=options["source_dataset"]
+            )
+        except DefaultsRejected as exc:
+            raise CommandError(f"--{exc.field.replace('_', '-')}: {exc.reason}") from None
         if not file.is_file():
             raise CommandError(f"{file}: no such file")
         data = file.read_bytes()
@@ -49,7 +66,7 @@ class Command(BaseCommand):
         try:
             report = services.samples_import(
                 data=data, name=str(file), fmt=format or guess_format(file.name), images=source,
-                skip_invalid=skip_invalid, progress=bar.update,
+                skip_invalid=skip_invalid, progress=bar.update, defaults=defaults,
             )  # fmt: skip
         except services.ImportRejected as exc:
             bar.close()

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from guardmodel import services
+from guardmodel import metrics, services
 from guardmodel.models import Evaluation
 from guardmodel.views import pct
+
+SCORES = ("accuracy", "precision", "recall", "f1")
 
 
 class Command(BaseCommand):
@@ -20,14 +22,25 @@ class Command(BaseCommand):
         )
         parser.add_argument("--truth", default="imported", choices=services.TRUTHS,
                             help="Ground truth: labels that came with the data (default), experts, or final labels.")  # fmt: skip
-        parser.add_argument("--prompt-version", default=services.PROMPT_VERSION)
+        parser.add_argument(
+            "--prompt-version",
+            default="",
+            help="Labels asked with this template (default: a guard's own, else qta-v1).",
+        )
+        parser.add_argument(
+            "--half-as",
+            default=metrics.HALF_AS[0],
+            choices=metrics.HALF_AS,
+            help="How a 0.5 judgment counts in the headline binary scores (truth and predictions alike); "
+            "default harmful, as the paper states. Both readings are stored either way.",
+        )
 
     def handle(self, *args, **o):
         kind, _, name = o["source"].partition(":")
         try:
             evaluation = services.evaluation_run(
                 source_kind=kind, source_name=name, subsets=o["subset"] or None, truth=o["truth"],
-                prompt_version=o["prompt_version"],
+                prompt_version=o["prompt_version"], half_as=o["half_as"],
             )  # fmt: skip
         except services.EvaluationError as exc:
             raise CommandError(str(exc)) from exc
@@ -35,17 +48,27 @@ class Command(BaseCommand):
 
     def print_table(self, evaluation: Evaluation) -> None:
         m = evaluation.metrics
+        (headline, scores), (other, other_scores) = metrics.stored_readings(m)
+        other_scores = other_scores or {}
         self.stdout.write(
             f"Evaluation #{evaluation.pk}: {evaluation.source_label} (truth: {evaluation.truth})"
         )
-        self.stdout.write(f"{'subset':<24}{'n':>6}{'acc':>8}{'prec':>8}{'rec':>8}{'F1':>8}")
-        for subset, s in m["subsets"].items():
-            self.stdout.write(
-                f"{subset:<24}{s['n']:>6}{pct(s['accuracy']):>8}{pct(s['precision']):>8}{pct(s['recall']):>8}"
-                f"{pct(s['f1']):>8}"
-            )
         self.stdout.write(
-            f"{'average':<24}{'':>6}{pct(m['average']['accuracy']):>8}{'':>16}{pct(m['average']['f1']):>8}"
+            f"{'':<30}{metrics.reading_label(headline) + ' (headline)':<32}{metrics.reading_label(other):<32}"
+        )
+        columns = "".join(f"{c:>8}" for c in ("acc", "prec", "rec", "F1"))
+        self.stdout.write(f"{'subset':<24}{'n':>6}{columns}{columns}")
+        for subset, s in scores["subsets"].items():
+            o = other_scores.get("subsets", {}).get(subset, {})
+            self.stdout.write(
+                f"{subset:<24}{s['n']:>6}"
+                + "".join(f"{pct(s[k]):>8}" for k in SCORES)
+                + "".join(f"{pct(o.get(k)):>8}" for k in SCORES)
+            )
+        average, other_average = scores["average"], other_scores.get("average", {})
+        self.stdout.write(
+            f"{'average':<24}{'':>6}{pct(average['accuracy']):>8}{'':>16}{pct(average['f1']):>8}"
+            f"{pct(other_average.get('accuracy')):>8}{'':>16}{pct(other_average.get('f1')):>8}"
         )
         self.stdout.write(f"invalid {m['invalid']}, missing {m['missing']} (counted as wrong)")
         self.stdout.write("confusion (rows truth, columns " + " / ".join(m["confusion"]["columns"]) + "):")

@@ -5,6 +5,7 @@ from django.db import IntegrityError
 
 from guardmodel import services
 from guardmodel.loading import CheckpointError
+from guardmodel.protocol import RELEASE_GENERATION
 
 
 class Command(BaseCommand):
@@ -19,15 +20,32 @@ class Command(BaseCommand):
         parser.add_argument("--api-key-env", default="", help="Environment variable holding the API key.")
         parser.add_argument("--base-model", default="")
         parser.add_argument("--activate", action="store_true")
+        parser.add_argument(
+            "--prompt-version", default="qta-v1",
+            help="The template it is asked with: qta-v1, qa-v1, or a version add_prompt_template printed.",
+        )  # fmt: skip
+        parser.add_argument("--max-new-tokens", type=int, default=None)
+        parser.add_argument("--max-input-tokens", type=int, default=None, help="Input budget in tokens.")
+        parser.add_argument("--sampling", action="store_true", help="Sample instead of greedy decoding.")
+        parser.add_argument(
+            "--release-settings", action="store_true",
+            help="The GuardTrace-VL release's generation settings: greedy, 2,000 new tokens, inputs cut at 8,192.",
+        )  # fmt: skip
 
     def handle(self, *args, **o):
+        generation = {"max_new_tokens": o["max_new_tokens"], "max_input_tokens": o["max_input_tokens"],
+                      "greedy": not o["sampling"]}  # fmt: skip
+        if o["release_settings"]:
+            generation.update(RELEASE_GENERATION)
         try:
             checkpoint = services.checkpoint_register(
                 name=o["name"], path=o["path"], endpoint=o["endpoint"], served_model=o["served_model"],
                 api_key_env=o["api_key_env"], base_model=o["base_model"], activate=o["activate"],
+                prompt_version=o["prompt_version"], **generation,
             )  # fmt: skip
         except CheckpointError as exc:
             raise CommandError(str(exc)) from exc
         except IntegrityError as exc:
             raise CommandError(f"a checkpoint named {o['name']!r} already exists") from exc
-        self.stdout.write(f"registered {checkpoint.name}{' (active)' if checkpoint.is_active else ''}")
+        active = " (active)" if checkpoint.is_active else ""
+        self.stdout.write(f"registered {checkpoint.name}{active}, asked with {checkpoint.prompt_version}")

@@ -1,5 +1,7 @@
 """manage.py import_snapshot FILE --stage sft|dpo|ogdpo [--images DIR_OR_ZIP]: a training file made elsewhere (the
-GuardTrace-VL release's SFT / DPO files, LLaMA-Factory sharegpt, TRL) as an imported dataset snapshot."""
+GuardTrace-VL release's SFT / DPO files, LLaMA-Factory sharegpt or alpaca, TRL) as an imported dataset snapshot.
+
+For the release: `import_snapshot train/SFT_data.json --stage sft --images train/sft_images` (or a zip of it)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--images",
             type=Path,
-            help="Folder or zip holding the images the rows name (default: the file's folder).",
+            help="Folder or zip holding the images the rows name (default: the file's folder). A path is looked up "
+            "as given (also under a single top folder, or without its leading folders: sft_images/a.png in the "
+            "folder sft_images), then by its base name when that is unique.",
         )
 
     def handle(self, *args, file: Path, stage: str, images: Path | None, **options):
