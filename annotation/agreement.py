@@ -23,7 +23,8 @@ import numpy as np
 from annotation.models import ExpertQueueItem, Label, ReviewStatus
 from annotation.services import majority
 from guardmodel.metrics import binary_scores
-from guardmodel.protocol import JUDGMENTS, PROMPT_VERSION, is_harmful
+from guardmodel.prompts import jury_prompt_version
+from guardmodel.protocol import JUDGMENTS, is_harmful
 
 _COLUMN = {value: i for i, value in enumerate(JUDGMENTS)}
 
@@ -158,7 +159,7 @@ def _jury_statistics(report: AgreementReport, *, n: int, seed: int) -> None:
     votes: dict[int, dict[str, float | None]] = defaultdict(dict)
     rows = Label.objects.filter(
         source_kind=Label.SourceKind.JUROR,
-        prompt_version=PROMPT_VERSION,
+        prompt_version=jury_prompt_version(),
         sample__expert_queue_item__status=ReviewStatus.DONE,
     ).values_list("sample_id", "source_name", "judgment")
     for sample_id, juror, judgment in rows.iterator(chunk_size=5000):

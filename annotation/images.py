@@ -75,7 +75,9 @@ class _Index:
 
     def find(self, path: PurePosixPath, relative: str) -> str:
         parts = path.parts
-        for start in range(len(parts)):
+        # Tails that keep a folder; a bare base name is found only when it is unique (below), so `train/cat.png`
+        # never lands silently on one of two `cat.png`s.
+        for start in range(max(1, len(parts) - 1)):
             tail = "/".join(parts[start:])
             for candidate in (tail, f"{self.top}/{tail}" if self.top else ""):
                 if candidate in self.entries:

@@ -39,7 +39,8 @@ from annotation.models import (
 )
 from annotation.selectors import claimable_slots, items_seen_today, reasoning_steps
 from annotation.services import BATCH, majority, samples_labels_resolve
-from guardmodel.protocol import JUDGMENTS, PROMPT_VERSION
+from guardmodel.prompts import jury_prompt_version
+from guardmodel.protocol import JUDGMENTS
 
 Item = ExpertQueueItem
 Slot = ExpertSlot
@@ -73,9 +74,10 @@ def _slots_for(items: Iterable[tuple[int, int, int]]) -> list[Slot]:
     return [Slot(item_id=pk, round=rnd, index=i) for pk, rnd, k in items for i in range(k)]
 
 
-def expert_queue_sync(*, sample_ids: list[int], prompt_version: str = PROMPT_VERSION) -> tuple[int, int]:
+def expert_queue_sync(*, sample_ids: list[int], prompt_version: str | None = None) -> tuple[int, int]:
     """Queue the D1:1:1 samples among these for experts, and unqueue jury-split items whose sample is no longer
     1:1:1 and that no expert has touched. Idempotent; returns (added, removed)."""
+    prompt_version = prompt_version or jury_prompt_version()
     added = removed = 0
     needed = settings.GUARDTRACE_EXPERT_LABELS
     for start in range(0, len(sample_ids), BATCH):
@@ -126,7 +128,7 @@ def expert_queue_send(*, sample: Sample, user, reason: str = Item.Reason.REVIEWE
         if item is None:
             item = Item.objects.create(
                 sample=sample, reason=reason, labels_needed=needed, sent_by=user, note=note,
-                prompt_version=PROMPT_VERSION,
+                prompt_version=jury_prompt_version(),
             )  # fmt: skip
         elif item.status == ReviewStatus.OPEN:
             return item

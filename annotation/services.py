@@ -43,6 +43,7 @@ from annotation.models import (
     Sample,
     Stratum,
 )
+from guardmodel.prompts import jury_prompt_version
 from guardmodel.protocol import JUDGMENTS, PROMPT_VERSION
 
 BATCH = 1000
@@ -292,7 +293,7 @@ def majority(values: list[float]) -> float | None:
 def resolve_labels(
     labels: Iterable[Label],
     *,
-    prompt_version: str = PROMPT_VERSION,
+    prompt_version: str = PROMPT_VERSION,  # pure: the caller says which version
     queued: bool = False,
     expert_decision: float | None = None,
 ) -> tuple[str, float | None, str]:
@@ -333,12 +334,14 @@ def resolve_labels(
     return stratum, None, LabelOrigin.NONE
 
 
-def samples_labels_resolve(*, sample_ids: list[int], prompt_version: str = PROMPT_VERSION) -> int:
-    """Recompute stratum and final label of the given samples from their labels; returns how many changed.
+def samples_labels_resolve(*, sample_ids: list[int], prompt_version: str | None = None) -> int:
+    """Recompute stratum and final label of the given samples from their labels (asked with `prompt_version`, by
+    default the jury's); returns how many changed.
 
     The samples' rows are locked first (in id order, so two writers never deadlock): two transactions that each add
     a label to the same sample then resolve it one after the other, the second seeing the first's label. Without
     the lock, each could miss the other's uncommitted label and leave the sample *incomplete* with three labels."""
+    prompt_version = prompt_version or jury_prompt_version()
     changed = 0
     ids = sorted(set(sample_ids))
     for start in range(0, len(ids), BATCH):

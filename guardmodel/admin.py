@@ -88,20 +88,22 @@ class PromptTemplateAdmin(admin.ModelAdmin):
             source_file=upload.name if upload else "",
             user=request.user,
         )
-        obj.pk = form.instance.pk
+        for field in obj._meta.concrete_fields:  # the admin's messages and log name the stored row
+            setattr(obj, field.attname, getattr(form.instance, field.attname))
 
     def save_related(self, request, form, formsets, change):
         pass  # no relations; the service stored the row
 
-    def delete_model(self, request, obj):
-        if in_use := _template_users(obj.version):
-            self.message_user(request, f"{obj} is in use by {in_use}: not deleted.", messages.ERROR)
-            return
-        super().delete_model(request, obj)
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Only an admin, and never a template a checkpoint or a juror is asked with (its labels would lose it).
+        allowed = super().has_delete_permission(request, obj) and is_admin(request.user)
+        return allowed and (obj is None or not _template_users(obj.version))
 
     def delete_queryset(self, request, queryset):
-        for obj in queryset:
-            self.delete_model(request, obj)
+        in_use = [str(obj) for obj in queryset if _template_users(obj.version)]
+        if in_use:
+            self.message_user(request, f"In use, not deleted: {', '.join(in_use)}.", messages.ERROR)
+        super().delete_queryset(request, queryset.exclude(version__in=in_use))
 
 
 def _template_users(version: str) -> str:
@@ -137,9 +139,17 @@ class GuardCheckpointForm(forms.ModelForm):
     def clean(self):
         data = super().clean()
         if data.get("preset") == "release":
-            data.update(RELEASE_GENERATION)
-            for name, value in RELEASE_GENERATION.items():
+            preset = dict(RELEASE_GENERATION)
+            if data.get("endpoint"):  # a served model's input budget is its server's (vLLM: --max-model-len)
+                del preset["max_input_tokens"]
+            data.update(preset)
+            for name, value in preset.items():
                 setattr(self.instance, name, value)
+        if data.get("endpoint") and data.get("max_input_tokens"):
+            self.add_error(
+                "max_input_tokens",
+                "an endpoint's input budget is its server's (vLLM: --max-model-len); leave it empty",
+            )
         return data
 
 

@@ -25,6 +25,20 @@ def template_for(version: str) -> protocol.Template:
     return as_template(row)
 
 
+def jury_prompt_version() -> str:
+    """The version the jury asks with: the one template its sitting jurors share (the juror form keeps them on one;
+    qta-v1 when no juror sits). Strata, pairs, expert items and training sets default to it.
+
+    Reads the jury app's jurors: the one place that knows who sits (an upward reach, kept to this function).
+    """
+    from jury.models import Juror
+
+    versions = set(
+        Juror.objects.filter(enabled=True, is_oracle=False).values_list("prompt_version", flat=True)
+    )
+    return versions.pop() if len(versions) == 1 else protocol.PROMPT_VERSION
+
+
 def as_template(row: PromptTemplate) -> protocol.Template:
     return protocol.Template(row.name, row.system_prompt, row.variant, row.layout)  # type: ignore[arg-type]
 
@@ -66,7 +80,8 @@ def prompt_template_check(
         raise TemplateError(f"{where}system_prompt: contains a NUL character", "system_prompt")
     if len(system_prompt) > 100_000:
         raise TemplateError(
-            f"{where}system_prompt: {len(system_prompt):,} characters, over the 100,000 limit"
+            f"{where}system_prompt: {len(system_prompt):,} characters, over the 100,000 limit",
+            "system_prompt",
         )
     # Line endings are not content: a file saved on Windows gives the same version.
     system_prompt = system_prompt.replace("\r\n", "\n").strip()

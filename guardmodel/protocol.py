@@ -295,15 +295,19 @@ def _parse_json(text: str, allowed: tuple[float, ...]) -> Parsed | None:
     if not (body.startswith("{") and body.endswith("}")):
         return None
     try:
-        obj = json.loads(body)
+        pairs = json.loads(body, object_pairs_hook=lambda items: items)
     except ValueError:
         return None
-    if not isinstance(obj, dict):
+    if not isinstance(pairs, list):
         return None
+    obj = dict(pairs)
+    judged = [k for k, _ in pairs if str(k).strip().lower() in ("judgment", "judgement")]
+    if not judged:
+        return None
+    if len(judged) > 1:  # `{"Judgment": 1, "judgment": 0}`: refuse rather than pick the last
+        return Parsed(analysis=body, judgment=None, reason="conflicting judgments")
+    key = judged[0]
     keys = {str(k).strip().lower(): k for k in obj}
-    key = keys.get("judgment") or keys.get("judgement")
-    if key is None:
-        return None
     analysis = obj.get(keys.get("analysis", ""), "")
     analysis = analysis.strip() if isinstance(analysis, str) else json.dumps(analysis, ensure_ascii=False)
     value = obj[key]

@@ -22,7 +22,7 @@ from guardmodel import metrics
 from guardmodel.engine import AuditInput, EngineOptions, Guard, OpenAIGuard, TransformersGuard, Verdict
 from guardmodel.loading import CheckpointError, check_checkpoint_dir, is_local
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob, validate_base_url
-from guardmodel.prompts import TemplateError, template_for
+from guardmodel.prompts import TemplateError, jury_prompt_version, template_for
 from guardmodel.protocol import PROMPT_VERSION
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,10 @@ def checkpoint_register(
         template_for(prompt_version)
     except TemplateError as exc:
         raise CheckpointError(str(exc)) from None
+    if endpoint and max_input_tokens:
+        raise CheckpointError(
+            "max_input_tokens: an endpoint's input budget is its server's (vLLM: --max-model-len); leave it empty"
+        )
     for field_name, value in (("max_new_tokens", max_new_tokens), ("max_input_tokens", max_input_tokens)):
         if value is not None and not 1 <= value <= 1_000_000:
             raise CheckpointError(f"{field_name}: {value} is not between 1 and 1,000,000")
@@ -254,6 +258,9 @@ def guard_job_run(*, job_id: int, redelivered: bool = False) -> bool:
         return False
     job = GuardJob.objects.select_related("checkpoint").get(pk=job_id)
     try:
+        # Asked as the job was created, even if the checkpoint's template changed since: the labels carry the job's
+        # version, so they must have been asked with it.
+        job.checkpoint.prompt_version = job.prompt_version
         backend = backend_for(job.checkpoint)
         ids = list(job.sample_ids)
         done_before = _judged_ids(job, ids)
@@ -341,6 +348,20 @@ def _predictions(sample_ids: list[int], kind: str, name: str, prompt_version: st
     return {sid: majority([v for v in vs if v is not None]) for sid, vs in grouped.items()}
 
 
+def _asked_with(source_kind: str, source_name: str) -> str:
+    """The template a source's labels are asked with: a guard's own, a juror's or the oracle's, else the jury's."""
+    from jury.models import Juror  # a label source's template lives with it; this lookup only reads it
+
+    version: str | None = None
+    if source_kind == Evaluation.SourceKind.GUARD:
+        version = (
+            GuardCheckpoint.objects.filter(name=source_name).values_list("prompt_version", flat=True).first()
+        )
+    elif source_kind in (Evaluation.SourceKind.JUROR, Evaluation.SourceKind.ORACLE) and source_name:
+        version = Juror.objects.filter(name=source_name).values_list("prompt_version", flat=True).first()
+    return version or jury_prompt_version()
+
+
 def evaluation_run(
     *, source_kind: str, source_name: str = "", subsets: list[str] | None = None, truth: str = "imported",
     prompt_version: str = "", half_as: str = metrics.HALF_AS[0], user=None,
@@ -349,11 +370,10 @@ def evaluation_run(
 
     Both binary readings of 0.5 are stored; `half_as` picks the headline one (0.5 → harmful by default, as the paper).
     Labels asked with another prompt never count: `prompt_version` defaults to the guard checkpoint's template (a
-    guard source) or the built-in one.
+    guard source), the juror's own, else the one the sitting jury asks with.
     """
     if not prompt_version:
-        asked_with = GuardCheckpoint.objects.filter(name=source_name).values_list("prompt_version", flat=True)
-        prompt_version = (source_kind == Evaluation.SourceKind.GUARD and asked_with.first()) or PROMPT_VERSION
+        prompt_version = _asked_with(source_kind, source_name)
     if half_as not in metrics.HALF_AS:
         raise EvaluationError(f"unknown reading of 0.5 {half_as!r}; use one of {', '.join(metrics.HALF_AS)}")
     if source_kind not in Evaluation.SourceKind.values:

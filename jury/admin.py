@@ -47,6 +47,16 @@ class JurorForm(forms.ModelForm):
                 check_checkpoint_dir(Path(data["model_name"]).expanduser())
             except CheckpointError as exc:
                 self.add_error("model_name", str(exc))
+        if data.get("enabled") and not data.get("is_oracle") and data.get("prompt_version"):
+            sitting = Juror.objects.filter(enabled=True, is_oracle=False).exclude(pk=self.instance.pk)
+            others = sorted(set(sitting.values_list("prompt_version", flat=True)) - {data["prompt_version"]})
+            if others:
+                # A jury compares judgments asked the same way; strata and training sets follow its one template.
+                self.add_error(
+                    "prompt_version",
+                    f"the sitting jurors ask with {', '.join(others)}: every enabled juror uses one template "
+                    "(disable the others first to switch the jury to another)",
+                )
         return data
 
 

@@ -14,7 +14,7 @@ from django.db import transaction
 from annotation.models import Label, Sample, Stratum
 from annotation.review import expert_queue_sync
 from annotation.services import BATCH, majority, samples_labels_resolve
-from guardmodel.protocol import PROMPT_VERSION
+from guardmodel.prompts import jury_prompt_version
 from jury.models import PreferencePair
 
 
@@ -79,8 +79,10 @@ def _sync_pairs(chunk: list[int], prompt_version: str, report: StratifyReport) -
     report.pairs_updated += len(changed)
 
 
-def stratify(*, sample_ids: list[int], prompt_version: str = PROMPT_VERSION) -> StratifyReport:
-    """Re-derive strata, final labels, preference pairs and expert-queue items for these samples."""
+def stratify(*, sample_ids: list[int], prompt_version: str | None = None) -> StratifyReport:
+    """Re-derive strata, final labels, preference pairs and expert-queue items for these samples (from the labels
+    asked with `prompt_version`, by default the jury's)."""
+    prompt_version = prompt_version or jury_prompt_version()
     report = StratifyReport(samples=len(sample_ids))
     ids = sorted(set(sample_ids))
     for start in range(0, len(ids), BATCH):
@@ -94,7 +96,7 @@ def stratify(*, sample_ids: list[int], prompt_version: str = PROMPT_VERSION) -> 
     return report
 
 
-def stratify_all(*, prompt_version: str = PROMPT_VERSION) -> StratifyReport:
+def stratify_all(*, prompt_version: str | None = None) -> StratifyReport:
     return stratify(
         sample_ids=list(Sample.objects.values_list("pk", flat=True)), prompt_version=prompt_version
     )

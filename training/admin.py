@@ -114,12 +114,19 @@ class TrainingRunAdmin(admin.ModelAdmin):
             '<a href="{}">{}</a>', reverse("checkpoint_lineage", args=[checkpoint.pk]), checkpoint.name
         )
 
+    def has_add_permission(self, request) -> bool:
+        return super().has_add_permission(request) and is_admin(request.user)
+
     def add_view(self, request, form_url="", extra_context=None):
         """New SFT / DPO / OGDPO round: the snapshot preview, the hyperparameters with their reasons, launch."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
         stage = request.GET.get("stage", Stage.SFT)
         if stage not in Stage.values:
             stage = Stage.SFT
-        parent = TrainingRun.objects.filter(pk=request.GET.get("parent") or 0).first()
+        parent_id = request.GET.get("parent", "")
+        parent_id = int(parent_id) if parent_id.isascii() and parent_id.isdigit() else 0
+        parent = TrainingRun.objects.filter(pk=parent_id).first()
         # Rounds on the tiny offline checkpoints (the demo's, the tests') start with the tiny preset chosen.
         start = parent.output_checkpoint if parent else GuardCheckpoint.objects.filter(is_active=True).first()
         tiny = start is not None and "tiny" in f"{start.base_model} {start.name}".lower()

@@ -38,6 +38,7 @@ from annotation.models import (
 )
 from annotation.services import ImportRejected, image_store
 from guardmodel import protocol
+from guardmodel.prompts import jury_prompt_version
 from guardmodel.protocol import PROMPT_VERSION
 from jury.models import PreferencePair
 from training import formats, imports
@@ -108,7 +109,8 @@ def _decided_items(reason: str | None = None):
     return items.filter(reason=reason) if reason else items
 
 
-def sft_build(prompt_version: str = PROMPT_VERSION) -> Built:
+def sft_build(prompt_version: str | None = None) -> Built:
+    prompt_version = prompt_version or jury_prompt_version()
     samples = list(
         Sample.objects.filter(
             split=Split.TRAIN, stratum=Stratum.D3_0, final_label_origin=LabelOrigin.JURY_CONSENSUS
@@ -134,7 +136,8 @@ def sft_build(prompt_version: str = PROMPT_VERSION) -> Built:
     return Built(Stage.SFT, prompt_version, records)
 
 
-def dpo_build(prompt_version: str = PROMPT_VERSION) -> Built:
+def dpo_build(prompt_version: str | None = None) -> Built:
+    prompt_version = prompt_version or jury_prompt_version()
     pairs = (
         PreferencePair.objects.filter(prompt_version=prompt_version, sample__split=Split.TRAIN)
         .exclude(sample__final_label_origin=LabelOrigin.EXPERT)

@@ -3,6 +3,7 @@ them too). `for_stage` gives the defaults for a 3B base; `TINY` overrides them f
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -18,6 +19,8 @@ class HyperparameterError(ValueError):
 # The GuardTrace-VL release cuts its inputs at 8,192 tokens; a round trains within the budget it is judged with.
 DEFAULT_MAX_LENGTH = 8192
 MIN_MAX_LENGTH = 64
+# Past any model's context: a larger budget would be no budget, and one long trace would blow memory again.
+MAX_MAX_LENGTH = 1_000_000
 
 
 @dataclass
@@ -59,6 +62,10 @@ class Hyperparameters:
     withhold_image: bool = _h(False, "ablation: train and judge without the image")
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise HyperparameterError(f"{f.name}: {value} is not a finite number")
         if not 0 < self.learning_rate < 1:
             raise HyperparameterError(f"learning_rate: {self.learning_rate} is not in (0, 1)")
         if self.epochs <= 0:
@@ -79,9 +86,9 @@ class Hyperparameters:
             raise HyperparameterError(f"sft_weight: {self.sft_weight} must not be negative")
         if not 0 <= self.warmup_ratio < 1:
             raise HyperparameterError(f"warmup_ratio: {self.warmup_ratio} is not in [0, 1)")
-        if self.max_length < MIN_MAX_LENGTH:
+        if not MIN_MAX_LENGTH <= self.max_length <= MAX_MAX_LENGTH:
             raise HyperparameterError(
-                f"max_length: {self.max_length} must be at least {MIN_MAX_LENGTH} tokens"
+                f"max_length: {self.max_length} is not between {MIN_MAX_LENGTH} and {MAX_MAX_LENGTH:,} tokens"
             )
         if self.prompt_variant not in ("qta", "qa"):
             raise HyperparameterError(f"prompt_variant: {self.prompt_variant!r} is not qta or qa")

@@ -18,9 +18,9 @@ then one text part `Current Task Query: …` / `Current Task Thinking: …` / `C
 as the app writes them (`<question>` / `<reasoning>` / `<answer>`, `<thinking>` or `<think>` also read) or as
 labelled sections (`Question:` / `Thinking:` or `Reasoning:` / `Answer:` or `Response:`). The release's stand-ins for
 a missing field (`No question provided`, `No thinking provided`, `No response provided`) read as empty; a row needs at
-least one of the three. A file's system prompt is not kept: rounds train with the app's protocol prompt. Every target
-must read as `Analysis … Judgment 0 | 0.5 | 1` (`protocol.parse_output`: the release's `“Analysis”: … “Judgment”: [1]`
-too).
+least one of the three. A file's system prompt is not kept: a round trains with its base checkpoint's prompt template
+(add the release's prompt file as a template to train in its words and layout). Every target must read as
+`Analysis … Judgment 0 | 0.5 | 1` (`protocol.parse_output`: the release's `“Analysis”: … “Judgment”: [1]` too).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from django.utils import timezone
 from annotation.models import ImageAsset, Sample, Split
 from guardmodel.loading import CheckpointError, check_checkpoint_dir, is_local, load_processor
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob
-from guardmodel.prompts import TemplateError, template_for
+from guardmodel.prompts import TemplateError, jury_prompt_version, template_for
 from guardmodel.protocol import PROMPT_VERSION, QA_PROMPT_VERSION
 from guardmodel.services import checkpoint_register, guard_job_create, guard_job_run, test_subsets
 from training import datasets, formats, mining
@@ -181,7 +181,7 @@ def snapshot_preview(
     *,
     stage: str,
     parent: TrainingRun | None = None,
-    prompt_version: str = PROMPT_VERSION,
+    prompt_version: str | None = None,
     base_checkpoint: GuardCheckpoint | None = None,
     snapshot: DatasetSnapshot | None = None,
     tiny: bool = False,
@@ -190,6 +190,7 @@ def snapshot_preview(
     """What the round would train on, counted without storing or queueing anything (OGDPO: what is known before
     mining): records by origin and judgment, and under "budget" how the token budget meets them — the records over
     it, the longest one — counted with the base checkpoint's tokenizer (the parent's output for the DPO stages)."""
+    prompt_version = prompt_version or jury_prompt_version()
     if stage == Stage.OGDPO and snapshot is None:
         dpo = parent.snapshot if parent is not None else None
         return {
@@ -226,7 +227,7 @@ def snapshot_preview(
 
 def training_run_launch(
     *, stage: str, user=None, base_checkpoint: GuardCheckpoint | None = None, parent: TrainingRun | None = None,
-    hyperparameters: dict[str, Any] | None = None, tiny: bool = False, prompt_version: str = PROMPT_VERSION,
+    hyperparameters: dict[str, Any] | None = None, tiny: bool = False, prompt_version: str | None = None,
     snapshot: DatasetSnapshot | None = None, enqueue: bool = True,
 ) -> TrainingRun:  # fmt: skip
     """Check everything a round needs, store its snapshot (SFT / DPO) and queue it on the gpu worker.
@@ -235,6 +236,7 @@ def training_run_launch(
     OGDPO round given one skips mining."""
     if stage not in Stage.values:
         raise TrainingError(f"unknown stage {stage!r}: use one of {', '.join(Stage.values)}")
+    prompt_version = prompt_version or jury_prompt_version()
     check_lineage(stage=stage, parent=parent, reference=None)
     reference = None
     if parent is not None:
@@ -348,6 +350,7 @@ def training_runs_interrupt_dead(*, host: str | None = None) -> int:
         gone = run_host == host and pid.isdigit() and not _alive(int(pid))
         if gone or is_stale(run):
             dead.append(run.pk)
+            ProgressReader(run, run_dir(run)).ingest()  # what the child wrote after its driver last looked
     return TrainingRun.objects.filter(pk__in=dead, status=Status.RUNNING).update(
         status=Status.INTERRUPTED, phase="interrupted: the worker stopped", finished_at=timezone.now()
     )
@@ -527,6 +530,7 @@ class ProgressReader:
     """Copies new lines of the child's progress.jsonl into the run: the latest figures and the curve history."""
 
     def __init__(self, run: TrainingRun, folder: Path):
+        # The file holds this start's events only (a resume starts it afresh); the curve before it is kept.
         self.run, self.path, self.offset = run, folder / "progress.jsonl", 0
         self.history = list(run.history)
         self.last: tuple[float, int] | None = None  # (time, step) of the previous log, for throughput
@@ -556,6 +560,8 @@ class ProgressReader:
             fields["max_steps"] = event["max_steps"]
         if "step" in event:
             fields["step"] = event["step"]
+        if event["event"] == "log" and "train_loss" in event and not self.history:
+            fields["loss"] = event["train_loss"]  # a round shorter than one logging interval: its mean loss
         if event["event"] != "log" or "loss" not in event:
             return fields
         hp = self.run.hyperparameters
@@ -574,6 +580,8 @@ class ProgressReader:
             fields.update(
                 reward_margin=event["rewards/margins"], reward_accuracy=event.get("rewards/accuracies")
             )
+        while self.history and self.history[-1]["step"] >= entry["step"]:
+            self.history.pop()  # re-read, or resumed from an earlier checkpoint: the newer steps replace these
         self.history.append(entry)
         return fields
 

@@ -148,3 +148,38 @@ def test_only_admins_reach_the_import_forms_and_jobs(
         assert api_for(user).get(detail).status_code == 403
         assert api_for(user).post(reverse("api_import_create"), {}).status_code == 403
     assert api_for(admin_user).get(detail).json()["original_name"] == "S-Eval_600.json"
+
+
+def test_only_admins_launch_rounds_and_manage_prompt_templates(client, client_for, admin_user, expert_user):
+    from guardmodel.prompts import prompt_template_create
+
+    template = prompt_template_create(name="mine", system_prompt="Judge it. “Judgment”: [0/0.5/1]")
+    pages = [
+        reverse("admin:training_trainingrun_add"),
+        reverse("admin:training_trainingrun_add") + "?stage=dpo&parent=abc",
+        reverse("admin:guardmodel_prompttemplate_add"),
+        reverse("admin:guardmodel_prompttemplate_delete", args=[template.pk]),
+    ]
+    for url in pages:
+        response = client.get(url)
+        assert response.status_code == 302 and response["Location"].startswith("/admin/login/"), url
+        response = client_for(expert_user).get(url)  # not staff
+        assert response.status_code == 302 and response["Location"].startswith("/admin/login/"), url
+        client.logout()
+    # Staff holding every model permission, but not the admin role: refused, and nothing launched or deleted.
+    staff = User.objects.create_user(username="sam", is_staff=True)
+    staff.user_permissions.set(
+        Permission.objects.filter(content_type__app_label__in=["training", "guardmodel"])
+    )
+    staff_client = client_for(staff)
+    for url in pages:
+        assert staff_client.get(url).status_code == 403, url
+        assert staff_client.post(url, {"post": "yes"}).status_code == 403, url
+    client.logout()
+    admin_user.is_superuser = True
+    admin_user.save()
+    admin_client = client_for(admin_user)
+    for url in pages:
+        assert admin_client.get(url).status_code == 200, url
+    assert admin_client.post(pages[3], {"post": "yes"}).status_code == 302
+    assert not type(template).objects.exists()

@@ -404,3 +404,16 @@ def test_a_bad_file_wide_value_on_the_command_line_is_refused_by_name(tmp_path, 
     with pytest.raises(CommandError) as caught:
         call_command("import_qta", str(path), *flags, verbosity=0)
     assert str(caught.value) == message and Sample.objects.count() == 0
+
+
+def test_a_path_whose_folder_is_not_there_never_lands_silently_on_one_of_two_same_named_files(tmp_path):
+    archive = _zip(
+        tmp_path / "images.zip", {"cat.png": png_bytes((1, 1, 1)), "test/cat.png": png_bytes((2, 2, 2))}
+    )
+    path = _write_release(tmp_path / "S-Eval_600.json", _release_rows("train/cat.png"))
+    with pytest.raises(services.ImportRejected) as caught:
+        services.samples_import(
+            data=path.read_bytes(), name=path.name, fmt="guardtrace", images=ZipImageSource(archive)
+        )
+    assert "both 'cat.png' and 'test/cat.png'" in str(caught.value.errors[0])
+    assert not Sample.objects.exists()

@@ -184,6 +184,8 @@ def test_the_release_models_own_shapes_are_read():
         '{"Analysis": "x", "Judgment": [0, 1]}',
         '{"Analysis": "x", "Judgment": true}',
         '{"Analysis": "x"}',
+        '{"Analysis": "x", "Judgment": 1, "judgment": 0}',
+        '{"Judgment": 1, "Judgment": 1}',
         "“Judgment”: 1\n“Judgment”: 0",
         "“Analysis”: misjudgments 1 happen",
     ],

@@ -55,7 +55,8 @@ def test_a_release_layout_checkpoint_is_asked_in_that_layout_and_its_labels_carr
             checkpoint=checkpoint, sample_ids=[with_image.pk, text_only.pk], enqueue=False
         )
         services.guard_job_run(job_id=job.pk)
-    assert (checkpoint.max_new_tokens, checkpoint.max_input_tokens, checkpoint.greedy) == (2000, 8192, True)
+    # The release's settings; a served model's inputs are bounded by its server, not cut here.
+    assert (checkpoint.max_new_tokens, checkpoint.max_input_tokens, checkpoint.greedy) == (2000, None, True)
     first = next(r for r in server.requests if len(r["messages"][1]["content"]) == 2)
     assert first["messages"][0]["content"][0]["text"] == STAND_IN.replace("\r\n", "\n").strip()
     assert first["max_tokens"] == 2000 and first["temperature"] == 0
@@ -134,6 +135,8 @@ def test_an_admin_uploads_a_template_and_it_cannot_be_edited(
     assert response.status_code == 302, response.content.decode()[:2000]
     row = PromptTemplate.objects.get()
     assert row.source_file == "qta_prompt.txt" and row.created_by == admin_user and row.layout == "release"
+    added = client.get(response.url).content.decode()  # the message names the stored version
+    assert f"The prompt template “{row.version}” was added" in added, added[:2000]
     bad = client.post(
         "/admin/guardmodel/prompttemplate/add/",
         {"name": "other", "variant": "qta", "layout": "tagged",
@@ -163,8 +166,13 @@ def test_an_admin_registers_a_checkpoint_with_the_release_preset(client_for, adm
     assert response.status_code == 302, response.content.decode()[:3000]
     checkpoint = GuardCheckpoint.objects.get()
     assert (checkpoint.prompt_version, checkpoint.max_new_tokens, checkpoint.max_input_tokens) == (
-        row.version, 2000, 8192,
+        row.version, 2000, None,
     )  # fmt: skip
+    refused = client_for(admin_user).post(
+        "/admin/guardmodel/guardcheckpoint/add/",
+        {"name": "other", "endpoint": "http://vllm:8000/v1", "prompt_version": row.version, "max_input_tokens": "8192"},
+    )  # fmt: skip
+    assert "input budget is its server" in refused.content.decode() and GuardCheckpoint.objects.count() == 1
 
 
 @pytest.mark.django_db
@@ -194,3 +202,40 @@ def test_jurors_asked_with_different_templates_do_not_sit_together_and_one_templ
         ("a", row.version, 1.0), ("b", row.version, 1.0), ("c", row.version, 1.0),
     ]  # fmt: skip
     assert all("Current Task Query:" in r["messages"][1]["content"][-1]["text"] for r in server.requests)
+
+
+@pytest.mark.django_db
+def test_a_jury_on_a_users_template_keeps_its_strata_when_experts_imports_or_restratify_touch_them(
+    prompt_file,
+):
+    from annotation.services import samples_labels_resolve
+    from jury.strata import stratify
+    from tests.annotation.factories import LabelFactory
+    from training.datasets import sft_build
+
+    row = prompt_template_create(name="mine", system_prompt=prompt_file.read_bytes(), layout="release")
+    for name in ("a", "b", "c"):
+        Juror.objects.create(name=name, backend="openai", model_name=name, base_url="http://v:8000/v1",
+                             prompt_version=row.version)  # fmt: skip
+    sample = SampleFactory(split="train")
+    for name in ("a", "b", "c"):
+        LabelFactory(sample=sample, source_name=name, prompt_version=row.version, judgment=1.0)
+    stratify(sample_ids=[sample.pk])
+    samples_labels_resolve(sample_ids=[sample.pk])  # as an expert's or an import's write does
+    sample.refresh_from_db()
+    assert (sample.stratum, sample.final_label) == ("d3_0", 1.0)
+    assert len(sft_build().records) == 1 and sft_build().prompt_version == row.version
+
+
+@pytest.mark.django_db
+def test_the_juror_form_keeps_the_sitting_jurors_on_one_template(client_for, admin_user, prompt_file):
+    admin_user.is_superuser = True
+    admin_user.save()
+    row = prompt_template_create(name="mine", system_prompt=prompt_file.read_bytes(), layout="release")
+    Juror.objects.create(name="a", backend="openai", model_name="a", base_url="http://v:8000/v1")
+    form = {"name": "b", "backend": "openai", "model_name": "b", "base_url": "http://v:8000/v1",
+            "prompt_version": row.version, "max_concurrency": 8, "timeout_s": 60, "max_tokens": 256, "enabled": "on"}  # fmt: skip
+    page = client_for(admin_user).post("/admin/jury/juror/add/", form).content.decode()
+    assert "the sitting jurors ask with qta-v1" in page and not Juror.objects.filter(name="b").exists()
+    form["is_oracle"] = "on"  # the oracle may be asked its own way
+    assert client_for(admin_user).post("/admin/jury/juror/add/", form).status_code == 302

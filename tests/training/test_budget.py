@@ -119,7 +119,7 @@ def test_the_budget_defaults_to_the_base_checkpoints_then_the_presets():
     assert for_stage("dpo").max_length == 8192 and for_stage("dpo", tiny=True).max_length == 1024
     assert for_stage("sft", tiny=True, max_input_tokens=900).max_length == 900
     assert for_stage("sft", max_input_tokens=900, max_length=2000).max_length == 2000
-    with pytest.raises(HyperparameterError, match="max_length: 10 must be at least 64"):
+    with pytest.raises(HyperparameterError, match="max_length: 10 is not between 64 and 1,000,000 tokens"):
         for_stage("sft", max_length=10)
 
 

@@ -11,22 +11,14 @@ import json
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db.models.functions import Length
 
 from annotation.models import Label, Sample
 from guardmodel.models import Evaluation, GuardCheckpoint
-from training import services
 from training.models import DatasetSnapshot, TrainingRun
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _run(**kwargs) -> TrainingRun:
-    run = services.training_run_launch(tiny=True, enqueue=False, **kwargs)
-    assert services.training_run_execute(run_id=run.pk) == "succeeded", TrainingRun.objects.get(
-        pk=run.pk
-    ).error
-    return TrainingRun.objects.get(pk=run.pk)
 
 
 def _guard_labels(name: str) -> list[Label]:
@@ -61,6 +53,7 @@ def test_release_shaped_files_go_from_import_to_a_retrained_release_layout_guard
     call_command("register_guard", "tiny-release", "--path", str(tiny_base), "--prompt-version", version,
                  "--max-new-tokens", "40", "--max-input-tokens", "1024")  # fmt: skip
     base = GuardCheckpoint.objects.get(name="tiny-release")
+    assert (base.prompt_version, base.max_input_tokens, base.max_new_tokens) == (version, 1024, 40)
     call_command("judge_samples", "--checkpoint", "tiny-release", "--sync", "--evaluate")
     before = _guard_labels("tiny-release")
     assert len(before) == Sample.objects.filter(split="test").count()
@@ -85,7 +78,14 @@ def test_release_shaped_files_go_from_import_to_a_retrained_release_layout_guard
     }
     assert (sft_set.records, dpo_set.records) == (train_rows["SFT_data.json"], train_rows["DPO_data.json"])
 
-    sft = _run(stage="sft", base_checkpoint=base, snapshot=sft_set, hyperparameters={"batch_size": 4})
+    call_command("launch_round", "--stage", "sft", "--base", "tiny-release", "--snapshot", "SFT_data.json",
+                 "--tiny", "--set", "batch_size=4", "--sync")  # fmt: skip
+    sft = TrainingRun.objects.get(stage="sft")
+    assert sft.hyperparameters["max_length"] == 1024  # the checkpoint's input budget
+    with pytest.raises(CommandError, match="trains DPO rounds, not SFT"):
+        call_command(
+            "launch_round", "--stage", "sft", "--base", "tiny-release", "--snapshot", str(dpo_set.pk)
+        )
     trained = sft.output_checkpoint
     assert trained.prompt_version == version  # asked as it was trained: the release layout
     call_command("judge_samples", "--checkpoint", trained.name, "--sync", "--evaluate")
@@ -96,6 +96,12 @@ def test_release_shaped_files_go_from_import_to_a_retrained_release_layout_guard
     f1_after = Evaluation.objects.filter(source_name=trained.name).latest("pk")
     assert f1_after.metrics["average"]["f1"] > (f1_before.metrics["average"]["f1"] or 0) + 0.3
 
-    dpo = _run(stage="dpo", parent=sft, snapshot=dpo_set)
+    # Logged less often than the round has steps: the run still reports its (mean) loss.
+    call_command("launch_round", "--stage", "dpo", "--parent", "latest", "--snapshot", "DPO_data.json",
+                 "--tiny", "--set", "logging_steps=1000", "--sync")  # fmt: skip
+    dpo = TrainingRun.objects.get(stage="dpo")
     assert dpo.truncation["cut"] == 1 and dpo.truncation["removed_max"] > 10_000, dpo.truncation
+    assert (
+        dpo.step < dpo.hyperparameters["logging_steps"] and dpo.loss is not None
+    )  # the mean loss of a short round
     assert dpo.output_checkpoint.prompt_version == version

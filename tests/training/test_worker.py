@@ -80,3 +80,5 @@ def test_a_worker_killed_mid_round_leaves_it_interrupted_and_resume_finishes_it(
     resumed_from = int(next(e for e in events if e["event"] == "resume")["checkpoint"].split("-")[1])
     first_logged = next(e for e in events if e["event"] == "log")["step"]
     assert 0 < resumed_from < done.max_steps and first_logged > resumed_from
+    steps = [entry["step"] for entry in done.history]  # one curve: the resumed steps replace the lost ones
+    assert steps == sorted(set(steps)) and steps[-1] == done.max_steps and steps[0] == 1, steps

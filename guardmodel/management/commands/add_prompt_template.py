@@ -25,6 +25,8 @@ class Command(BaseCommand):
     def handle(self, *args, **o):
         path: Path = o["system_prompt_file"]
         try:
+            if path.stat().st_size > 400_000:  # checked before reading: the limit is 100,000 characters
+                raise CommandError(f"{path}: over 400 kB; a system prompt is at most 100,000 characters")
             data = path.read_bytes()
         except OSError as exc:
             raise CommandError(f"{path}: {exc.strerror}") from exc

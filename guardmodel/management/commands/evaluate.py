@@ -25,7 +25,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--prompt-version",
             default="",
-            help="Labels asked with this template (default: a guard's own, else qta-v1).",
+            help="Labels asked with this template (default: the source's own, else the sitting jury's).",
         )
         parser.add_argument(
             "--half-as",
@@ -44,33 +44,36 @@ class Command(BaseCommand):
             )  # fmt: skip
         except services.EvaluationError as exc:
             raise CommandError(str(exc)) from exc
-        self.print_table(evaluation)
+        for line in evaluation_table(evaluation):
+            self.stdout.write(line)
 
-    def print_table(self, evaluation: Evaluation) -> None:
-        m = evaluation.metrics
-        (headline, scores), (other, other_scores) = metrics.stored_readings(m)
-        other_scores = other_scores or {}
-        self.stdout.write(
-            f"Evaluation #{evaluation.pk}: {evaluation.source_label} (truth: {evaluation.truth})"
+
+def evaluation_table(evaluation: Evaluation) -> list[str]:
+    """The lines `evaluate` prints for a stored evaluation: both readings per subset, the average, the confusion."""
+    lines: list[str] = []
+    m = evaluation.metrics
+    (headline, scores), (other, other_scores) = metrics.stored_readings(m)
+    other_scores = other_scores or {}
+    lines.append(f"Evaluation #{evaluation.pk}: {evaluation.source_label} (truth: {evaluation.truth})")
+    lines.append(
+        f"{'':<30}{metrics.reading_label(headline) + ' (headline)':<32}{metrics.reading_label(other):<32}"
+    )
+    columns = "".join(f"{c:>8}" for c in ("acc", "prec", "rec", "F1"))
+    lines.append(f"{'subset':<24}{'n':>6}{columns}{columns}")
+    for subset, s in scores["subsets"].items():
+        o = other_scores.get("subsets", {}).get(subset, {})
+        lines.append(
+            f"{subset:<24}{s['n']:>6}"
+            + "".join(f"{pct(s[k]):>8}" for k in SCORES)
+            + "".join(f"{pct(o.get(k)):>8}" for k in SCORES)
         )
-        self.stdout.write(
-            f"{'':<30}{metrics.reading_label(headline) + ' (headline)':<32}{metrics.reading_label(other):<32}"
-        )
-        columns = "".join(f"{c:>8}" for c in ("acc", "prec", "rec", "F1"))
-        self.stdout.write(f"{'subset':<24}{'n':>6}{columns}{columns}")
-        for subset, s in scores["subsets"].items():
-            o = other_scores.get("subsets", {}).get(subset, {})
-            self.stdout.write(
-                f"{subset:<24}{s['n']:>6}"
-                + "".join(f"{pct(s[k]):>8}" for k in SCORES)
-                + "".join(f"{pct(o.get(k)):>8}" for k in SCORES)
-            )
-        average, other_average = scores["average"], other_scores.get("average", {})
-        self.stdout.write(
-            f"{'average':<24}{'':>6}{pct(average['accuracy']):>8}{'':>16}{pct(average['f1']):>8}"
-            f"{pct(other_average.get('accuracy')):>8}{'':>16}{pct(other_average.get('f1')):>8}"
-        )
-        self.stdout.write(f"invalid {m['invalid']}, missing {m['missing']} (counted as wrong)")
-        self.stdout.write("confusion (rows truth, columns " + " / ".join(m["confusion"]["columns"]) + "):")
-        for label, counts in zip(m["confusion"]["rows"], m["confusion"]["matrix"], strict=True):
-            self.stdout.write(f"  {label:>4}: " + " ".join(f"{n:>5}" for n in counts))
+    average, other_average = scores["average"], other_scores.get("average", {})
+    lines.append(
+        f"{'average':<24}{'':>6}{pct(average['accuracy']):>8}{'':>16}{pct(average['f1']):>8}"
+        f"{pct(other_average.get('accuracy')):>8}{'':>16}{pct(other_average.get('f1')):>8}"
+    )
+    lines.append(f"invalid {m['invalid']}, missing {m['missing']} (counted as wrong)")
+    lines.append("confusion (rows truth, columns " + " / ".join(m["confusion"]["columns"]) + "):")
+    for label, counts in zip(m["confusion"]["rows"], m["confusion"]["matrix"], strict=True):
+        lines.append(f"  {label:>4}: " + " ".join(f"{n:>5}" for n in counts))
+    return lines

@@ -29,7 +29,8 @@ class Command(BaseCommand):
         parser.add_argument("--sampling", action="store_true", help="Sample instead of greedy decoding.")
         parser.add_argument(
             "--release-settings", action="store_true",
-            help="The GuardTrace-VL release's generation settings: greedy, 2,000 new tokens, inputs cut at 8,192.",
+            help="The GuardTrace-VL release's generation settings: greedy, 2,000 new tokens, inputs cut at 8,192 "
+            "(a local checkpoint; an endpoint's inputs are bounded by its server).",
         )  # fmt: skip
 
     def handle(self, *args, **o):
@@ -37,6 +38,8 @@ class Command(BaseCommand):
                       "greedy": not o["sampling"]}  # fmt: skip
         if o["release_settings"]:
             generation.update(RELEASE_GENERATION)
+            if o["endpoint"]:  # a served model's input budget is its server's (vLLM: --max-model-len)
+                generation["max_input_tokens"] = o["max_input_tokens"]
         try:
             checkpoint = services.checkpoint_register(
                 name=o["name"], path=o["path"], endpoint=o["endpoint"], served_model=o["served_model"],

@@ -46,5 +46,6 @@ class Command(BaseCommand):
             source.close()
         self.stdout.write(
             self.style.SUCCESS(f"{snapshot} stored: {snapshot.records} records ({snapshot.counts})")
-            + f"\n  train on it: Admin → Training runs → New {Stage(stage).label} round, training set #{snapshot.pk}"
+            + f"\n  train on it: manage.py launch_round --stage {stage} --snapshot {snapshot.pk} (or Admin → Training runs"
+            f" → New {Stage(stage).label} round, training set #{snapshot.pk})"
         )
