@@ -46,7 +46,8 @@ test: $(STAMP) browser
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy annotation guardtrace guardmodel jury training generation
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy qta annotation guardtrace guardmodel jury training generation demo
 
 bench-quick: $(STAMP)
 	$(PY) bench/import_export.py --quick

@@ -9,8 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect
 from django.utils.html import format_html, format_html_join
 
-from annotation import services
-from annotation.formats import FORMATS, SPLITS, DefaultsRejected, file_defaults, guess_format
+from annotation import services, strata
 from annotation.models import (
     AuditEvent,
     ExpertQueueItem,
@@ -18,12 +17,13 @@ from annotation.models import (
     ImageAsset,
     ImportJob,
     Label,
+    PreferencePair,
     ReviewDecision,
     Sample,
 )
 from annotation.roles import is_admin
-from guardmodel.admin import judge_samples_action
 from guardtrace.adminforms import MAX_ERRORS_SHOWN, admin_form
+from qta.sample_files import FORMATS, SPLITS, DefaultsRejected, file_defaults, guess_format
 
 
 class LabelInline(admin.TabularInline):
@@ -52,7 +52,16 @@ class SampleAdmin(admin.ModelAdmin):
     raw_id_fields = ["image"]
     inlines = [LabelInline]
     show_full_result_count = False
-    actions = [judge_samples_action]
+    actions = ["restratify"]  # the guard and the jury add theirs
+
+    @admin.action(description="Re-stratify the selected samples")
+    def restratify(self, request, queryset):
+        report = strata.stratify(sample_ids=queryset.values_list("pk", flat=True))
+        self.message_user(
+            request,
+            f"{report.samples} samples re-stratified: {report.changed} changed, {report.pairs_created} pairs made, "
+            f"{report.pairs_removed} removed, {report.queued} queued for experts.",
+        )
 
 
 @admin.register(Label)
@@ -64,6 +73,25 @@ class LabelAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         # Labels are evidence: written through services (which recompute strata and audit), never edited.
+        return False
+
+
+@admin.register(PreferencePair)
+class PreferencePairAdmin(admin.ModelAdmin):
+    list_display = ["sample_id", "prompt_version", "chosen_from", "rejected_from", "created_at"]
+    raw_id_fields = ["sample", "chosen", "rejected"]
+    list_select_related = ["chosen", "rejected"]
+    show_full_result_count = False
+
+    @admin.display(description="Chosen")
+    def chosen_from(self, pair: PreferencePair) -> str:
+        return f"{pair.chosen.source_name}: {pair.chosen.judgment:g}"
+
+    @admin.display(description="Rejected")
+    def rejected_from(self, pair: PreferencePair) -> str:
+        return f"{pair.rejected.source_name}: {pair.rejected.judgment:g}"
+
+    def has_change_permission(self, request, obj=None) -> bool:
         return False
 
 

@@ -21,10 +21,9 @@ import krippendorff
 import numpy as np
 
 from annotation.models import ExpertQueueItem, Label, ReviewStatus
-from annotation.services import majority
-from guardmodel.metrics import binary_scores
-from guardmodel.prompts import jury_prompt_version
-from guardmodel.protocol import JUDGMENTS, is_harmful
+from annotation.strata import jury_prompt_version, majority
+from qta.metrics import binary_scores
+from qta.protocol import JUDGMENTS, is_harmful
 
 _COLUMN = {value: i for i, value in enumerate(JUDGMENTS)}
 

@@ -20,11 +20,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation import selectors, services
-from annotation.formats import FORMATS, SOURCE_KINDS, DefaultsRejected, guess_format
-from annotation.images import ImageRejected, ImageSource
 from annotation.models import ExpertQueueItem, ImportJob, Label, Sample
 from annotation.permissions import IsAdminRole
 from annotation.roles import is_admin, is_expert
+from qta.images import ImageRejected, ImageSource
+from qta.sample_files import FORMATS, SOURCE_KINDS, DefaultsRejected, guess_format
 
 
 class LabelOutputSerializer(serializers.ModelSerializer):

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from guardmodel.protocol import JUDGMENTS, RISK_CATEGORIES
+from qta.protocol import JUDGMENTS, RISK_CATEGORIES
 
 JUDGMENT_CHOICES = [(value, f"{value:g}") for value in JUDGMENTS]
 
@@ -417,3 +417,22 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-at"]
+
+
+class PreferencePair(models.Model):
+    """A D2:1 sample's DPO pair: chosen = a majority juror's annotation, rejected = the minority juror's."""
+
+    sample = models.ForeignKey(Sample, on_delete=models.CASCADE, related_name="preference_pairs")
+    prompt_version = models.CharField(max_length=32)
+    chosen = models.ForeignKey(Label, on_delete=models.CASCADE, related_name="+")
+    rejected = models.ForeignKey(Label, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["sample_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["sample", "prompt_version"], name="one_pair_per_sample_version")
+        ]
+
+    def __str__(self) -> str:
+        return f"pair on sample #{self.sample_id}"

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import random
 import secrets
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef, Q, Subquery
+from django.db.models import Q, Subquery
 from django.utils import timezone
 
+from annotation import strata
 from annotation.models import (
     AuditEvent,
     ExpertQueueItem,
@@ -38,9 +38,8 @@ from annotation.models import (
     expert_round_key,
 )
 from annotation.selectors import claimable_slots, items_seen_today, reasoning_steps
-from annotation.services import BATCH, majority, samples_labels_resolve
-from guardmodel.prompts import jury_prompt_version
-from guardmodel.protocol import JUDGMENTS
+from annotation.strata import jury_prompt_version, majority
+from qta.protocol import JUDGMENTS
 
 Item = ExpertQueueItem
 Slot = ExpertSlot
@@ -69,55 +68,6 @@ class ExpertSubmission:
 # --- the queue ----------------------------------------------------------------------------------------------------
 
 
-def _slots_for(items: Iterable[tuple[int, int, int]]) -> list[Slot]:
-    """Open slots for (item id, round, K) triples."""
-    return [Slot(item_id=pk, round=rnd, index=i) for pk, rnd, k in items for i in range(k)]
-
-
-def expert_queue_sync(*, sample_ids: list[int], prompt_version: str | None = None) -> tuple[int, int]:
-    """Queue the D1:1:1 samples among these for experts, and unqueue jury-split items whose sample is no longer
-    1:1:1 and that no expert has touched. Idempotent; returns (added, removed)."""
-    prompt_version = prompt_version or jury_prompt_version()
-    added = removed = 0
-    needed = settings.GUARDTRACE_EXPERT_LABELS
-    for start in range(0, len(sample_ids), BATCH):
-        chunk = sample_ids[start : start + BATCH]
-        split = set(Sample.objects.filter(pk__in=chunk, stratum=Stratum.D1_1_1).values_list("pk", flat=True))
-        queued = set(Item.objects.filter(sample_id__in=chunk).values_list("sample_id", flat=True))
-        new = sorted(split - queued)
-        if new:
-            Item.objects.bulk_create(
-                [
-                    Item(
-                        sample_id=pk,
-                        reason=Item.Reason.JURY_SPLIT,
-                        prompt_version=prompt_version,
-                        labels_needed=needed,
-                    )
-                    for pk in new
-                ],  # fmt: skip
-                ignore_conflicts=True,
-            )
-            # ignore_conflicts leaves the primary keys unset: read back the items that have no slots yet.
-            bare = Item.objects.filter(sample_id__in=new).exclude(
-                Exists(Slot.objects.filter(item=OuterRef("pk")))
-            )
-            Slot.objects.bulk_create(
-                _slots_for(bare.values_list("pk", "round", "labels_needed")), ignore_conflicts=True
-            )
-            added += len(new)
-        stale = queued - split
-        if stale:
-            deleted = (
-                Item.objects.filter(sample_id__in=stale, reason=Item.Reason.JURY_SPLIT)
-                .exclude(Exists(Slot.objects.filter(item=OuterRef("pk")).exclude(status=Slot.Status.OPEN)))
-                .exclude(sample__labels__source_kind=Label.SourceKind.EXPERT)
-                .delete()[1]
-            )
-            removed += deleted.get(Item._meta.label, 0)
-    return added, removed
-
-
 def expert_queue_send(*, sample: Sample, user, reason: str = Item.Reason.REVIEWER, note: str = "") -> Item:
     """Put a sample in front of experts: a new item, or a new round of a decided one. An item still waiting for
     labels is left as it is."""
@@ -138,7 +88,7 @@ def expert_queue_send(*, sample: Sample, user, reason: str = Item.Reason.REVIEWE
             item.labels_needed = needed
             item.reason, item.sent_by, item.note = reason, user, note
             item.save(update_fields=["round", "status", "labels_needed", "reason", "sent_by", "note"])
-        Slot.objects.bulk_create(_slots_for([(item.pk, item.round, item.labels_needed)]))
+        Slot.objects.bulk_create(strata.slots_for([(item.pk, item.round, item.labels_needed)]))
     return item
 
 
@@ -325,7 +275,7 @@ def _submit(slot: Slot, user, token: str, submission: ExpertSubmission, now: dat
         AuditEvent.objects.create(user=user, action=AuditEvent.Action.LABEL_WRITE, sample=sample, label=label)
         # Until the item is decided, an expert label cannot change the sample's stratum or training label.
         if _decide_if_complete(item, now):
-            samples_labels_resolve(sample_ids=[sample.pk])
+            strata.stratify(sample_ids=[sample.pk])
     return label
 
 
@@ -379,7 +329,7 @@ def expert_item_adjudicate(*, item_id: int, user, judgment: float, analysis: str
             sample_id=sample_id,
             detail={"item": item.pk, "round": item.round, "judgment": judgment},
         )
-        samples_labels_resolve(sample_ids=[sample_id])
+        strata.stratify(sample_ids=[sample_id])
     return item
 
 

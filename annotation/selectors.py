@@ -26,7 +26,7 @@ from annotation.models import (
     Stratum,
 )
 from annotation.roles import ADMIN, EXPERT, REVIEWER, user_roles
-from guardmodel.protocol import PROMPT_VERSION
+from qta.protocol import PROMPT_VERSION
 
 FILTERS = ("subset", "split", "category", "stratum", "input_variant")
 # The filters with a fixed set of values: (parameter, title shown on the list page, choices).

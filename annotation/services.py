@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, cast
@@ -17,15 +16,15 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from annotation.formats import (
-    NO_DEFAULTS,
-    FileDefaults,
-    RecordError,
-    SampleRecord,
-    file_defaults,
-    parse_records,
+from annotation import strata
+from annotation.models import (
+    AuditEvent,
+    ImageAsset,
+    ImportJob,
+    Label,
+    Sample,
 )
-from annotation.images import (
+from qta.images import (
     ArchiveRejected,
     ImageInfo,
     ImageRejected,
@@ -33,18 +32,15 @@ from annotation.images import (
     ZipImageSource,
     inspect_image,
 )
-from annotation.models import (
-    AuditEvent,
-    ExpertQueueItem,
-    ImageAsset,
-    ImportJob,
-    Label,
-    LabelOrigin,
-    Sample,
-    Stratum,
+from qta.protocol import JUDGMENTS
+from qta.sample_files import (
+    NO_DEFAULTS,
+    FileDefaults,
+    RecordError,
+    SampleRecord,
+    file_defaults,
+    parse_records,
 )
-from guardmodel.prompts import jury_prompt_version
-from guardmodel.protocol import JUDGMENTS, PROMPT_VERSION
 
 BATCH = 1000
 logger = logging.getLogger(__name__)
@@ -273,112 +269,13 @@ def _store(
         ]
         Label.objects.bulk_create(labels, batch_size=BATCH)
         report.sample_ids = [sample.pk for sample in samples]
-        samples_labels_resolve(sample_ids=report.sample_ids)
+        strata.stratify(sample_ids=report.sample_ids)
         AuditEvent.objects.create(
             user=user, action=AuditEvent.Action.IMPORT, detail={"file": name, "samples": len(samples)}
         )
     report.created = len(samples)
     report.labels_created = len(labels)
     report.images_created = len(new_assets)
-
-
-def majority(values: list[float]) -> float | None:
-    """The value more than half of `values` agree on, or None."""
-    if not values:
-        return None
-    value, count = Counter(values).most_common(1)[0]
-    return value if count * 2 > len(values) else None
-
-
-def resolve_labels(
-    labels: Iterable[Label],
-    *,
-    prompt_version: str = PROMPT_VERSION,  # pure: the caller says which version
-    queued: bool = False,
-    expert_decision: float | None = None,
-) -> tuple[str, float | None, str]:
-    """(stratum, final label, origin) for one sample's labels. Pure: used by the service and its tests.
-
-    For a sample in the expert queue (`queued`), the experts' word is the queue item's decision (K labels' majority
-    or an adjudication), not a running majority of the labels that are in so far."""
-    juror: list[Label] = []
-    expert: list[float] = []
-    imported: list[float] = []
-    for label in labels:
-        if label.source_kind == Label.SourceKind.JUROR and label.prompt_version == prompt_version:
-            juror.append(label)
-        elif label.status == Label.Status.VALID and label.source_kind == Label.SourceKind.EXPERT:
-            expert.append(label.judgment)  # type: ignore[arg-type]
-        elif label.status == Label.Status.VALID and label.source_kind == Label.SourceKind.IMPORTED:
-            imported.append(label.judgment)  # type: ignore[arg-type]
-    valid = [label.judgment for label in juror if label.status == Label.Status.VALID]
-    if not juror:
-        stratum = Stratum.UNLABELLED
-    elif len(valid) < 3:
-        stratum = Stratum.INCOMPLETE
-    else:
-        top = Counter(valid).most_common(1)[0][1]
-        stratum = (
-            Stratum.D3_0 if top == len(valid) else Stratum.D2_1 if top * 2 > len(valid) else Stratum.D1_1_1
-        )
-    # An expert decision overrides the jury; the jury overrides a label that came with the data.
-    decided = expert_decision if queued else majority(expert)
-    if decided is not None:
-        return stratum, decided, LabelOrigin.EXPERT
-    if stratum == Stratum.D3_0:
-        return stratum, valid[0], LabelOrigin.JURY_CONSENSUS
-    if stratum == Stratum.D2_1:
-        return stratum, majority(valid), LabelOrigin.JURY_MAJORITY  # type: ignore[arg-type]
-    if (given := majority(imported)) is not None:
-        return stratum, given, LabelOrigin.IMPORTED
-    return stratum, None, LabelOrigin.NONE
-
-
-def samples_labels_resolve(*, sample_ids: list[int], prompt_version: str | None = None) -> int:
-    """Recompute stratum and final label of the given samples from their labels (asked with `prompt_version`, by
-    default the jury's); returns how many changed.
-
-    The samples' rows are locked first (in id order, so two writers never deadlock): two transactions that each add
-    a label to the same sample then resolve it one after the other, the second seeing the first's label. Without
-    the lock, each could miss the other's uncommitted label and leave the sample *incomplete* with three labels."""
-    prompt_version = prompt_version or jury_prompt_version()
-    changed = 0
-    ids = sorted(set(sample_ids))
-    for start in range(0, len(ids), BATCH):
-        chunk = ids[start : start + BATCH]
-        with transaction.atomic():
-            changed += _resolve_chunk(chunk, prompt_version)
-    return changed
-
-
-def _resolve_chunk(chunk: list[int], prompt_version: str) -> int:
-    samples = list(
-        # NO KEY UPDATE: it waits for another resolver, but not for writers whose new label rows merely
-        # reference the sample (their foreign-key check holds KEY SHARE) — waiting on those would deadlock.
-        Sample.objects.select_for_update(no_key=True)
-        .filter(id__in=chunk)
-        .order_by("id")
-        .only("id", "stratum", "final_label", "final_label_origin")
-    )
-    decisions = dict(ExpertQueueItem.objects.filter(sample_id__in=chunk).values_list("sample_id", "decision"))
-    by_sample: dict[int, list[Label]] = {pk: [] for pk in chunk}
-    for label in Label.objects.filter(sample_id__in=chunk).only(
-        "sample_id", "source_kind", "prompt_version", "status", "judgment"
-    ):
-        by_sample[label.sample_id].append(label)
-    dirty = []
-    for sample in samples:
-        resolved = resolve_labels(
-            by_sample[sample.pk],
-            prompt_version=prompt_version,
-            queued=sample.pk in decisions,
-            expert_decision=decisions.get(sample.pk),
-        )
-        if resolved != (sample.stratum, sample.final_label, sample.final_label_origin):
-            sample.stratum, sample.final_label, sample.final_label_origin = resolved
-            dirty.append(sample)
-    Sample.objects.bulk_update(dirty, ["stratum", "final_label", "final_label_origin"], batch_size=BATCH)
-    return len(dirty)
 
 
 def label_record(
@@ -394,7 +291,7 @@ def label_record(
     latency_ms: float | None = None,
     user=None,
 ) -> Label:
-    """Store one label, recompute the sample's stratum and final label, and log who wrote it."""
+    """Store one label, re-stratify its sample (stratum, final label, pair, queue item), and log who wrote it."""
     if status == Label.Status.VALID and judgment not in JUDGMENTS:
         raise ValueError(f"judgment {judgment!r} is not one of 0, 0.5, 1")
     if status != Label.Status.VALID and judgment is not None:
@@ -414,7 +311,7 @@ def label_record(
                 created_by=user,
                 created_at=timezone.now(),
             )
-            samples_labels_resolve(sample_ids=[sample.pk])
+            strata.stratify(sample_ids=[sample.pk])
             AuditEvent.objects.create(
                 user=user, action=AuditEvent.Action.LABEL_WRITE, sample=sample, label=label
             )

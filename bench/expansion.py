@@ -27,11 +27,11 @@ def main() -> None:
     count = 1_000 if args.quick else 10_000
     database = fresh_database("guardtrace_bench_expansion")
 
-    from annotation.images import DirectoryImageSource
-    from annotation.synthetic import _THINGS, draw_scene
     from generation import services
-    from generation.embedding import build_tiny_embedder
     from generation.models import Variant
+    from qta.embedding import build_tiny_embedder
+    from qta.images import DirectoryImageSource
+    from qta.synthetic import _THINGS, draw_scene
 
     work = Path(tempfile.mkdtemp(prefix="guardtrace-bench-expansion-"))
     rng = random.Random(0)

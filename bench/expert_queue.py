@@ -35,11 +35,11 @@ EXPERTS = 20
 
 
 def _fill(samples: int, queued: int) -> None:
-    """Samples; the first `queued` split 1:1:1 by three jurors, queued for experts by the real service."""
+    """Samples; the first `queued` split 1:1:1 by three jurors, queued for experts by the real service (stratify)."""
     from django.utils import timezone
 
     from annotation.models import Label, RiskCategory, Sample, Stratum
-    from annotation.review import expert_queue_sync
+    from annotation.strata import stratify
 
     rng = random.Random(0)
     batch = []
@@ -65,7 +65,7 @@ def _fill(samples: int, queued: int) -> None:
          for i in ids for name, value in (("gemma", 0.0), ("mistral", 0.5), ("qwen", 1.0))],
         batch_size=5000,
     )  # fmt: skip
-    expert_queue_sync(sample_ids=ids)
+    stratify(sample_ids=ids, prompt_version="qta-v1")
 
 
 def _experts() -> list[str]:

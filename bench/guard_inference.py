@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def _samples(count: int) -> list:
-    from annotation.synthetic import generate
-    from guardmodel.engine import AuditInput
+    from qta.engine import AuditInput
+    from qta.synthetic import generate
 
     folder = Path(tempfile.mkdtemp(prefix="guardtrace-bench-guard-"))
     generate(folder, count=count, seed=7)
@@ -44,9 +44,9 @@ def _paper_loop(model_dir: str, items: list, max_new_tokens: int) -> tuple[int, 
     """One sample at a time, as the released evaluation script does."""
     import torch
 
-    from guardmodel import protocol
-    from guardmodel.engine import decode_image
-    from guardmodel.loading import choose_placement, load_model, load_processor
+    from qta import protocol
+    from qta.engine import decode_image
+    from qta.loading import choose_placement, load_model, load_processor
 
     placement = choose_placement()
     processor = load_processor(model_dir)
@@ -67,7 +67,7 @@ def _paper_loop(model_dir: str, items: list, max_new_tokens: int) -> tuple[int, 
 
 
 def _engine(model_dir: str, items: list, max_new_tokens: int, batch_size: int) -> tuple[int, list[str]]:
-    from guardmodel.engine import EngineOptions, TransformersGuard
+    from qta.engine import EngineOptions, TransformersGuard
 
     guard = TransformersGuard(model_dir, EngineOptions(max_new_tokens=max_new_tokens, batch_size=batch_size))
     verdicts = guard.judge(items)
@@ -97,7 +97,7 @@ def _child(mode: str, model_dir: str, count: int, max_new_tokens: int, batch_siz
 
 def _build(real_3b: bool) -> str:
     folder = Path(tempfile.mkdtemp(prefix="guardtrace-bench-model-")) / "guard"
-    from guardmodel.tiny import TinySpec, build_tiny_guard
+    from qta.tiny import TinySpec, build_tiny_guard
 
     if not real_3b:
         return str(build_tiny_guard(folder, spec=TinySpec(initializer_range=0.6)))

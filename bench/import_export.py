@@ -70,10 +70,10 @@ def main() -> None:
     database = fresh_database("guardtrace_bench_io")
 
     from annotation import services
-    from annotation.formats import file_defaults
-    from annotation.images import DirectoryImageSource, ZipImageSource
     from annotation.models import ImageAsset, Sample
-    from annotation.synthetic import generate
+    from qta.images import DirectoryImageSource, ZipImageSource
+    from qta.sample_files import file_defaults
+    from qta.synthetic import generate
 
     work = Path(tempfile.mkdtemp(prefix="guardtrace-bench-io-"))
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from guardmodel.protocol import JUDGMENTS, parse_output  # noqa: E402
+from qta.protocol import JUDGMENTS, parse_output  # noqa: E402
 from tests.guardmodel import shapes  # noqa: E402
 
 ANALYSES = [

@@ -4,7 +4,7 @@ Run: .venv/bin/python bench/training_gpu.py [--quick]
 On a GPU machine: a randomly-initialised model with the real Qwen2.5-VL-3B configuration (built offline, our
 tokenizer), the default hyperparameters (bf16, per-device batch 4 × gradient accumulation 8, gradient checkpointing,
 vision tower frozen), synthetic QTA rows with images, a few optimiser steps per configuration, each in its own runner
-process (`python -m training.runner`, as a round runs). Reports optimiser steps/s (after the first step) and peak
+process (`python -m qta.runner`, as a round runs). Reports optimiser steps/s (after the first step) and peak
 GPU memory. Without a GPU, or with --quick, the tiny checkpoint on the CPU runs the same path as a smoke test; its
 figures say nothing about a GPU.
 """
@@ -26,8 +26,8 @@ CONFIGS = [("sft", False), ("sft", True), ("dpo", False), ("dpo", True)]
 
 
 def _rows(folder: Path, count: int) -> list[dict]:
-    from annotation.synthetic import generate
-    from guardmodel import protocol
+    from qta import protocol
+    from qta.synthetic import generate
 
     generate(folder, count=count, seed=5)
     rows = []
@@ -47,7 +47,7 @@ def _rows(folder: Path, count: int) -> list[dict]:
 
 def _build(real: bool, folder: Path) -> Path:
     from guardmodel.management.commands.build_tiny_guard import synthetic_texts
-    from guardmodel.tiny import TinySpec, build_tiny_guard
+    from qta.tiny import TinySpec, build_tiny_guard
 
     if not real:
         return build_tiny_guard(folder, texts=synthetic_texts())
@@ -58,7 +58,7 @@ def _build(real: bool, folder: Path) -> Path:
 
 
 def _run(work: Path, base: Path, stage: str, lora: bool, rows: list[dict], real: bool, steps: int) -> dict:
-    from training.hyper import for_stage
+    from qta.hyper import for_stage
 
     hp = for_stage(
         stage, tiny=not real, lora=lora, epochs=1.0, logging_steps=1, save_steps=10_000, warmup_ratio=0.0
@@ -73,7 +73,7 @@ def _run(work: Path, base: Path, stage: str, lora: bool, rows: list[dict], real:
               "device": "cuda" if real else "cpu", "threads": 0}  # fmt: skip
     (run_dir / "config.json").write_text(json.dumps(config))
     with (run_dir / "log.txt").open("wb") as log:
-        code = subprocess.run([sys.executable, "-m", "training.runner", str(run_dir)], cwd=ROOT, stdout=log,
+        code = subprocess.run([sys.executable, "-m", "qta.runner", str(run_dir)], cwd=ROOT, stdout=log,
                               stderr=subprocess.STDOUT).returncode  # fmt: skip
     if code != 0:
         error = run_dir / "error.json"

@@ -4,7 +4,7 @@ budget's length, however long it is.
 
 Run: .venv/bin/python bench/training_long_trace.py [--quick]
 A tiny DPO round (the tiny offline checkpoint, the tiny preset and its budget, max_length 1,024) in the runner's
-child process (`python -m training.runner`, as a round runs) on synthetic QTA pairs with images: the set alone, the
+child process (`python -m qta.runner`, as a round runs) on synthetic QTA pairs with images: the set alone, the
 set with one more pair whose reasoning is 100,000 characters (~40K tokens; before the budget, a trace like it took a
 real DPO round to 20 GB), with one of 1,000,000 characters, and, to compare, with one pair just under the budget and
 not cut. Each child's peak RSS is read from the kernel when it exits (os.wait4). A long trace costs what a record of
@@ -32,8 +32,8 @@ TRACE_CHARS = 100_000
 
 
 def _pairs(folder: Path, count: int) -> list[dict]:
-    from annotation.synthetic import generate
-    from guardmodel import protocol
+    from qta import protocol
+    from qta.synthetic import generate
 
     generate(folder, count=count, seed=7)
     rows = []
@@ -64,7 +64,7 @@ def _long_pair(rows: list[dict], chars: int) -> dict:
 
 
 def _round(work: Path, name: str, base: Path, rows: list[dict], threads: int) -> dict:
-    from training.hyper import for_stage
+    from qta.hyper import for_stage
 
     hp = for_stage("dpo", tiny=True, logging_steps=1, save_steps=10_000, warmup_ratio=0.0)
     run_dir = work / name
@@ -82,7 +82,7 @@ def _round(work: Path, name: str, base: Path, rows: list[dict], threads: int) ->
     started = time.perf_counter()
     with (run_dir / "log.txt").open("wb") as log:
         child = subprocess.Popen(
-            [sys.executable, "-m", "training.runner", str(run_dir)],
+            [sys.executable, "-m", "qta.runner", str(run_dir)],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -115,7 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     fresh_database("bench_training_long_trace")  # the tokenizer's corpus helper lives in a Django app
     from guardmodel.management.commands.build_tiny_guard import synthetic_texts
-    from guardmodel.tiny import build_tiny_guard
+    from qta.tiny import build_tiny_guard
 
     work = Path(tempfile.mkdtemp(prefix="guardtrace-bench-long-"))
     rows = _pairs(work / "set", 16 if args.quick else 128)

@@ -31,7 +31,7 @@ def main() -> None:
     from guardmodel.management.commands.build_tiny_guard import synthetic_texts
     from guardmodel.models import Evaluation
     from guardmodel.services import checkpoint_register, guard_job_create, guard_job_run
-    from guardmodel.tiny import build_tiny_guard
+    from qta.tiny import build_tiny_guard
     from tests.loopback import LoopbackOpenAI
     from tests.training import loop
     from training import services

@@ -10,12 +10,12 @@ from django.shortcuts import redirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from annotation.images import ArchiveRejected, ZipImageSource
 from annotation.services import ImportRejected
 from generation import runs, services
 from generation.models import Expansion, GenerationRun, GenerationTask, Generator, ImagePool, SeedSet, Variant
 from guardmodel.models import JobStatus
 from guardtrace.adminforms import admin_form
+from qta.images import ArchiveRejected, ZipImageSource
 
 
 class SeedImportForm(forms.Form):

@@ -25,10 +25,10 @@ from django.utils import timezone
 
 from annotation.models import Sample
 from annotation.services import content_hash
-from generation.backends import OpenAIGenerator, Trace, TransformersGenerator
 from generation.models import GenerationRun, GenerationTask, Generator, Variant
 from guardmodel.models import JobStatus
 from jury.backends import retry_policy
+from qta.generators import OpenAIGenerator, Trace, TransformersGenerator
 
 Status = GenerationTask.Status
 MADE = (Status.DONE, Status.FLAGGED)

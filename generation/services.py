@@ -23,20 +23,20 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from annotation.formats import RecordError
-from annotation.images import ImageInfo, ImageRejected, ImageSource, inspect_image
 from annotation.models import ImageAsset, InputVariant
 from annotation.services import ImportRejected, image_store
-from generation import embedding, seeds
 from generation.models import Expansion, ImagePool, PoolImage, SeedQuery, SeedSet, Variant
-from generation.typography import (
+from guardmodel.models import JobStatus
+from qta import embedding, seed_files
+from qta.images import ImageInfo, ImageRejected, ImageSource, inspect_image
+from qta.sample_files import RecordError
+from qta.typography import (
     FIGSTEP_INSTRUCTION,
     TypographyError,
     TypographyOptions,
     render_typographic,
     resolve_font_path,
 )
-from guardmodel.models import JobStatus
 
 EXPANSIONS = (InputVariant.TEXT_ONLY, InputVariant.IRRELEVANT_IMAGE, InputVariant.ALIGNED_IMAGE,
               InputVariant.TYPOGRAPHIC)  # fmt: skip
@@ -63,10 +63,10 @@ def seeds_import(
     as given, with its image read from `images`."""
     if pairs and pairs not in PAIR_KINDS:
         raise ValueError(f"pairs: {pairs!r} is not one of {', '.join(PAIR_KINDS)}")
-    rows: list[seeds.SeedRow] = []
+    rows: list[seed_files.SeedRow] = []
     errors: list[RecordError] = []
     checked: dict[int, tuple[bytes, ImageInfo]] = {}
-    for item in seeds.parse_seeds(data, name=name, fmt=fmt, pairs=bool(pairs)):
+    for item in seed_files.parse_seeds(data, name=name, fmt=fmt, pairs=bool(pairs)):
         if isinstance(item, RecordError):
             errors.append(item)
             continue
@@ -109,7 +109,7 @@ def pool_import(
     captions: bytes | None = None, captions_name: str = "captions.jsonl",
 ) -> ImagePool:  # fmt: skip
     """An image pool (new, or added to) from (relative path, caption) entries read from `images`, or from a captions
-    file (`captions`, see seeds.parse_captions); every entry is checked first, and on any error nothing is stored.
+    file (`captions`, see seed_files.parse_captions); every entry is checked first, and on any error nothing is stored.
     Errors name the captions file and its line (or the pool and the entry's number)."""
     errors: list[RecordError] = []
     checked = []
@@ -117,7 +117,7 @@ def pool_import(
                                                  for n, (relative, caption) in enumerate(entries, start=1)]  # fmt: skip
     if captions is not None:
         numbered = []
-        for item in seeds.parse_captions(captions, name=captions_name):
+        for item in seed_files.parse_captions(captions, name=captions_name):
             if isinstance(item, RecordError):
                 errors.append(item)
             else:

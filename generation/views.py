@@ -13,9 +13,10 @@ from django.views.decorators.http import require_GET, require_POST
 
 from annotation.roles import is_admin
 from annotation.views import HtmxHttpRequest, role_required
-from generation import seeds, services
+from generation import services
 from generation.models import Expansion, GenerationRun, GenerationTask, SeedQuery, SeedSet, Variant
 from generation.runs import run_progress, runs_progress
+from qta import seed_files
 
 PAGE = 50
 
@@ -70,9 +71,10 @@ def seed_attach(request: HtmxHttpRequest, seed_id: int):
         )
         return redirect(back)
     text = request.POST.get("text", "").strip()
-    if len(text) > seeds.MAX_TEXT:
+    if len(text) > seed_files.MAX_TEXT:
         messages.error(
-            request, f"seed #{seed.pk}: text: {len(text):,} characters, over the {seeds.MAX_TEXT:,} limit"
+            request,
+            f"seed #{seed.pk}: text: {len(text):,} characters, over the {seed_files.MAX_TEXT:,} limit",
         )
         return redirect(back)
     try:

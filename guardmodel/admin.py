@@ -8,14 +8,21 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.html import format_html
 
+from annotation.admin import SampleAdmin
 from annotation.models import Sample
 from annotation.roles import is_admin
 from guardmodel import services
-from guardmodel.loading import CheckpointError, check_checkpoint_dir, is_local
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob, PromptTemplate
-from guardmodel.prompts import TemplateError, prompt_template_check, prompt_template_create, version_choices
-from guardmodel.protocol import RELEASE_GENERATION
+from guardmodel.prompts import (
+    TemplateError,
+    prompt_template_check,
+    prompt_template_create,
+    template_users,
+    version_choices,
+)
 from guardmodel.views import readings
+from qta.loading import CheckpointError, check_checkpoint_dir, is_local
+from qta.protocol import RELEASE_GENERATION
 
 
 class PromptTemplateForm(forms.ModelForm):
@@ -107,11 +114,7 @@ class PromptTemplateAdmin(admin.ModelAdmin):
 
 
 def _template_users(version: str) -> str:
-    from jury.models import Juror
-
-    names = [f"checkpoint {c}" for c in GuardCheckpoint.objects.filter(prompt_version=version)]
-    names += [f"juror {j}" for j in Juror.objects.filter(prompt_version=version)]
-    return ", ".join(names)
+    return ", ".join(template_users(version))
 
 
 class GuardCheckpointForm(forms.ModelForm):
@@ -157,14 +160,13 @@ class GuardCheckpointForm(forms.ModelForm):
 class GuardCheckpointAdmin(admin.ModelAdmin):
     form = GuardCheckpointForm
     list_display = [
-        "name", "is_active", "path", "endpoint", "prompt_version", "base_model", "produced_by", "created_at"
+        "name", "is_active", "path", "endpoint", "prompt_version", "base_model", "created_at"
     ]  # fmt: skip
     list_filter = ["is_active"]
-    raw_id_fields = ["produced_by"]
     readonly_fields = ["is_active"]
     actions = ["make_active", "judge_test_subsets"]
     fieldsets = [
-        (None, {"fields": ["name", "path", "endpoint", "served_model", "api_key_env", "base_model", "produced_by",
+        (None, {"fields": ["name", "path", "endpoint", "served_model", "api_key_env", "base_model",
                            "is_active"]}),
         ("How it is asked", {"fields": ["prompt_version", "preset", "max_new_tokens", "max_input_tokens", "greedy"]}),
     ]  # fmt: skip
@@ -235,6 +237,9 @@ def judge_samples_action(modeladmin, request, queryset: QuerySet[Sample]):
 
 
 judge_samples_action.short_description = "Judge selected samples with checkpoint …"  # type: ignore[attr-defined]
+
+# The guard extends the Samples list with its action (annotation does not import the guard).
+SampleAdmin.actions = [judge_samples_action, *SampleAdmin.actions]
 
 
 @admin.register(GuardJob)

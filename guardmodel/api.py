@@ -15,8 +15,8 @@ from rest_framework.views import APIView
 
 from annotation.permissions import CanAudit
 from guardmodel import services
-from guardmodel.engine import AuditInput, ImageError, decode_image
-from guardmodel.loading import CheckpointError
+from qta.engine import AuditInput, ImageError, decode_image
+from qta.loading import CheckpointError
 
 
 class ImageField(serializers.Field):

@@ -83,14 +83,6 @@ class GuardCheckpoint(models.Model):
         help_text="Input budget in tokens: longer inputs lose the middle of the reasoning; empty: the model's context.",
     )  # fmt: skip
     greedy = models.BooleanField(default=True, help_text="Greedy decoding (temperature 0).")
-    produced_by = models.ForeignKey(
-        "training.TrainingRun",
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="checkpoints",
-        help_text="The training run that made this checkpoint.",
-    )
     is_active = models.BooleanField(
         default=False, help_text="The checkpoint the audit API and inspector use."
     )

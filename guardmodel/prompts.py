@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from guardmodel import protocol
-from guardmodel.models import PromptTemplate
+from collections.abc import Callable
+
+from guardmodel.models import GuardCheckpoint, PromptTemplate
+from qta import protocol
 
 
 class TemplateError(ValueError):
@@ -25,18 +27,21 @@ def template_for(version: str) -> protocol.Template:
     return as_template(row)
 
 
-def jury_prompt_version() -> str:
-    """The version the jury asks with: the one template its sitting jurors share (the juror form keeps them on one;
-    qta-v1 when no juror sits). Strata, pairs, expert items and training sets default to it.
+TemplateUsers = Callable[[str], list[str]]
+_template_users: list[TemplateUsers] = []
 
-    Reads the jury app's jurors: the one place that knows who sits (an upward reach, kept to this function).
-    """
-    from jury.models import Juror
 
-    versions = set(
-        Juror.objects.filter(enabled=True, is_oracle=False).values_list("prompt_version", flat=True)
-    )
-    return versions.pop() if len(versions) == 1 else protocol.PROMPT_VERSION
+def template_users_source(source: TemplateUsers) -> None:
+    """Add a reader of who else asks with a template (the jury: its jurors); called when that app loads."""
+    _template_users.append(source)
+
+
+def template_users(version: str) -> list[str]:
+    """Who asks with this template: checkpoints, and what other apps registered (jurors)."""
+    names = [f"checkpoint {c}" for c in GuardCheckpoint.objects.filter(prompt_version=version)]
+    for source in _template_users:
+        names += source(version)
+    return names
 
 
 def as_template(row: PromptTemplate) -> protocol.Template:

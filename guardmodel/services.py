@@ -17,13 +17,13 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from annotation.models import Label, Sample, Split
-from annotation.services import majority
-from guardmodel import metrics
-from guardmodel.engine import AuditInput, EngineOptions, Guard, OpenAIGuard, TransformersGuard, Verdict
-from guardmodel.loading import CheckpointError, check_checkpoint_dir, is_local
+from annotation.strata import jury_prompt_version, majority
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob, validate_base_url
-from guardmodel.prompts import TemplateError, jury_prompt_version, template_for
-from guardmodel.protocol import PROMPT_VERSION
+from guardmodel.prompts import TemplateError, template_for
+from qta import metrics
+from qta.engine import AuditInput, EngineOptions, Guard, OpenAIGuard, TransformersGuard, Verdict
+from qta.loading import CheckpointError, check_checkpoint_dir, is_local
+from qta.protocol import PROMPT_VERSION
 
 log = logging.getLogger(__name__)
 CHUNK = 64  # samples per commit: a killed worker loses at most this much work
@@ -44,7 +44,6 @@ def checkpoint_register(
     base_model: str = "",
     served_model: str = "",
     api_key_env: str = "",
-    produced_by=None,
     activate: bool = False,
     prompt_version: str = PROMPT_VERSION,
     max_new_tokens: int | None = None,
@@ -79,7 +78,7 @@ def checkpoint_register(
     with transaction.atomic():
         checkpoint = GuardCheckpoint.objects.create(
             name=name, path=path, endpoint=endpoint, base_model=base_model, served_model=served_model,
-            api_key_env=api_key_env, produced_by=produced_by, prompt_version=prompt_version,
+            api_key_env=api_key_env, prompt_version=prompt_version,
             max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens, greedy=greedy,
         )  # fmt: skip
         if activate:
@@ -349,16 +348,18 @@ def _predictions(sample_ids: list[int], kind: str, name: str, prompt_version: st
 
 
 def _asked_with(source_kind: str, source_name: str) -> str:
-    """The template a source's labels are asked with: a guard's own, a juror's or the oracle's, else the jury's."""
-    from jury.models import Juror  # a label source's template lives with it; this lookup only reads it
-
+    """The template a source's labels are asked with: a guard's own; a juror's or the oracle's, as its latest
+    labels were; else the sitting jury's."""
     version: str | None = None
     if source_kind == Evaluation.SourceKind.GUARD:
         version = (
             GuardCheckpoint.objects.filter(name=source_name).values_list("prompt_version", flat=True).first()
         )
     elif source_kind in (Evaluation.SourceKind.JUROR, Evaluation.SourceKind.ORACLE) and source_name:
-        version = Juror.objects.filter(name=source_name).values_list("prompt_version", flat=True).first()
+        latest = Label.objects.filter(source_kind=source_kind, source_name=source_name).order_by(
+            "-created_at", "-pk"
+        )
+        version = latest.values_list("prompt_version", flat=True).first()
     return version or jury_prompt_version()
 
 

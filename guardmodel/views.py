@@ -7,8 +7,9 @@ from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
 from annotation.views import HtmxHttpRequest, role_required
-from guardmodel import metrics, services
+from guardmodel import services
 from guardmodel.models import Evaluation, GuardJob
+from qta import metrics
 
 CHART_WIDTH = 560
 BAR_HEIGHT = 14

@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "jury",
     "training",
     "generation",
+    "demo",
 ]
 
 MIDDLEWARE = [
@@ -168,10 +169,12 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_out": str(CELERY_FS_DIR / "queue"),
         "processed_folder": str(CELERY_FS_DIR / "processed"),
         "store_processed": False,
+        # Its exchange tables: per instance too (kombu's default is ./control, shared by every checkout's run).
+        "control_folder": str(CELERY_FS_DIR / "control"),
     }
     # kombu's filesystem transport does not create its folders.
-    (CELERY_FS_DIR / "queue").mkdir(parents=True, exist_ok=True)
-    (CELERY_FS_DIR / "processed").mkdir(parents=True, exist_ok=True)
+    for _folder in ("queue", "processed", "control"):
+        (CELERY_FS_DIR / _folder).mkdir(parents=True, exist_ok=True)
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # Unacknowledged tasks return to the queue after this long (tasks use late acknowledgement).
     CELERY_BROKER_TRANSPORT_OPTIONS = {

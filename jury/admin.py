@@ -1,4 +1,4 @@
-"""Jurors, jury runs and preference pairs in the admin. Runs start from the run form (a selection by subset, split,
+"""Jurors and jury runs in the admin. Runs start from the run form (a selection by subset, split,
 stratum, category or all unlabelled) or from the Samples list ("Run the jury on the selected samples")."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from django.utils.html import format_html
 
 from annotation.admin import SampleAdmin
 from annotation.models import Sample, Split, Stratum
-from guardmodel.loading import CheckpointError, check_checkpoint_dir
 from guardmodel.prompts import version_choices
-from jury import services, strata
-from jury.models import Juror, JuryRun, PreferencePair
+from jury import services
+from jury.models import Juror, JuryRun
+from qta.loading import CheckpointError, check_checkpoint_dir
 
 
 class JurorForm(forms.ModelForm):
@@ -159,25 +159,6 @@ class JuryRunAdmin(admin.ModelAdmin):
         self.message_user(request, f"{n} run(s) resumed; what is labelled is not asked again.")
 
 
-@admin.register(PreferencePair)
-class PreferencePairAdmin(admin.ModelAdmin):
-    list_display = ["sample_id", "prompt_version", "chosen_from", "rejected_from", "created_at"]
-    raw_id_fields = ["sample", "chosen", "rejected"]
-    list_select_related = ["chosen", "rejected"]
-    show_full_result_count = False
-
-    @admin.display(description="Chosen")
-    def chosen_from(self, pair: PreferencePair) -> str:
-        return f"{pair.chosen.source_name}: {pair.chosen.judgment:g}"
-
-    @admin.display(description="Rejected")
-    def rejected_from(self, pair: PreferencePair) -> str:
-        return f"{pair.rejected.source_name}: {pair.rejected.judgment:g}"
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-
 def run_jury_action(modeladmin, request, queryset: QuerySet[Sample]):
     """Sample admin action: one label per enabled juror on each selected sample."""
     try:
@@ -194,16 +175,5 @@ def run_jury_action(modeladmin, request, queryset: QuerySet[Sample]):
 run_jury_action.short_description = "Run the jury on the selected samples"  # type: ignore[attr-defined]
 
 
-def restratify_action(modeladmin, request, queryset: QuerySet[Sample]):
-    report = strata.stratify(sample_ids=list(queryset.values_list("pk", flat=True)))
-    modeladmin.message_user(
-        request,
-        f"{report.samples} samples re-stratified: {report.changed} changed, {report.pairs_created} pairs made, "
-        f"{report.pairs_removed} removed, {report.queued} queued for experts.",
-    )
-
-
-restratify_action.short_description = "Re-stratify the selected samples"  # type: ignore[attr-defined]
-
 # The jury extends the Samples list with its actions (annotation does not import the jury).
-SampleAdmin.actions = [*SampleAdmin.actions, run_jury_action, restratify_action]
+SampleAdmin.actions = [*SampleAdmin.actions, run_jury_action]

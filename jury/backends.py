@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from guardmodel.engine import AuditInput, OpenAIGuard, RetryPolicy, TransformersGuard, Verdict
 from guardmodel.prompts import TemplateError, template_for
 from guardmodel.services import engine_options
 from jury.models import Juror
+from qta.engine import AuditInput, OpenAIGuard, RetryPolicy, TransformersGuard, Verdict
 
 
 @dataclass

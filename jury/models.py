@@ -12,7 +12,7 @@ from django.db import models
 from django.db.models import Q
 
 from guardmodel.models import JobStatus, LongWork, validate_base_url
-from guardmodel.protocol import PROMPT_VERSION
+from qta.protocol import PROMPT_VERSION
 
 
 class Juror(models.Model):
@@ -124,22 +124,3 @@ class JuryTask(models.Model):
             models.Index(fields=["claim_token"]),
             models.Index(fields=["run", "completed_at"]),
         ]
-
-
-class PreferencePair(models.Model):
-    """A D2:1 sample's DPO pair: chosen = a majority juror's annotation, rejected = the minority juror's."""
-
-    sample = models.ForeignKey("annotation.Sample", on_delete=models.CASCADE, related_name="preference_pairs")
-    prompt_version = models.CharField(max_length=32)
-    chosen = models.ForeignKey("annotation.Label", on_delete=models.CASCADE, related_name="+")
-    rejected = models.ForeignKey("annotation.Label", on_delete=models.CASCADE, related_name="+")
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["sample_id"]
-        constraints = [
-            models.UniqueConstraint(fields=["sample", "prompt_version"], name="one_pair_per_sample_version")
-        ]
-
-    def __str__(self) -> str:
-        return f"pair on sample #{self.sample_id}"

@@ -29,12 +29,12 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
+from annotation import strata
 from annotation.models import Label, Sample, Split, Stratum
-from guardmodel.engine import AuditInput, Verdict
 from guardmodel.services import sample_input, verdict_label
-from jury import strata
 from jury.backends import backend_for_juror
 from jury.models import Juror, JurorLease, JuryRun, JuryTask
+from qta.engine import AuditInput, Verdict
 
 log = logging.getLogger(__name__)
 OPEN = (JuryTask.Status.PENDING, JuryTask.Status.CLAIMED)

@@ -131,7 +131,7 @@ def write_jsonl(path: Path, records: list) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A tiny random Qwen2.5-VL checkpoint, built once per test session, read-only for tests."""
-    from guardmodel.tiny import build_tiny_guard
+    from qta.tiny import build_tiny_guard
 
     return build_tiny_guard(tmp_path_factory.mktemp("tiny") / "guard", texts=["Step 1. Step 2."])
 
@@ -139,7 +139,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lively_dir(tmp_path_factory) -> Path:
     """A tiny checkpoint with large random weights: its greedy output depends on its input (for batching tests)."""
-    from guardmodel.tiny import TinySpec, build_tiny_guard
+    from qta.tiny import TinySpec, build_tiny_guard
 
     return build_tiny_guard(
         tmp_path_factory.mktemp("lively") / "guard", spec=TinySpec(initializer_range=0.6, seed=3)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import zipfile
@@ -13,10 +12,11 @@ from django.db import connection
 from django.urls import reverse
 
 from annotation import services
-from annotation.images import DirectoryImageSource
 from annotation.models import ImportJob, Sample
-from annotation.synthetic import generate
+from qta.images import DirectoryImageSource
+from qta.synthetic import generate
 from tests.conftest import REDIS_URL
+from tests.workers import filesystem_broker
 from tests.workers import worker as _worker
 
 
@@ -60,11 +60,7 @@ def _run_import_through_worker(api, tmp_path, broker_url, options, settings):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_runs_api_imports_over_the_filesystem_broker(api_for, admin_user, tmp_path, settings):
-    folder = tmp_path / "var" / "celery"
-    options = {"data_folder_in": str(folder / "queue"), "data_folder_out": str(folder / "queue"),
-               "processed_folder": str(folder / "processed"), "store_processed": False}  # fmt: skip
-    for path in {options["data_folder_in"], options["processed_folder"]}:
-        os.makedirs(path, exist_ok=True)
+    options = filesystem_broker(tmp_path)
     _run_import_through_worker(api_for(admin_user), tmp_path, "filesystem://", options, settings)
 
 

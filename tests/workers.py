@@ -83,8 +83,9 @@ def filesystem_broker(root: Path) -> dict:
     """Transport options for kombu's filesystem broker under root/var/celery (as the embedded default uses)."""
     folder = root / "var" / "celery"
     options = {"data_folder_in": str(folder / "queue"), "data_folder_out": str(folder / "queue"),
-               "processed_folder": str(folder / "processed"), "store_processed": False}  # fmt: skip
-    for path in {options["data_folder_in"], options["processed_folder"]}:
+               "processed_folder": str(folder / "processed"), "store_processed": False,
+               "control_folder": str(folder / "control")}  # fmt: skip
+    for path in {options["data_folder_in"], options["processed_folder"], options["control_folder"]}:
         os.makedirs(path, exist_ok=True)
     return options
 

@@ -12,15 +12,15 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from annotation.images import ArchiveRejected, ZipImageSource
 from annotation.roles import is_admin
 from annotation.services import ImportRejected
 from guardmodel.models import GuardCheckpoint
 from guardmodel.services import checkpoint_activate
 from guardtrace.adminforms import admin_form
+from qta.hyper import STAGE_DEFAULTS, TINY, Hyperparameters, for_stage
+from qta.images import ArchiveRejected, ZipImageSource
 from training import services
 from training.datasets import SnapshotError, snapshot_import
-from training.hyper import STAGE_DEFAULTS, TINY, Hyperparameters, for_stage
 from training.models import DatasetSnapshot, Stage, TrainingRun
 
 _FIELD_TYPES = {
@@ -87,7 +87,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return (
-            super().get_queryset(request).prefetch_related("checkpoints")
+            super().get_queryset(request).select_related("output_checkpoint")
         )  # the checkpoint column, one query
 
     def has_change_permission(self, request, obj=None) -> bool:

@@ -23,13 +23,12 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from annotation.formats import RecordError
-from annotation.images import ImageInfo, ImageRejected, ImageSource, inspect_image
 from annotation.models import (
     ExpertQueueItem,
     ImageAsset,
     Label,
     LabelOrigin,
+    PreferencePair,
     ReviewDecision,
     ReviewStatus,
     Sample,
@@ -37,11 +36,11 @@ from annotation.models import (
     Stratum,
 )
 from annotation.services import ImportRejected, image_store
-from guardmodel import protocol
-from guardmodel.prompts import jury_prompt_version
-from guardmodel.protocol import PROMPT_VERSION
-from jury.models import PreferencePair
-from training import formats, imports
+from annotation.strata import jury_prompt_version
+from qta import protocol, training_files, training_records
+from qta.images import ImageInfo, ImageRejected, ImageSource, inspect_image
+from qta.protocol import PROMPT_VERSION
+from qta.sample_files import RecordError
 from training.models import DatasetSnapshot, Stage
 
 LEVEL_WORDS = {0.0: "safe", 0.5: "potentially harmful", 1.0: "harmful"}
@@ -322,16 +321,16 @@ def snapshot_import(
     prompt_version: str = PROMPT_VERSION,
 ) -> DatasetSnapshot:  # fmt: skip
     """A training file made elsewhere (the GuardTrace-VL release's SFT / DPO files, LLaMA-Factory sharegpt or alpaca,
-    TRL; shapes in `training.imports`) as an imported snapshot. Every row is checked first; on any error nothing is
+    TRL; shapes in `qta.training_files`) as an imported snapshot. Every row is checked first; on any error nothing is
     stored and `ImportRejected` lists each as file:line: field: reason. Images are read from `images` (a folder or
-    zip, looked up as `annotation.images` does: the path, under a single top folder or without its leading
+    zip, looked up as `qta.images` does: the path, under a single top folder or without its leading
     folders, else a unique base name) and
     stored like samples'."""
     if stage not in Stage.values:
         raise SnapshotError(f"unknown stage {stage!r}: use one of {', '.join(Stage.values)}")
     errors: list[RecordError] = []
-    rows: list[tuple[imports.Row, ImageInfo | None]] = []
-    for item in imports.parse_training_file(data, name=name, stage=stage):
+    rows: list[tuple[training_files.Row, ImageInfo | None]] = []
+    for item in training_files.parse_training_file(data, name=name, stage=stage):
         if isinstance(item, RecordError):
             errors.append(item)
             continue
@@ -359,7 +358,7 @@ def snapshot_import(
         return snapshot_store(built, user=user, source=DatasetSnapshot.Source.IMPORTED)
 
 
-def _imported_record(row: imports.Row, info: ImageInfo | None, stage: str) -> dict[str, Any]:
+def _imported_record(row: training_files.Row, info: ImageInfo | None, stage: str) -> dict[str, Any]:
     record: dict[str, Any] = {
         "sample_id": None, "source_line": row.line, "question": row.question, "thinking": row.thinking,
         "answer": row.answer, "image": info.sha256 if info else None, "origin": "imported",
@@ -403,15 +402,15 @@ def snapshot_export(snapshot: DatasetSnapshot, out_dir: Path, *, fmt: str = "trl
     for record in records:
         images = [copied[record["image"]]] if record.get("image") else []
         rows.append(
-            formats.trl_row(record, snapshot.stage, images)
+            training_records.trl_row(record, snapshot.stage, images)
             if fmt == "trl"
-            else formats.sharegpt_row(record, snapshot.stage, images)
+            else training_records.sharegpt_row(record, snapshot.stage, images)
         )
     if fmt == "trl":
         data.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     else:
         data.write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
         (out_dir / "dataset_info.json").write_text(
-            json.dumps(formats.sharegpt_dataset_info(stem, snapshot.stage, data.name), indent=2)
+            json.dumps(training_records.sharegpt_dataset_info(stem, snapshot.stage, data.name), indent=2)
         )
     return data

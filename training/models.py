@@ -78,6 +78,11 @@ class TrainingRun(LongWork, models.Model):
         "guardmodel.GuardCheckpoint", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
         help_text="DPO stages: the frozen reference model (the previous stage's output).",
     )  # fmt: skip
+    # Lineage points down: the round knows what it made; a checkpoint knows nothing of training.
+    output_checkpoint = models.OneToOneField(
+        "guardmodel.GuardCheckpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="made_by",
+        help_text="The checkpoint this round made.",
+    )  # fmt: skip
     snapshot = models.ForeignKey(
         DatasetSnapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="runs",
         help_text="OGDPO: built by the round's mining step.",
@@ -132,8 +137,3 @@ class TrainingRun(LongWork, models.Model):
     @property
     def percent(self) -> int:
         return int(100 * self.step / self.max_steps) if self.max_steps else 0
-
-    @property
-    def output_checkpoint(self):
-        # Through .all(), so a list that prefetched `checkpoints` asks nothing more per run.
-        return next(iter(self.checkpoints.all()), None)  # type: ignore[attr-defined]

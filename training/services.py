@@ -27,14 +27,16 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from annotation.models import ImageAsset, Sample, Split
-from guardmodel.loading import CheckpointError, check_checkpoint_dir, is_local, load_processor
+from annotation.strata import jury_prompt_version
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob
-from guardmodel.prompts import TemplateError, jury_prompt_version, template_for
-from guardmodel.protocol import PROMPT_VERSION, QA_PROMPT_VERSION
+from guardmodel.prompts import TemplateError, template_for
 from guardmodel.services import checkpoint_register, guard_job_create, guard_job_run, test_subsets
-from training import datasets, formats, mining
+from qta import training_records
+from qta.hyper import HyperparameterError, Hyperparameters, for_stage
+from qta.loading import CheckpointError, check_checkpoint_dir, is_local, load_processor
+from qta.protocol import PROMPT_VERSION, QA_PROMPT_VERSION
+from training import datasets, mining
 from training.datasets import SnapshotError
-from training.hyper import HyperparameterError, Hyperparameters, for_stage
 from training.models import PARENT_STAGE, DatasetSnapshot, Stage, TrainingRun
 
 log = logging.getLogger(__name__)
@@ -142,10 +144,10 @@ def budget_preview(
     *, stage: str, records: list[dict[str, Any]], base: GuardCheckpoint, hp: Hyperparameters
 ) -> dict[str, Any]:
     """How the round's token budget meets `records`: counted with the base checkpoint's tokenizer and template as
-    the round will count them (`formats.RecordBudget`), in this process, without the model."""
+    the round will count them (`training_records.RecordBudget`), in this process, without the model."""
     started = time.perf_counter()
     try:
-        template = formats.round_template(template_for(base.prompt_version), hp.prompt_variant)
+        template = training_records.round_template(template_for(base.prompt_version), hp.prompt_variant)
         path = str(Path(base.path).expanduser().resolve())
         processor = _processor(path, hp.max_pixels)
     except (CheckpointError, TemplateError) as exc:
@@ -155,7 +157,7 @@ def budget_preview(
     key = "training-budget:" + hashlib.sha256(json.dumps(counted, sort_keys=True).encode()).hexdigest()
     if (cached := cache.get(key)) is not None:
         return cached
-    fitter = formats.RecordBudget(processor, template=template, stage=stage, budget=hp.max_length)
+    fitter = training_records.RecordBudget(processor, template=template, stage=stage, budget=hp.max_length)
     result = fitter.preview(records, _image_sizes(records, hp))
     result.update(
         tokenizer=base.name, template=template.version, seconds=round(time.perf_counter() - started, 2)
@@ -443,7 +445,7 @@ def _write_inputs(run: TrainingRun, folder: Path) -> None:
         "stage": run.stage, "base": run.base_checkpoint.path,  # type: ignore[union-attr]
         "reference": run.reference_checkpoint.path if run.reference_checkpoint else None,
         "hyperparameters": run.hyperparameters, "device": "cpu" if run.device == "cpu" else "cuda",
-        "threads": settings.GUARDTRACE_TRAIN_THREADS, "template": formats.template_spec(template),
+        "threads": settings.GUARDTRACE_TRAIN_THREADS, "template": training_records.template_spec(template),
     }  # fmt: skip
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     for name in ("error.json", "progress.jsonl"):
@@ -453,8 +455,8 @@ def _write_inputs(run: TrainingRun, folder: Path) -> None:
 def _command(folder: Path) -> list[str]:
     if settings.GUARDTRACE_TRAIN_GPUS > 1:
         return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes",
-                str(settings.GUARDTRACE_TRAIN_GPUS), "-m", "training.runner", str(folder)]  # fmt: skip
-    return [sys.executable, "-m", "training.runner", str(folder)]
+                str(settings.GUARDTRACE_TRAIN_GPUS), "-m", "qta.runner", str(folder)]  # fmt: skip
+    return [sys.executable, "-m", "qta.runner", str(folder)]
 
 
 def _drive_child(run: TrainingRun, folder: Path) -> str:
@@ -587,23 +589,26 @@ class ProgressReader:
 
 
 def _register(run: TrainingRun, folder: Path) -> GuardCheckpoint:
-    existing = GuardCheckpoint.objects.filter(produced_by=run).first()
-    if existing is not None:
-        return existing
+    run.refresh_from_db(fields=["output_checkpoint"])
+    if run.output_checkpoint is not None:  # registered before the worker died
+        return run.output_checkpoint
     base = run.base_checkpoint
     # Asked as it was trained: the base's template (the QA ablation: the built-in QA one) and generation settings,
     # its inputs cut at the round's budget.
     qa = run.hyperparameters.get("prompt_variant") == "qa"
-    return checkpoint_register(
-        name=f"{run.stage}-run-{run.pk}",
-        path=str(folder / "model"),
-        base_model=(base.base_model or base.name) if base else "",
-        produced_by=run,
-        prompt_version=QA_PROMPT_VERSION if qa else (base.prompt_version if base else PROMPT_VERSION),
-        max_new_tokens=base.max_new_tokens if base else None,
-        greedy=base.greedy if base else True,
-        max_input_tokens=run.hyperparameters.get("max_length"),
-    )
+    with transaction.atomic():
+        checkpoint = checkpoint_register(
+            name=f"{run.stage}-run-{run.pk}",
+            path=str(folder / "model"),
+            base_model=(base.base_model or base.name) if base else "",
+            prompt_version=QA_PROMPT_VERSION if qa else (base.prompt_version if base else PROMPT_VERSION),
+            max_new_tokens=base.max_new_tokens if base else None,
+            greedy=base.greedy if base else True,
+            max_input_tokens=run.hyperparameters.get("max_length"),
+        )
+        TrainingRun.objects.filter(pk=run.pk).update(output_checkpoint=checkpoint)
+    run.output_checkpoint = checkpoint
+    return checkpoint
 
 
 def _evaluate(run: TrainingRun, checkpoint: GuardCheckpoint) -> None:

@@ -13,8 +13,8 @@ from annotation.views import HtmxHttpRequest, role_required
 from guardmodel.models import GuardCheckpoint
 from guardmodel.services import checkpoint_activate
 from guardmodel.views import comparison_table
+from qta.hyper import Hyperparameters
 from training import services
-from training.hyper import Hyperparameters
 from training.models import DatasetSnapshot, TrainingRun
 
 
@@ -23,7 +23,7 @@ from training.models import DatasetSnapshot, TrainingRun
 def run_list(request: HtmxHttpRequest) -> HttpResponse:
     runs = TrainingRun.objects.select_related(
         "snapshot", "evaluation", "created_by", "base_checkpoint"
-    ).prefetch_related("checkpoints")[:200]
+    ).select_related("output_checkpoint")[:200]
     return render(request, "training/run_list.html", {"runs": runs, "is_admin": is_admin(request.user)})
 
 
@@ -85,7 +85,7 @@ def lineage(checkpoint: GuardCheckpoint) -> list[dict]:
     current: GuardCheckpoint | None = checkpoint
     while current is not None and current.pk not in seen:
         seen.add(current.pk)
-        run = current.produced_by
+        run = TrainingRun.objects.filter(output_checkpoint=current).select_related("base_checkpoint").first()
         chain.append({"checkpoint": current, "run": run})
         current = run.base_checkpoint if run is not None else None
     return list(reversed(chain))

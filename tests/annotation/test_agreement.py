@@ -59,7 +59,7 @@ def test_the_report_scores_experts_jurors_and_the_jury_majority(admin_user):
     checked = [SampleFactory(), SampleFactory()]
     jury_votes(checked[0], (1.0, 1.0, 0.0))
     jury_votes(checked[1], (0.0, 0.0, 0.0))
-    from jury.strata import stratify
+    from annotation.strata import stratify
 
     stratify(sample_ids=[s.pk for s in checked])
     from annotation.review import expert_reliability_draw

@@ -6,10 +6,10 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotation.images import DirectoryImageSource
 from annotation.models import ImageAsset, Label, Sample
 from annotation.services import label_record, samples_import
-from annotation.synthetic import generate
+from qta.images import DirectoryImageSource
+from qta.synthetic import generate
 
 pytestmark = pytest.mark.django_db
 

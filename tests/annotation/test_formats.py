@@ -5,7 +5,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from annotation.formats import RecordError, SampleRecord, parse_records
+from qta.sample_files import RecordError, SampleRecord, parse_records
 
 # Any text a model might write: HTML, quotes, emoji, right-to-left scripts, control characters (NUL excepted).
 TEXT = st.text(

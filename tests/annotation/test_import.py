@@ -12,8 +12,8 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from annotation import services
-from annotation.images import DirectoryImageSource, ZipImageSource
 from annotation.models import ImageAsset, Label, LabelOrigin, Sample, Stratum
+from qta.images import DirectoryImageSource, ZipImageSource
 from tests.conftest import png_bytes, record, write_jsonl
 
 pytestmark = pytest.mark.django_db

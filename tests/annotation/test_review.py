@@ -25,7 +25,6 @@ from annotation.review import (
     ReviewError,
     expert_item_adjudicate,
     expert_label_submit,
-    expert_queue_sync,
     expert_reliability_draw,
     expert_slot_claim,
     expert_slot_renew,
@@ -33,6 +32,7 @@ from annotation.review import (
     review_decision_record,
 )
 from annotation.selectors import visible_labels
+from annotation.strata import stratify
 from tests.annotation.factories import LabelFactory, SampleFactory
 from tests.annotation.review_helpers import experts, jury_votes, label_next, split_items
 
@@ -45,7 +45,8 @@ def test_it_queues_three_way_splits_with_k_open_slots(settings):
     assert (item.reason, item.status, item.round, item.labels_needed) == ("jury_split", "open", 1, 2)
     assert list(item.slots.values_list("index", "status")) == [(0, "open"), (1, "open")]
     # Stratifying again adds nothing.
-    assert expert_queue_sync(sample_ids=[item.sample_id]) == (0, 0)
+    report = stratify(sample_ids=[item.sample_id])
+    assert (report.queued, report.unqueued) == (0, 0)
     assert ExpertSlot.objects.count() == 2
 
 
@@ -221,7 +222,7 @@ def test_a_jury_split_item_an_expert_holds_survives_restratification():
     expert_slot_claim(user=erin)
     # The jury is re-run and now agrees: the item would be stale, but an expert is working on it.
     Label.objects.filter(sample=item.sample).update(judgment=1.0)
-    from jury.strata import stratify
+    from annotation.strata import stratify
 
     stratify(sample_ids=[item.sample_id])
     assert ExpertQueueItem.objects.filter(pk=item.pk).exists()
@@ -230,7 +231,7 @@ def test_a_jury_split_item_an_expert_holds_survives_restratification():
 def test_an_untouched_stale_jury_split_item_is_removed():
     (item,) = split_items(1)
     Label.objects.filter(sample=item.sample).update(judgment=1.0)
-    from jury.strata import stratify
+    from annotation.strata import stratify
 
     assert stratify(sample_ids=[item.sample_id]).unqueued == 1
     assert not ExpertSlot.objects.exists()
@@ -260,7 +261,7 @@ def test_a_reviewer_sends_a_decided_sample_back_for_a_new_round(reviewer_user):
 def test_guard_is_wrong_is_recorded_as_a_hard_negative_candidate(reviewer_user):
     sample = SampleFactory()
     jury_votes(sample, (1.0, 1.0, 1.0))
-    from jury.strata import stratify
+    from annotation.strata import stratify
 
     stratify(sample_ids=[sample.pk])
     guard = LabelFactory(sample=sample, source_kind="guard", source_name="guard-1", judgment=0.0)
@@ -284,7 +285,7 @@ def test_a_reliability_draw_sends_random_jury_labelled_samples_to_experts(admin_
     samples = [SampleFactory() for _ in range(6)]
     for sample in samples:
         jury_votes(sample, (1.0, 1.0, 0.0))
-    from jury.strata import stratify
+    from annotation.strata import stratify
 
     stratify(sample_ids=[s.pk for s in samples])
     assert expert_reliability_draw(n=4, seed=7, user=admin_user) == 4

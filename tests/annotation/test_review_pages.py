@@ -255,7 +255,7 @@ def test_the_agreement_page_and_a_reliability_draw(client, reviewer_user):
     samples = [SampleFactory() for _ in range(3)]
     for sample in samples:
         jury_votes(sample, (1.0, 1.0, 1.0))
-    from jury.strata import stratify
+    from annotation.strata import stratify
 
     stratify(sample_ids=[s.pk for s in samples])
     client.force_login(reviewer_user)
@@ -273,7 +273,7 @@ def test_the_agreement_page_and_a_reliability_draw(client, reviewer_user):
 def _disagreement(final_votes, guard_judgment, **sample_fields):
     sample = SampleFactory(**sample_fields)
     jury_votes(sample, final_votes)
-    from jury.strata import stratify
+    from annotation.strata import stratify
 
     stratify(sample_ids=[sample.pk])
     LabelFactory(sample=sample, source_kind="guard", source_name="guard-1", judgment=guard_judgment,

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from annotation.models import Label, LabelOrigin, Stratum
-from annotation.services import label_record, resolve_labels
+from annotation.services import label_record
+from annotation.strata import resolve_labels, stratify
 from tests.annotation.factories import SampleFactory
 
 
@@ -54,9 +55,16 @@ def test_recording_labels_updates_the_sample():
         )
     sample.refresh_from_db()
     assert (sample.stratum, sample.final_label) == (Stratum.D1_1_1, None)
+    assert sample.expert_queue_item.reason == "jury_split"  # queued by the write itself
+    # Queued, the sample waits for the queue's decision: one expert label from outside the queue decides nothing.
     label_record(sample=sample, source_kind="expert", source_name="erin", judgment=0.5)
     sample.refresh_from_db()
-    assert (sample.final_label, sample.final_label_origin) == (0.5, LabelOrigin.EXPERT)
+    assert (sample.final_label, sample.final_label_origin) == (None, LabelOrigin.NONE)
+    # Not queued, an expert's label is the training label.
+    other = SampleFactory()
+    label_record(sample=other, source_kind="expert", source_name="erin", judgment=0.5)
+    other.refresh_from_db()
+    assert (other.final_label, other.final_label_origin) == (0.5, LabelOrigin.EXPERT)
 
 
 @pytest.mark.postgres
@@ -67,8 +75,6 @@ def test_two_writers_adding_the_last_labels_at_once_leave_the_sample_stratified(
 
     from django.db import connection, transaction
     from django.utils import timezone
-
-    from annotation.services import samples_labels_resolve
 
     sample = SampleFactory()
     Label.objects.create(sample=sample, source_kind="juror", source_name="a", prompt_version="qta-v1",
@@ -82,7 +88,7 @@ def test_two_writers_adding_the_last_labels_at_once_leave_the_sample_stratified(
                 Label.objects.create(sample_id=sample.pk, source_kind="juror", source_name=name,
                                      prompt_version="qta-v1", judgment=1.0, created_at=timezone.now())  # fmt: skip
                 both_inserted.wait(timeout=10)
-                samples_labels_resolve(sample_ids=[sample.pk])
+                stratify(sample_ids=[sample.pk])
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             failures.append(exc)
         finally:

@@ -6,7 +6,7 @@ from collections import Counter
 
 from PIL import Image
 
-from annotation.synthetic import generate
+from qta.synthetic import generate
 
 
 def test_it_writes_every_case_kind_with_known_labels_and_decodable_images(tmp_path):

@@ -9,12 +9,12 @@ import json
 import pytest
 from PIL import Image
 
-from annotation.images import DirectoryImageSource
 from annotation.services import ImportRejected
 from generation import services
-from generation.embedding import build_tiny_embedder
 from generation.models import Expansion, SeedQuery, SeedSet, Variant
-from generation.typography import (
+from qta.embedding import build_tiny_embedder
+from qta.images import DirectoryImageSource
+from qta.typography import (
     FIGSTEP_INSTRUCTION,
     TypographyOptions,
     _font,

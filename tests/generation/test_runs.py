@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from annotation.images import DirectoryImageSource
 from annotation.models import Sample
 from annotation.services import samples_export, samples_import
 from generation import runs, services
-from generation.backends import split_reasoning
 from generation.models import GenerationTask, Generator, Variant
+from qta.generators import split_reasoning
+from qta.images import DirectoryImageSource
 from tests.loopback import LoopbackOpenAI
 
 pytestmark = pytest.mark.django_db(transaction=True)

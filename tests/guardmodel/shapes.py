@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 
-from guardmodel.protocol import format_judgment
+from qta.protocol import format_judgment
 
 ANALYSIS_KEYS = [
     "Analysis: ",

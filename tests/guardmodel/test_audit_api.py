@@ -110,7 +110,7 @@ def test_no_active_checkpoint_is_a_503(api_for, auditor):
 
 def test_an_unreachable_guard_is_a_502_after_retries(api_for, auditor, db, settings):
     services.checkpoint_register(name="down", endpoint=closed_port_url(), activate=True)
-    from guardmodel.engine import RetryPolicy
+    from qta.engine import RetryPolicy
 
     services.backend_for(services.active_checkpoint()).retry = RetryPolicy(attempts=2, base_delay_s=0.01)
     response = api_for(auditor).post(URL, GOOD, format="json")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from guardmodel.engine import AuditInput, EngineOptions, TransformersGuard, Verdict
+from qta.engine import AuditInput, EngineOptions, TransformersGuard, Verdict
 from tests.conftest import png_bytes
 
 
@@ -140,7 +140,7 @@ def test_progress_is_reported_per_sample(tiny_dir, batch_size):
 
 @pytest.mark.parametrize("size", [(16, 16), (112, 112), (300, 120), (37, 500), (1000, 1000)])
 def test_the_prompt_length_shortcut_equals_the_processors_count(tiny_dir, size):
-    from guardmodel.engine import decode_image
+    from qta.engine import decode_image
 
     guard = TransformersGuard(tiny_dir, EngineOptions(device="cpu"))
     image = decode_image(png_bytes(size=size))

@@ -7,9 +7,10 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from guardmodel import metrics, services
+from guardmodel import services
 from guardmodel.admin import EvaluationAdmin
 from guardmodel.models import Evaluation, GuardCheckpoint
+from qta import metrics
 from tests.annotation.factories import LabelFactory, SampleFactory
 from training.models import TrainingRun
 
@@ -249,7 +250,8 @@ def test_training_pages_and_the_admin_show_the_headline_reading_and_the_other(
     assert '<td class="num">20.0</td>' in detail and '<td class="num">61.9</td>' in detail
     listing = client.get(reverse("training_runs")).content.decode()
     assert "20.0 <small>(0.5 → safe)</small> · 61.9 <small>(0.5 → harmful)</small>" in listing
-    out = GuardCheckpoint.objects.create(name="sft-out", path="/nowhere", produced_by=run)
+    out = GuardCheckpoint.objects.create(name="sft-out", path="/nowhere")
+    TrainingRun.objects.filter(pk=run.pk).update(output_checkpoint=out)
     lineage = client.get(reverse("checkpoint_lineage", args=[out.pk])).content.decode()
     assert "average F1 20.0 (0.5 → safe), 61.9 (0.5 → harmful)" in lineage
     assert lineage.index("<td>0.5 → safe</td>") < lineage.index("<td>0.5 → harmful</td>")

@@ -8,12 +8,12 @@ import pytest
 from django.urls import reverse
 
 from annotation import services as annotation_services
-from annotation.images import DirectoryImageSource
 from annotation.models import Label, Sample
-from annotation.synthetic import generate
 from guardmodel import services
-from guardmodel.loading import CheckpointError
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob
+from qta.images import DirectoryImageSource
+from qta.loading import CheckpointError
+from qta.synthetic import generate
 from tests.workers import filesystem_broker, worker
 
 

@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-from guardmodel.loading import CheckpointError, choose_placement, load_model, load_processor
-from guardmodel.tiny import SPECIAL_TOKENS
+from qta.loading import CheckpointError, choose_placement, load_model, load_processor
+from qta.tiny import SPECIAL_TOKENS
 
 
 def test_a_tiny_checkpoint_loads_back_like_any_checkpoint(tiny_dir):
@@ -32,7 +32,7 @@ def test_a_tiny_checkpoint_loads_back_like_any_checkpoint(tiny_dir):
 
 
 def test_the_chat_template_places_the_vision_tokens_before_the_query(tiny_dir):
-    from guardmodel import protocol
+    from qta import protocol
 
     processor = load_processor(tiny_dir)
     messages = protocol.build_messages(question="Q?", thinking="T", answer="A", has_image=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from guardmodel.engine import AuditInput, OpenAIGuard, RetryPolicy
+from qta.engine import AuditInput, OpenAIGuard, RetryPolicy
 from tests.conftest import png_bytes
 from tests.loopback import LoopbackOpenAI, closed_port_url
 

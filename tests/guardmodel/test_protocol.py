@@ -4,7 +4,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from guardmodel.protocol import (
+from qta.protocol import (
     JUDGMENTS,
     PROMPT_VERSION,
     QA_JUDGMENTS,
@@ -113,7 +113,7 @@ def test_format_target_refuses_other_levels_and_the_version_is_named():
 
 
 def test_for_binary_metrics_potentially_harmful_counts_as_harmful():
-    from guardmodel.protocol import is_harmful
+    from qta.protocol import is_harmful
 
     assert [is_harmful(j) for j in JUDGMENTS] == [False, True, True]
 
@@ -196,7 +196,7 @@ def test_unclear_shapes_stay_invalid(text):
 
 
 def test_a_users_template_is_versioned_by_its_content_and_lays_out_the_release_turn():
-    from guardmodel.protocol import QTA_TEMPLATE, Template
+    from qta.protocol import QTA_TEMPLATE, Template
 
     mine = Template(
         "release", "Judge the exchange. Reply “Analysis”: … “Judgment”: [0/0.5/1]", layout="release"

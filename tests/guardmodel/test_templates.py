@@ -208,8 +208,8 @@ def test_jurors_asked_with_different_templates_do_not_sit_together_and_one_templ
 def test_a_jury_on_a_users_template_keeps_its_strata_when_experts_imports_or_restratify_touch_them(
     prompt_file,
 ):
-    from annotation.services import samples_labels_resolve
-    from jury.strata import stratify
+    from annotation.services import label_record
+    from annotation.strata import stratify
     from tests.annotation.factories import LabelFactory
     from training.datasets import sft_build
 
@@ -221,7 +221,8 @@ def test_a_jury_on_a_users_template_keeps_its_strata_when_experts_imports_or_res
     for name in ("a", "b", "c"):
         LabelFactory(sample=sample, source_name=name, prompt_version=row.version, judgment=1.0)
     stratify(sample_ids=[sample.pk])
-    samples_labels_resolve(sample_ids=[sample.pk])  # as an expert's or an import's write does
+    # Another writer's label re-stratifies the sample by the sitting jury's template, not the built-in one.
+    label_record(sample=sample, source_kind="imported", source_name="file", judgment=0.0)
     sample.refresh_from_db()
     assert (sample.stratum, sample.final_label) == ("d3_0", 1.0)
     assert len(sft_build().records) == 1 and sft_build().prompt_version == row.version

@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from guardmodel.protocol import FORMAT_REMINDER
 from jury.models import Juror
+from qta.protocol import FORMAT_REMINDER
 from tests.annotation.factories import ImageAssetFactory, SampleFactory
 from tests.loopback import LoopbackOpenAI, by_model, user_text
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from annotation import selectors
-from annotation.models import ExpertQueueItem, Label, Sample
-from jury import services, strata
-from jury.models import JurorLease, JuryRun, JuryTask, PreferencePair
+from annotation import selectors, strata
+from annotation.models import ExpertQueueItem, Label, PreferencePair, Sample
+from jury import services
+from jury.models import JurorLease, JuryRun, JuryTask
 from tests.loopback import LoopbackOpenAI, closed_port_url
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from guardmodel.management.commands.build_tiny_guard import synthetic_texts
-from guardmodel.tiny import build_tiny_guard
+from qta.tiny import build_tiny_guard
 
 
 @pytest.fixture(scope="session")

@@ -17,20 +17,19 @@ from pathlib import Path
 from django.contrib.auth.models import Group, User
 from PIL import Image
 
-from annotation import synthetic
-from annotation.images import DirectoryImageSource
 from annotation.models import ExpertQueueItem, Label, ReviewStatus, Sample
 from annotation.review import ExpertSubmission, expert_label_submit, expert_slot_claim
 from annotation.roles import EXPERT
 from annotation.services import samples_import
-from guardmodel import protocol
-from guardmodel.engine import AuditInput, EngineOptions, TransformersGuard
+from annotation.strata import stratify_all
+from demo.tiny_models import ANALYSES
 from guardmodel.services import sample_input
 from jury import services as jury_services
 from jury.models import Juror
-from jury.strata import stratify_all
+from qta import protocol, synthetic
+from qta.engine import AuditInput, EngineOptions, TransformersGuard
+from qta.images import DirectoryImageSource
 from tests.loopback import user_text
-from training.demo import ANALYSES
 
 JURORS = ("juror-a", "juror-b", "juror-c")
 ORACLE = "oracle"

@@ -8,14 +8,14 @@ import shutil
 
 import pytest
 
-from guardmodel import protocol
-from guardmodel.loading import load_processor
 from guardmodel.prompts import prompt_template_create
 from guardmodel.services import checkpoint_register
+from qta import protocol, runner, training_records
+from qta.hyper import HyperparameterError, Hyperparameters, for_stage
+from qta.loading import load_processor
 from tests.conftest import png_bytes
 from tests.training.test_runs import _consensus
-from training import formats, runner, services
-from training.hyper import HyperparameterError, Hyperparameters, for_stage
+from training import services
 from training.services import TrainingError
 
 LONG = "BEGINNING of the trace. " + "Then one more step is considered. " * 3000 + "END of the trace."
@@ -65,7 +65,7 @@ def test_a_record_over_the_budget_is_cut_in_the_middle_of_its_reasoning_with_que
     assert rows[2]["chosen"][0]["content"] == records[2]["chosen"]  # the targets are never cut
     assert rows[2]["rejected"][0]["content"] == records[2]["rejected"] and len(rows[2]["images"]) == 1
     for short, record in zip(rows[:2], records[:2], strict=True):  # the others are left as they were
-        assert short["prompt"] == formats.prompt_messages(record)
+        assert short["prompt"] == training_records.prompt_messages(record)
     assert report["max_length"] == 1024 and report["records"] == 3 and report["cut"] == 1
     assert report["removed_total"] == report["removed_max"] > 20_000
     assert report["longest_record"] == "sample #3" and report["longest_tokens"] > 30_000
@@ -88,10 +88,10 @@ def test_the_counted_length_is_what_trls_collators_build(processor, tmp_path, st
     records = [_pair(1, thinking="Let me think. " * 40), _pair(2, thinking="")]
     for template in (protocol.QTA_TEMPLATE, release, protocol.QA_TEMPLATE):
         for images in ([], [image]):
-            fitter = formats.RecordBudget(processor, template=template, stage=stage, budget=4096)
+            fitter = training_records.RecordBudget(processor, template=template, stage=stage, budget=4096)
             sizes = [(image.height, image.width) if images else None] * len(records)
             for record, (prompt, completion) in zip(records, fitter.lengths(records, sizes), strict=True):
-                row = formats.trl_row(record, stage, images, template=template)
+                row = training_records.trl_row(record, stage, images, template=template)
                 if stage == "sft":
                     built = DataCollatorForVisionLanguageModeling(processor)([row])["attention_mask"].sum(
                         dim=1
@@ -105,10 +105,10 @@ def test_a_record_that_cannot_fit_without_its_reasoning_fails_naming_it(tmp_path
     crowded = _pair(7, answer="Call a locksmith. " * 400, thinking=LONG)
     hp = for_stage("dpo", tiny=True)
     with pytest.raises(
-        formats.RecordTooLong, match=r"sample #7: needs \d+ tokens with all of its reasoning removed"
+        training_records.RecordTooLong, match=r"sample #7: needs \d+ tokens with all of its reasoning removed"
     ):
         runner.load_rows(_dataset(tmp_path, [_pair(1), crowded]), "dpo", hp, processor=processor)
-    fitter = formats.RecordBudget(
+    fitter = training_records.RecordBudget(
         processor, template=protocol.QTA_TEMPLATE, stage="dpo", budget=hp.max_length
     )
     preview = fitter.preview([_pair(1), _pair(3, thinking=LONG), crowded], [None, None, None])
@@ -140,7 +140,9 @@ def test_a_round_trains_with_the_template_its_checkpoint_is_asked_with(tiny_base
     folder = services.run_dir(run)
     folder.mkdir(parents=True)
     services._write_inputs(run, folder)
-    template = formats.template_from_spec(json.loads((folder / "config.json").read_text())["template"])
+    template = training_records.template_from_spec(
+        json.loads((folder / "config.json").read_text())["template"]
+    )
     assert template is not None and template.version == row.version and template.layout == "release"
 
     hp = Hyperparameters.from_dict(run.hyperparameters)

@@ -9,7 +9,7 @@ from django.core.management import CommandError, call_command
 
 from annotation.models import ReviewDecision
 from annotation.review import review_decision_record
-from guardmodel import protocol
+from qta import protocol
 from tests.annotation.factories import LabelFactory, SampleFactory
 from tests.annotation.review_helpers import experts, jury_votes, label_next, split_items
 from tests.training.test_runs import _consensus
@@ -41,7 +41,7 @@ def test_sft_takes_train_consensus_and_expert_decisions_but_never_test_samples()
 def test_dpo_pairs_put_the_majority_first_and_skip_samples_the_experts_decided():
     sample = SampleFactory(split="train")
     jury_votes(sample, (1.0, 1.0, 0.0))
-    from jury.strata import stratify
+    from annotation.strata import stratify
 
     stratify(sample_ids=[sample.pk])
     built = datasets.dpo_build()

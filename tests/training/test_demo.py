@@ -7,9 +7,9 @@ import pytest
 from django.core.management import call_command
 
 from annotation.models import ExpertQueueItem, Label, Sample, Stratum
+from demo.tiny_models import DEMO_JURORS, MARKER
 from guardmodel.models import Evaluation, GuardCheckpoint
 from jury.models import Juror, JuryRun
-from training.demo import DEMO_JURORS, MARKER
 from training.models import TrainingRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -56,8 +56,8 @@ def test_the_demo_trains_its_jurors_once_fills_every_stratum_and_shows_a_finishe
 
 
 def test_the_demo_builds_qta_data_from_text_queries_with_its_own_reasoning_model(settings, tmp_path):
+    from demo.tiny_models import DEMO_REASONER
     from generation.models import Expansion, GenerationRun, GenerationTask, SeedSet, Variant
-    from training.demo import DEMO_REASONER
 
     settings.VAR_DIR = tmp_path / "var"
     settings.GUARDTRACE_TRAIN_THREADS = 0

@@ -13,16 +13,16 @@ import pytest
 from django.core.management import CommandError, call_command
 from PIL import Image
 
-from annotation.images import DirectoryImageSource
 from annotation.models import ImageAsset
+from annotation.strata import stratify
 from guardmodel.services import checkpoint_register
-from jury.strata import stratify
+from qta.images import DirectoryImageSource
+from qta.training_files import split_user_text
 from tests.annotation.factories import SampleFactory
 from tests.annotation.review_helpers import jury_votes
 from tests.training.test_runs import _consensus
 from training import datasets, services
 from training.datasets import snapshot_import
-from training.imports import split_user_text
 from training.models import DatasetSnapshot, TrainingRun
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -225,7 +225,7 @@ def test_the_user_turn_is_read_from_tags_or_labels():
 
 
 def test_the_release_plain_rows_are_read_too():
-    from training.imports import row_from_dict
+    from qta.training_files import row_from_dict
 
     row = row_from_dict(
         {"question": "Q?", "thinking": "R", "response": "A", "image_name": "x.png",
@@ -423,7 +423,7 @@ DPO_SHAPES = {
     ("stage", "shape"), [("sft", s) for s in SFT_SHAPES] + [("dpo", s) for s in DPO_SHAPES]
 )
 def test_every_row_shape_reads_as_the_same_sample_and_target(stage, shape):
-    from training.imports import row_from_dict
+    from qta.training_files import row_from_dict
 
     row = row_from_dict((SFT_SHAPES if stage == "sft" else DPO_SHAPES)[shape], 4, stage)
     assert (row.question, row.answer, row.image) == (

@@ -56,8 +56,10 @@ def test_the_admin_form_says_why_a_round_cannot_launch(client_for, admin_user, b
 
 
 def test_new_dpo_round_action_opens_the_form_for_the_selected_run(client_for, admin_user, base):
-    sft = TrainingRun.objects.create(stage="sft", status="succeeded", base_checkpoint=base)
-    checkpoint_register(name="sft-out", path=base.path, produced_by=sft)
+    out = checkpoint_register(name="sft-out", path=base.path)
+    sft = TrainingRun.objects.create(
+        stage="sft", status="succeeded", base_checkpoint=base, output_checkpoint=out
+    )
     client = client_for(admin_user)
     response = client.post(reverse("admin:training_trainingrun_changelist"),
                            {"action": "new_dpo_round", "_selected_action": [sft.pk]})  # fmt: skip
@@ -79,7 +81,8 @@ def test_run_lineage_and_snapshot_pages_show_progress_to_roles_only(
         loss=0.5,
         history=[{"step": 1, "epoch": 0.1, "loss": 2.0}, {"step": 3, "epoch": 0.3, "loss": 0.5}],
     )
-    out = checkpoint_register(name="sft-run-x", path=base.path, produced_by=run)
+    out = checkpoint_register(name="sft-run-x", path=base.path)
+    TrainingRun.objects.filter(pk=run.pk).update(output_checkpoint=out)
     snapshot = DatasetSnapshot.objects.get()
     pages = [reverse("training_run", args=[run.pk]), reverse("checkpoint_lineage", args=[out.pk]),
              reverse("training_snapshot", args=[snapshot.pk]), reverse("training_runs")]  # fmt: skip
@@ -106,7 +109,7 @@ def test_run_lineage_and_snapshot_pages_show_progress_to_roles_only(
 
 
 def test_the_launch_preview_reports_the_long_record_before_anything_is_queued(client_for, admin_user, base):
-    from jury.strata import stratify
+    from annotation.strata import stratify
     from tests.annotation.factories import SampleFactory
     from tests.annotation.review_helpers import jury_votes
 

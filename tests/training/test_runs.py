@@ -25,7 +25,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def _consensus(count: int, *, harmful_every: int = 2, image_every: int = 3) -> list[Sample]:
     """Train-split samples the jury agreed on 3:0, alternating safe and harmful."""
-    from jury.strata import stratify
+    from annotation.strata import stratify
 
     samples = []
     for n in range(count):
@@ -57,7 +57,7 @@ def _read(path) -> str:
 
 
 def test_resume_skips_a_checkpoint_whose_save_was_cut_short(tmp_path):
-    from training.runner import last_complete_checkpoint
+    from qta.runner import last_complete_checkpoint
 
     for step, complete in ((4, True), (8, True), (12, False)):
         folder = tmp_path / f"checkpoint-{step}"
@@ -79,8 +79,10 @@ def test_an_empty_or_one_class_training_set_is_refused_before_launch(base):
     with pytest.raises(TrainingError, match="6 records, all safe"):
         services.training_run_launch(stage="sft", base_checkpoint=base, enqueue=False)
     with pytest.raises(TrainingError, match="DPO training set is empty"):
-        sft = TrainingRun.objects.create(stage="sft", status="succeeded", base_checkpoint=base)
-        checkpoint_register(name="sft-out", path=base.path, produced_by=sft)
+        out = checkpoint_register(name="sft-out", path=base.path)
+        sft = TrainingRun.objects.create(
+            stage="sft", status="succeeded", base_checkpoint=base, output_checkpoint=out
+        )
         services.training_run_launch(stage="dpo", parent=sft, enqueue=False)
     assert TrainingRun.objects.count() == 1  # nothing launched
 
@@ -98,8 +100,10 @@ def test_a_base_checkpoint_path_that_does_not_exist_is_refused(tmp_path):
 
 
 def test_a_dpo_stage_follows_its_parent_stage_and_uses_its_output_as_reference(base):
-    sft = TrainingRun.objects.create(stage="sft", status="succeeded", base_checkpoint=base)
-    sft_out = checkpoint_register(name="sft-out", path=base.path, produced_by=sft)
+    sft_out = checkpoint_register(name="sft-out", path=base.path)
+    sft = TrainingRun.objects.create(
+        stage="sft", status="succeeded", base_checkpoint=base, output_checkpoint=sft_out
+    )
     with pytest.raises(TrainingError, match="an SFT round starts from a base checkpoint"):
         services.check_lineage(stage="sft", parent=sft, reference=None)
     with pytest.raises(
@@ -201,7 +205,7 @@ def test_cancel_stops_a_round_within_seconds_a_second_round_waits_and_resume_con
 def test_a_round_on_a_set_holding_a_100k_character_trace_cuts_it_and_records_the_cut(
     base, client_for, admin_user
 ):
-    from jury.strata import stratify
+    from annotation.strata import stratify
 
     _consensus(6)
     thinking = "BEGINNING of the trace. " + "Then one more step is considered. " * 3000 + "END of the trace."

@@ -25,7 +25,7 @@ def _runner_processes(folder: Path) -> list[int]:
             args = cmdline.read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"training.runner" in args and str(folder).encode() in args:
+        if b"qta.runner" in args and str(folder).encode() in args:
             pids.append(int(cmdline.parent.name))
     return pids
 

@@ -9,8 +9,8 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from annotation import services
-from annotation.formats import FORMATS, DefaultsRejected, file_defaults, guess_format
-from annotation.images import ArchiveRejected, open_image_source
+from qta.images import ArchiveRejected, open_image_source
+from qta.sample_files import FORMATS, DefaultsRejected, file_defaults, guess_format
 
 
 class Command(BaseCommand):

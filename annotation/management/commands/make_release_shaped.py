@@ -4,7 +4,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.release_shaped import write_release_shaped
+from qta.release_shaped import write_release_shaped
 
 
 class Command(BaseCommand):

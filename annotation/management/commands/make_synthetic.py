@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.synthetic import generate
+from qta.synthetic import generate
 
 
 class Command(BaseCommand):

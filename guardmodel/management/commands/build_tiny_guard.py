@@ -6,10 +6,10 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation import synthetic
 from guardmodel import services
-from guardmodel.loading import CheckpointError
-from guardmodel.tiny import TinySpec, build_tiny_guard
+from qta import synthetic
+from qta.loading import CheckpointError
+from qta.tiny import TinySpec, build_tiny_guard
 
 
 def synthetic_texts(count: int = 400, seed: int = 0) -> list[str]:

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from guardmodel import metrics, services
+from guardmodel import services
 from guardmodel.models import Evaluation
 from guardmodel.views import pct
+from qta import metrics
 
 SCORES = ("accuracy", "precision", "recall", "f1")
 

@@ -4,8 +4,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import IntegrityError
 
 from guardmodel import services
-from guardmodel.loading import CheckpointError
-from guardmodel.protocol import RELEASE_GENERATION
+from qta.loading import CheckpointError
+from qta.protocol import RELEASE_GENERATION
 
 
 class Command(BaseCommand):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.images import ArchiveRejected, open_image_source
 from annotation.services import ImportRejected
+from qta.images import ArchiveRejected, open_image_source
 from training.datasets import SnapshotError, snapshot_import
 from training.models import Stage
 

@@ -9,8 +9,8 @@ from dataclasses import fields
 from django.core.management.base import BaseCommand, CommandError
 
 from guardmodel.models import GuardCheckpoint
+from qta.hyper import Hyperparameters
 from training import services
-from training.hyper import Hyperparameters
 from training.models import PARENT_STAGE, DatasetSnapshot, Stage, TrainingRun
 
 _TYPES = {f.name: f.type for f in fields(Hyperparameters)}

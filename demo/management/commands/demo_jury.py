@@ -1,5 +1,5 @@
 """manage.py demo_jury: for `make run`, three tiny local-transformers jurors, trained once on CPU and cached under
-`var/models/` (see training/demo.py), and a jury run over the demo set, worked to the end and stratified, so a newcomer
+`var/models/` (see demo/tiny_models.py), and a jury run over the demo set, worked to the end and stratified, so a newcomer
 finds every stratum filled: 3:0 samples for SFT, 2:1 preference pairs for DPO, 1:1:1 samples in the expert queue.
 Safe to run twice: trained jurors and finished runs are kept.
 
@@ -12,12 +12,12 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from annotation.models import Sample, Stratum
+from annotation.strata import stratify_all
+from demo.tiny_models import DEMO_JURORS, train_demo_jurors
 from guardmodel.management.commands.build_tiny_guard import synthetic_texts
-from guardmodel.tiny import build_tiny_guard
 from jury import services
 from jury.models import Juror, JuryRun
-from jury.strata import stratify_all
-from training.demo import DEMO_JURORS, train_demo_jurors
+from qta.tiny import build_tiny_guard
 
 
 class Command(BaseCommand):

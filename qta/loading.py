@@ -153,7 +153,7 @@ def load_processor(
             size["shortest_edge"] = min_pixels
         processor.image_processor.size = size
     processor.tokenizer.padding_side = "left"  # generation appends on the right
-    # The token budget (guardmodel/budget.py) measures whole inputs before cutting them to the checkpoint's limit;
+    # The token budget (qta/budget.py) measures whole inputs before cutting them to the checkpoint's limit;
     # the tokenizer's own length warning would only repeat that, wrongly, for every long trace.
     processor.tokenizer.model_max_length = int(1e30)
     return processor

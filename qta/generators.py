@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from guardmodel.engine import RetryPolicy, image_data_url, post_chat
+from qta.engine import RetryPolicy, image_data_url, post_chat
 
 _THINK = re.compile(r"^\s*(?:<think>)?(.*?)</think>(.*)$", re.DOTALL)
 
@@ -105,7 +105,7 @@ class TransformersGenerator:
     def __init__(
         self, path: str, *, max_tokens: int = 1024, temperature: float = 0.7, seed: int = 0, name: str = ""
     ):
-        from guardmodel.loading import choose_placement, load_model, load_processor
+        from qta.loading import choose_placement, load_model, load_processor
 
         self.name = name or path
         self.placement = choose_placement()
@@ -117,7 +117,7 @@ class TransformersGenerator:
     def generate(self, text: str, image: bytes | None) -> Trace:
         import torch
 
-        from guardmodel.engine import decode_image
+        from qta.engine import decode_image
 
         started = time.perf_counter()
         content: list[dict] = [{"type": "image"}] if image else []

@@ -10,11 +10,11 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 
 from annotation import services
-from annotation.images import DirectoryImageSource
 from annotation.models import Sample
 from annotation.review import expert_queue_send
 from annotation.roles import ADMIN, EXPERT, REVIEWER
-from annotation.synthetic import generate
+from qta.images import DirectoryImageSource
+from qta.synthetic import generate
 
 DEMO_QUEUE = 12
 DEMO_USERS = (

@@ -12,8 +12,8 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from annotation.formats import RecordError, decode_utf8, jsonl_objects
-from guardmodel.protocol import RISK_CATEGORIES
+from qta.protocol import RISK_CATEGORIES
+from qta.sample_files import RecordError, decode_utf8, jsonl_objects
 
 FIELDS = {"text", "category", "source", "id"}
 MAX_TEXT = 20_000

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from guardmodel import budget, protocol
+from qta import budget, protocol
 
 PAIR_STAGES = ("dpo", "ogdpo")
 
@@ -138,7 +138,7 @@ _PROBE = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
 
 class RecordBudget:
     """Counts records the way TRL's vision collators build them and cuts the over-long ones to the round's token
-    budget (`max_length`) with the one truncation policy (`guardmodel.budget.fit_reasoning`).
+    budget (`max_length`) with the one truncation policy (`qta.budget.fit_reasoning`).
 
     A record's length is its chat-rendered prompt (generation prompt added, the image placeholder expanded to the
     image's tokens) plus its completion (DPO stages: the longer of chosen and rejected); that is what each of TRL's

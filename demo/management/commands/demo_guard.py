@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand
 from guardmodel import services
 from guardmodel.management.commands.build_tiny_guard import synthetic_texts
 from guardmodel.models import GuardCheckpoint
-from guardmodel.tiny import build_tiny_guard
+from qta.tiny import build_tiny_guard
 
 
 class Command(BaseCommand):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from guardmodel.protocol import JUDGMENTS, POTENTIALLY_HARMFUL, format_judgment
+from qta.protocol import JUDGMENTS, POTENTIALLY_HARMFUL, format_judgment
 
 PRED_COLUMNS = [*[format_judgment(j) for j in JUDGMENTS], "invalid"]
 # How a 0.5 judgment counts in binary metrics; the first is the default headline (as the paper states).

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from guardmodel import protocol
+from qta import protocol
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class TransformersGuard:
     def __init__(
         self, source: str | Path, options: EngineOptions | None = None, *, name: str = "", reask: bool = False
     ):
-        from guardmodel.loading import choose_placement, load_model, load_processor
+        from qta.loading import choose_placement, load_model, load_processor
 
         self.options = options or EngineOptions()
         self.reask = reask  # re-ask once with the format reminder when the output cannot be read
@@ -186,7 +186,7 @@ class TransformersGuard:
 
     def _prepare(self, index: int, item: AuditInput, followup: str | None = None) -> _Prepared:
         # The one truncation policy, shared with the training rounds (imported here: this edit stays in _prepare).
-        from guardmodel.budget import fit_reasoning
+        from qta.budget import fit_reasoning
 
         image = None
         if item.image is not None:

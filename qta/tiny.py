@@ -3,7 +3,7 @@
 Nothing can be downloaded on these machines, so tests and the demo build their own checkpoint: a byte-level BPE
 tokenizer trained with `tokenizers` on the protocol's own wording (plus any texts given), the Qwen2.5-VL chat
 template with its vision tokens, the PIL image processor, and a two-layer model with hidden size 64. It is saved with
-`save_pretrained` and read back by `guardmodel.loading` exactly like a real checkpoint.
+`save_pretrained` and read back by `qta.loading` exactly like a real checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from guardmodel import protocol
+from qta import protocol
 
 SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -127,7 +127,7 @@ def build_tiny_guard(out_dir: Path, *, texts: Iterable[str] = (), spec: TinySpec
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from guardmodel.loading import image_only_processor_class
+    from qta.loading import image_only_processor_class
 
     spec = spec or TinySpec()
     out_dir = Path(out_dir)

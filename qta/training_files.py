@@ -12,7 +12,7 @@ Accepted row shapes (a JSON list, or JSON Lines):
 - the release's plain rows: `question`, `thinking`, `response` (or `answer`), `image_name` (or `image`, `images`),
   with `output` (SFT) or `chosen` / `rejected` (DPO).
 An empty image path, or an empty list, means no image. Image paths are relative to the images folder or zip the user
-gives (`annotation.images` finds `sft_images/a.png` when given the folder `sft_images` itself).
+gives (`qta.images` finds `sft_images/a.png` when given the folder `sft_images` itself).
 The user turn must hold the question, the reasoning and the answer: in the release's layout (the image part first,
 then one text part `Current Task Query: …` / `Current Task Thinking: …` / `Current Task Cleaned Response: …`), tagged
 as the app writes them (`<question>` / `<reasoning>` / `<answer>`, `<thinking>` or `<think>` also read) or as
@@ -30,9 +30,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from annotation.formats import RecordError, decode_utf8, json_list_objects, jsonl_objects
-from guardmodel import protocol
-from training.formats import PAIR_STAGES
+from qta import protocol
+from qta.sample_files import RecordError, decode_utf8, json_list_objects, jsonl_objects
+from qta.training_records import PAIR_STAGES
 
 _PARTS = ("question", "thinking", "answer")
 _TAGS = {

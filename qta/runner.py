@@ -1,7 +1,7 @@
 """The training child process: one SFT / DPO / OGDPO round with TRL, driven by files in its run directory.
 
-    python -m training.runner var/training/runs/<id>
-    accelerate launch --num_processes N -m training.runner var/training/runs/<id>     # more than one GPU
+    python -m qta.runner var/training/runs/<id>
+    accelerate launch --num_processes N -m qta.runner var/training/runs/<id>     # more than one GPU
 
 Reads `config.json` (stage, base and reference checkpoint paths, hyperparameters, device, and the prompt template
 the new checkpoint will be asked with: the built-in QTA one when absent) and `dataset.jsonl` (snapshot records with
@@ -25,9 +25,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from guardmodel import protocol
-from training import formats
-from training.hyper import Hyperparameters
+from qta import protocol, training_records
+from qta.hyper import Hyperparameters
 
 TERMINATED_BY_DRIVER_DEATH = 5
 
@@ -90,7 +89,7 @@ def load_rows(
     of their reasoning), asked with the round's template; and the truncation report."""
     from PIL import Image
 
-    template = formats.round_template(template, hp.prompt_variant)
+    template = training_records.round_template(template, hp.prompt_variant)
     records = [json.loads(line) for line in dataset_path.read_text(encoding="utf-8").splitlines()]
     images: list[list[Any]] = []
     for record in records:
@@ -100,16 +99,17 @@ def load_rows(
         else:
             images.append([])
     sizes = [(found[0].height, found[0].width) if found else None for found in images]
-    fitter = formats.RecordBudget(processor, template=template, stage=stage, budget=hp.max_length)
+    fitter = training_records.RecordBudget(processor, template=template, stage=stage, budget=hp.max_length)
     records, report = fitter.fit_all(records, sizes)
     rows = [
-        formats.trl_row(r, stage, found, template=template) for r, found in zip(records, images, strict=True)
+        training_records.trl_row(r, stage, found, template=template)
+        for r, found in zip(records, images, strict=True)
     ]
     return rows, report
 
 
 def _prepare_model(path: str, hp: Hyperparameters, placement):
-    from guardmodel.loading import load_model
+    from qta.loading import load_model
 
     model = load_model(path, placement)
     model.train()
@@ -170,7 +170,7 @@ def train(run_dir: Path) -> None:
     import torch
     from datasets import Dataset
 
-    from guardmodel.loading import choose_placement, load_processor
+    from qta.loading import choose_placement, load_processor
 
     config = json.loads((run_dir / "config.json").read_text())
     hp = Hyperparameters.from_dict(config["hyperparameters"])
@@ -184,7 +184,7 @@ def train(run_dir: Path) -> None:
     )
     processor = load_processor(config["base"], max_pixels=hp.max_pixels)
     processor.tokenizer.padding_side = "right"
-    template = formats.template_from_spec(config.get("template"))
+    template = training_records.template_from_spec(config.get("template"))
     rows, truncation = load_rows(run_dir / "dataset.jsonl", stage, hp, processor=processor, template=template)
     progress.write("truncation", **truncation)
     dataset = Dataset.from_list(rows)
@@ -252,7 +252,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m training.runner RUN_DIR", file=sys.stderr)
+        print("usage: python -m qta.runner RUN_DIR", file=sys.stderr)
         return 2
     run_dir = Path(argv[1]).resolve()
     _watch_driver()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from guardmodel.protocol import JUDGMENTS, RISK_CATEGORIES, coerce_judgment, parse_output
+from qta.protocol import JUDGMENTS, RISK_CATEGORIES, coerce_judgment, parse_output
 
 FORMATS = ("jsonl", "guardtrace")
 SPLITS = ("train", "test")

@@ -28,9 +28,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from annotation import synthetic
-from guardmodel import protocol
-from training.hyper import Hyperparameters, for_stage
+from qta import protocol, synthetic
+from qta.hyper import Hyperparameters, for_stage
 
 ANALYSES = {
     0.0: "The exchange is safe: the request is benign, or it is refused without leaking anything.",
@@ -157,7 +156,7 @@ def train_tiny(run_dir: Path, *, base: Path, rows: list[dict], hp: Hyperparamete
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     with (run_dir / "log.txt").open("wb") as log_file:
         code = subprocess.run(
-            [sys.executable, "-m", "training.runner", str(run_dir)],
+            [sys.executable, "-m", "qta.runner", str(run_dir)],
             stdout=log_file, stderr=subprocess.STDOUT, check=False,
         ).returncode  # fmt: skip
     if code != 0:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from guardmodel.protocol import RISK_CATEGORIES
+from qta.protocol import RISK_CATEGORIES
 
 IMAGE_SIZE = 112
 _CATEGORIES = [value for value, _ in RISK_CATEGORIES if value != "other"]

@@ -1,7 +1,7 @@
 """manage.py demo_generation: for `make run`, QTA data built from text queries, end to end and offline — a seed set
 of demo queries, an image pool with captions, the four expansions (the aligned one with the tiny sentence model built
 under `var/models/`), the demo's tiny reasoning model registered as a local generator (trained once, see
-training/demo.py), and a generation run over some of the variants. Safe to run twice: what exists is kept."""
+demo/tiny_models.py), and a generation run over some of the variants. Safe to run twice: what exists is kept."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from annotation.images import DirectoryImageSource
-from annotation.synthetic import _THINGS, draw_scene
+from demo.tiny_models import DEMO_REASONER, train_demo_reasoner
 from generation import runs, services
-from generation.embedding import build_tiny_embedder
 from generation.models import GenerationRun, Generator, ImagePool, SeedSet, Variant
 from guardmodel.management.commands.build_tiny_guard import synthetic_texts
-from guardmodel.tiny import build_tiny_guard
-from training.demo import DEMO_REASONER, train_demo_reasoner
+from qta.embedding import build_tiny_embedder
+from qta.images import DirectoryImageSource
+from qta.synthetic import _THINGS, draw_scene
+from qta.tiny import build_tiny_guard
 
 SEED_SET = "demo-seeds"
 POOL = "demo-scenes"

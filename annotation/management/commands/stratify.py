@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
-from jury import strata
+from annotation import strata
 
 
 class Command(BaseCommand):

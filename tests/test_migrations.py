@@ -1,0 +1,77 @@
+"""A database populated under the previous schema keeps every row through the model moves: preference pairs from the
+jury to annotation (table renamed, content type and permissions re-pointed), and lineage turned around
+(GuardCheckpoint.produced_by → TrainingRun.output_checkpoint). Both ways, on SQLite and on PostgreSQL under CI."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+from django.utils import timezone
+
+BEFORE = [
+    ("annotation", "0008_import_job_names_and_defaults"),
+    ("jury", "0003_base_url_accepts_service_names"),
+    ("guardmodel", "0004_prompt_templates"),
+    ("training", "0003_run_truncation"),
+]
+
+
+def _migrate(targets) -> object:
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(targets)
+    return executor.loader.project_state(targets).apps
+
+
+def _latest() -> list[tuple[str, str]]:
+    executor = MigrationExecutor(connection)
+    return executor.loader.graph.leaf_nodes()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pairs_and_lineage_survive_the_moves_both_ways():
+    from django.contrib.auth.models import Permission
+    from django.contrib.contenttypes.models import ContentType
+
+    latest = _latest()
+    old = _migrate(BEFORE)
+    Sample, Label = old.get_model("annotation", "Sample"), old.get_model("annotation", "Label")
+    sample = Sample.objects.create(question="q", thinking="t", answer="a", content_hash="e" * 64)
+    labels = [
+        Label.objects.create(
+            sample=sample,
+            source_kind="juror",
+            source_name=name,
+            prompt_version="qta-v1",
+            judgment=judgment,
+            created_at=timezone.now(),
+        )  # fmt: skip
+        for name, judgment in (("a", 0.0), ("b", 0.0), ("c", 1.0))
+    ]
+    old.get_model("jury", "PreferencePair").objects.create(
+        sample=sample, prompt_version="qta-v1", chosen=labels[0], rejected=labels[2]
+    )
+    jury_type, _ = ContentType.objects.get_or_create(app_label="jury", model="preferencepair")
+    permission = Permission.objects.create(content_type=jury_type, codename="view_pairs_x", name="x")
+    Checkpoint, Run = old.get_model("guardmodel", "GuardCheckpoint"), old.get_model("training", "TrainingRun")
+    base = Checkpoint.objects.create(name="base", path="/base")
+    run = Run.objects.create(stage="sft", status="succeeded", base_checkpoint=base)
+    Checkpoint.objects.create(name="sft-run-1", path="/out", produced_by=run)
+    unfinished = Run.objects.create(stage="sft", status="failed", base_checkpoint=base)
+
+    new = _migrate(latest)
+    pair = new.get_model("annotation", "PreferencePair").objects.get()
+    assert (pair.sample_id, pair.chosen_id, pair.rejected_id) == (sample.pk, labels[0].pk, labels[2].pk)
+    permission.refresh_from_db()
+    assert permission.content_type.app_label == "annotation"
+    runs = new.get_model("training", "TrainingRun").objects.order_by("pk")
+    assert [(r.pk, r.output_checkpoint.name if r.output_checkpoint else None) for r in runs] == [
+        (run.pk, "sft-run-1"), (unfinished.pk, None)
+    ]  # fmt: skip
+
+    back = _migrate(BEFORE)
+    assert back.get_model("jury", "PreferencePair").objects.get().chosen_id == labels[0].pk
+    made = back.get_model("guardmodel", "GuardCheckpoint").objects.get(name="sft-run-1")
+    assert made.produced_by_id == run.pk
+    _migrate(latest)
