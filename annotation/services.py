@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, cast
 
@@ -41,6 +42,7 @@ from qta.sample_files import (
     file_defaults,
     parse_records,
 )
+from qta.workers import worker_gone, worker_id
 
 BATCH = 1000
 logger = logging.getLogger(__name__)
@@ -456,10 +458,31 @@ def _upload_name(upload) -> str:
     return Path(str(getattr(upload, "name", "") or "").replace("\\", "/")).name[:255]
 
 
+def import_jobs_resume(*, host: str | None = None) -> list[int]:
+    """Queue again the jobs whose worker died mid-import (on this host: its process is gone; anywhere: running for
+    longer than GUARDTRACE_IMPORT_STALE_S), and the pending ones, whose message may be lost. An import stores
+    everything in one transaction, so a killed one left no rows; image files it wrote are reused by content on the
+    second run. A job queued twice runs once (the claim). Called when a worker starts; returns the jobs queued."""
+    from annotation.tasks import import_job_run_task
+
+    stale_before = timezone.now() - timedelta(seconds=settings.GUARDTRACE_IMPORT_STALE_S)
+    for job in ImportJob.objects.filter(status=ImportJob.Status.RUNNING):
+        if worker_gone(job.worker, host=host) or (
+            job.started_at is not None and job.started_at < stale_before
+        ):
+            ImportJob.objects.filter(pk=job.pk, status=ImportJob.Status.RUNNING, worker=job.worker).update(
+                status=ImportJob.Status.PENDING, worker=""
+            )
+    queued = list(ImportJob.objects.filter(status=ImportJob.Status.PENDING).values_list("pk", flat=True))
+    for job_id in queued:
+        import_job_run_task.delay(job_id)
+    return queued
+
+
 def import_job_run(*, job_id: int) -> bool:
     """Claim a pending job and run it; False when another worker has it or it already ran."""
     claimed = ImportJob.objects.filter(pk=job_id, status=ImportJob.Status.PENDING).update(
-        status=ImportJob.Status.RUNNING
+        status=ImportJob.Status.RUNNING, worker=worker_id(), started_at=timezone.now()
     )
     if not claimed:
         return False

@@ -16,7 +16,7 @@ from annotation.models import ImportJob, Sample
 from qta.images import DirectoryImageSource
 from qta.synthetic import generate
 from tests.conftest import REDIS_URL
-from tests.workers import filesystem_broker
+from tests.workers import filesystem_broker, kill_worker
 from tests.workers import worker as _worker
 
 
@@ -134,3 +134,69 @@ def test_a_job_that_breaks_unexpectedly_is_marked_failed_not_left_running(admin_
     assert job.status == "failed" and job.finished_at is not None
     assert job.errors[0].startswith("internal error: FileNotFoundError")
     assert services.import_job_run(job_id=job.pk) is False
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_an_import_killed_mid_run_is_run_again_by_the_next_worker_and_leaves_no_orphan_files(
+    api_for, admin_user, tmp_path, settings
+):
+    from annotation.models import ImageAsset
+
+    options = filesystem_broker(tmp_path)
+    images = Path(settings.MEDIA_ROOT) / "images"
+    with _worker("filesystem://", options, settings.MEDIA_ROOT) as first:
+        job_id = _upload(api_for(admin_user), tmp_path, count=3000)
+        deadline = time.monotonic() + 120
+        # Killed while it writes image files, before its one transaction commits any row.
+        while not (images.is_dir() and any(images.rglob("*.png"))):
+            assert time.monotonic() < deadline and first.poll() is None, (
+                "the import never started writing images"
+            )
+            time.sleep(0.02)
+        kill_worker(first)
+    stuck = ImportJob.objects.get(pk=job_id)
+    assert stuck.status == "running" and Sample.objects.count() == 0 and ImageAsset.objects.count() == 0
+    written_before = {p.relative_to(settings.MEDIA_ROOT).as_posix() for p in images.rglob("*.png")}
+    with _worker("filesystem://", options, settings.MEDIA_ROOT) as second:
+        job = _wait_for(job_id, second, timeout=180)
+    assert job.status == "succeeded", job.errors
+    assert job.created == 3000 == Sample.objects.count()
+    on_disk = {p.relative_to(settings.MEDIA_ROOT).as_posix() for p in images.rglob("*.*")}
+    stored = set(ImageAsset.objects.values_list("file", flat=True))
+    assert (
+        on_disk == stored and written_before <= stored
+    )  # every file has its row; the first run's were reused
+
+
+@pytest.mark.django_db
+def test_only_imports_whose_worker_is_gone_or_past_the_time_limit_are_queued_again(admin_user, settings):
+    from datetime import timedelta
+
+    from django.core.files.base import ContentFile
+    from django.utils import timezone
+
+    from qta.workers import worker_id
+
+    now = timezone.now()
+
+    def job(worker: str, started_ago_s: float, status: str = "running") -> ImportJob:
+        return ImportJob.objects.create(
+            data_file=ContentFile(b"{}", name="s.jsonl"), format="jsonl", created_by=admin_user, status=status,
+            worker=worker, started_at=now - timedelta(seconds=started_ago_s),
+        )  # fmt: skip
+
+    host = worker_id().rpartition(":")[0]
+    dead_here = job(f"{host}:{2**22 + 12345}", 5)  # no such process
+    alive_here = job(worker_id(), 5)
+    busy_elsewhere = job("other-host:17", 60)
+    silent_elsewhere = job("other-host:18", settings.GUARDTRACE_IMPORT_STALE_S + 60)
+    waiting = job("", 0, status="pending")
+    done = job("other-host:19", 9999, status="succeeded")
+    queued = services.import_jobs_resume()
+    assert sorted(queued) == sorted([dead_here.pk, silent_elsewhere.pk, waiting.pk])
+    statuses = dict(ImportJob.objects.values_list("pk", "status"))
+    assert (
+        statuses[alive_here.pk] == statuses[busy_elsewhere.pk] == "running"
+        and statuses[done.pk] == "succeeded"
+    )

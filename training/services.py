@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from qta import training_records
 from qta.hyper import HyperparameterError, Hyperparameters, for_stage
 from qta.loading import CheckpointError, check_checkpoint_dir, is_local, load_processor
 from qta.protocol import PROMPT_VERSION, QA_PROMPT_VERSION
+from qta.workers import worker_gone, worker_id
 from training import datasets, mining
 from training.datasets import SnapshotError
 from training.models import PARENT_STAGE, DatasetSnapshot, Stage, TrainingRun
@@ -345,27 +345,14 @@ def training_run_resume(run: TrainingRun, *, enqueue: bool = True) -> None:
 def training_runs_interrupt_dead(*, host: str | None = None) -> int:
     """Mark running rounds whose driver is gone as interrupted: on this host, a driver process that no longer
     exists; anywhere, a driver silent for longer than GUARDTRACE_TRAIN_STALE_S. Called when a worker starts."""
-    host = host or socket.gethostname()
     dead = []
     for run in TrainingRun.objects.filter(status=Status.RUNNING):
-        run_host, _, pid = run.worker.rpartition(":")
-        gone = run_host == host and pid.isdigit() and not _alive(int(pid))
-        if gone or is_stale(run):
+        if worker_gone(run.worker, host=host) or is_stale(run):
             dead.append(run.pk)
             ProgressReader(run, run_dir(run)).ingest()  # what the child wrote after its driver last looked
     return TrainingRun.objects.filter(pk__in=dead, status=Status.RUNNING).update(
         status=Status.INTERRUPTED, phase="interrupted: the worker stopped", finished_at=timezone.now()
     )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- the worker's side ----------------------------------------------------------------------------------------------
@@ -401,7 +388,7 @@ def _set(run: TrainingRun, **fields: Any) -> bool:
 def training_run_execute(*, run_id: int, worker: str | None = None) -> str:
     """The gpu task's work: claim, (mine), train in a child process, register, evaluate. Returns the outcome:
     "busy" (the device is taken: try later), "skipped" (not pending), or the run's final status."""
-    worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+    worker = worker or worker_id()
     run = _claim(run_id, worker)
     if run is None or isinstance(run, str):
         return run or "skipped"
