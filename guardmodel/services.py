@@ -24,6 +24,7 @@ from qta import metrics
 from qta.engine import AuditInput, EngineOptions, Guard, OpenAIGuard, TransformersGuard, Verdict
 from qta.loading import CheckpointError, check_checkpoint_dir, is_local
 from qta.protocol import PROMPT_VERSION
+from qta.workers import worker_gone, worker_id
 
 log = logging.getLogger(__name__)
 CHUNK = 64  # samples per commit: a killed worker loses at most this much work
@@ -224,6 +225,21 @@ def guard_job_resume(job: GuardJob) -> bool:
     return bool(updated)
 
 
+def guard_jobs_resume(*, host: str | None = None) -> list[int]:
+    """Queue again the running jobs whose worker died on this host, and the pending ones, whose message may be lost;
+    what they judged is skipped, and a job queued twice runs once (the claim). Called when a worker starts; a worker
+    that died on another host is taken over when its message is redelivered. Returns the jobs queued."""
+    for job in GuardJob.objects.filter(status=GuardJob.Status.RUNNING).exclude(worker=""):
+        if worker_gone(job.worker, host=host):
+            GuardJob.objects.filter(pk=job.pk, status=GuardJob.Status.RUNNING, worker=job.worker).update(
+                status=GuardJob.Status.PENDING, worker=""
+            )
+    queued = list(GuardJob.objects.filter(status=GuardJob.Status.PENDING).values_list("pk", flat=True))
+    for job_id in queued:
+        _enqueue(GuardJob(pk=job_id))
+    return queued
+
+
 def guard_job_cancel(job: GuardJob) -> bool:
     """Stops a running job after its current chunk; a pending one never starts."""
     return bool(
@@ -252,7 +268,7 @@ def guard_job_run(*, job_id: int, redelivered: bool = False) -> bool:
     """
     claimable = [GuardJob.Status.PENDING, *([GuardJob.Status.RUNNING] if redelivered else [])]
     if not GuardJob.objects.filter(pk=job_id, status__in=claimable).update(
-        status=GuardJob.Status.RUNNING, started_at=timezone.now()
+        status=GuardJob.Status.RUNNING, started_at=timezone.now(), worker=worker_id()
     ):
         return False
     job = GuardJob.objects.select_related("checkpoint").get(pk=job_id)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from celery import shared_task
+from celery.signals import worker_ready
 
 from guardmodel import services
 
@@ -10,3 +11,9 @@ def guard_job_run_task(self, job_id: int) -> bool:
     """Judge a guard job's samples. A redelivery (the worker died mid-job) takes the job over and skips what is done."""
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     return services.guard_job_run(job_id=job_id, redelivered=redelivered)
+
+
+@worker_ready.connect
+def _resume_on_start(sender=None, **kwargs) -> None:
+    """A worker starting up (after a crash, a deploy, a reboot) queues again the guard jobs a dead worker held."""
+    services.guard_jobs_resume()

@@ -14,7 +14,7 @@ from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob
 from qta.images import DirectoryImageSource
 from qta.loading import CheckpointError
 from qta.synthetic import generate
-from tests.workers import filesystem_broker, worker
+from tests.workers import filesystem_broker, kill_worker, worker
 
 
 def _import_synthetic(tmp_path, count: int) -> list[int]:
@@ -57,6 +57,31 @@ def test_a_worker_on_the_gpu_queue_judges_samples_into_guard_labels(tiny_dir, tm
     assert all(label.meta["completion_tokens"] > 0 for label in labels)
     evaluation = Evaluation.objects.get(source_kind="guard", source_name="tiny")
     assert evaluation.subsets == subsets and evaluation.metrics["invalid"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_job_is_taken_over_by_the_next_and_no_label_is_lost_or_doubled(
+    tiny_dir, tmp_path, settings, admin_user
+):
+    ids = _import_synthetic(tmp_path, 256)
+    checkpoint = services.checkpoint_register(name="tiny", path=str(tiny_dir))
+    broker = ("filesystem://", filesystem_broker(tmp_path), settings.MEDIA_ROOT)
+    labels = Label.objects.filter(source_kind="guard", source_name="tiny")
+    with worker(*broker, queues="gpu") as first:
+        job = services.guard_job_create(checkpoint=checkpoint, sample_ids=ids, user=admin_user)
+        deadline = time.monotonic() + 120
+        while not labels.exists():  # killed after its first chunk is committed
+            assert time.monotonic() < deadline and first.poll() is None, "the job never committed a chunk"
+            time.sleep(0.05)
+        kill_worker(first)
+    stuck = GuardJob.objects.get(pk=job.pk)
+    assert stuck.status == "running" and 0 < labels.count() < 256
+    with worker(*broker, queues="gpu") as second:
+        done = _wait(job.pk, second, timeout=240)
+    assert done.status == "succeeded", done.error
+    assert labels.count() == 256 and len(set(labels.values_list("sample_id", flat=True))) == 256
+    assert done.done + done.skipped >= 256
 
 
 @pytest.mark.django_db
@@ -184,3 +209,25 @@ def test_judge_samples_sync_judges_the_test_subsets_and_evaluates(tiny_dir, tmp_
     assert job.status == "succeeded" and set(job.sample_ids) == test_ids and job.done == len(test_ids)
     assert "Succeeded" in capsys.readouterr().out
     assert Evaluation.objects.get().subsets == services.test_subsets()
+
+
+@pytest.mark.django_db
+def test_a_starting_worker_queues_again_only_jobs_whose_worker_died_here_and_pending_ones(tiny_dir):
+    from qta.workers import worker_id
+
+    checkpoint = services.checkpoint_register(name="tiny", path=str(tiny_dir))
+    host = worker_id().rpartition(":")[0]
+
+    def job(status: str, holder: str) -> GuardJob:
+        return GuardJob.objects.create(
+            checkpoint=checkpoint, prompt_version="qta-v1", status=status, worker=holder
+        )
+
+    dead_here = job("running", f"{host}:{2**22 + 4321}")
+    alive_here = job("running", worker_id())
+    elsewhere = job("running", "other-host:7")  # taken over when its message is redelivered
+    waiting = job("pending", "")
+    cancelled = job("cancelled", f"{host}:{2**22 + 4322}")
+    assert sorted(services.guard_jobs_resume()) == sorted([dead_here.pk, waiting.pk])
+    statuses = dict(GuardJob.objects.values_list("pk", "status"))
+    assert [statuses[j.pk] for j in (alive_here, elsewhere, cancelled)] == ["running", "running", "cancelled"]
