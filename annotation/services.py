@@ -25,6 +25,7 @@ from annotation.models import (
     Label,
     Sample,
 )
+from guardtrace.work import requeue_abandoned
 from qta.images import (
     ArchiveRejected,
     ImageInfo,
@@ -42,7 +43,7 @@ from qta.sample_files import (
     file_defaults,
     parse_records,
 )
-from qta.workers import worker_gone, worker_id
+from qta.workers import worker_id
 
 BATCH = 1000
 logger = logging.getLogger(__name__)
@@ -459,24 +460,16 @@ def _upload_name(upload) -> str:
 
 
 def import_jobs_resume(*, host: str | None = None) -> list[int]:
-    """Queue again the jobs whose worker died mid-import (on this host: its process is gone; anywhere: running for
-    longer than GUARDTRACE_IMPORT_STALE_S), and the pending ones, whose message may be lost. An import stores
-    everything in one transaction, so a killed one left no rows; image files it wrote are reused by content on the
-    second run. A job queued twice runs once (the claim). Called when a worker starts; returns the jobs queued."""
+    """Queue again the imports whose worker died (on this host: its process is gone; anywhere: running for longer
+    than GUARDTRACE_IMPORT_STALE_S), and the pending ones. An import stores everything in one transaction, so a
+    killed one left no rows; the image files it wrote are reused by content on the second run. Called when a
+    worker starts; returns the jobs queued."""
     from annotation.tasks import import_job_run_task
 
     stale_before = timezone.now() - timedelta(seconds=settings.GUARDTRACE_IMPORT_STALE_S)
-    for job in ImportJob.objects.filter(status=ImportJob.Status.RUNNING):
-        if worker_gone(job.worker, host=host) or (
-            job.started_at is not None and job.started_at < stale_before
-        ):
-            ImportJob.objects.filter(pk=job.pk, status=ImportJob.Status.RUNNING, worker=job.worker).update(
-                status=ImportJob.Status.PENDING, worker=""
-            )
-    queued = list(ImportJob.objects.filter(status=ImportJob.Status.PENDING).values_list("pk", flat=True))
-    for job_id in queued:
-        import_job_run_task.delay(job_id)
-    return queued
+    return requeue_abandoned(
+        ImportJob, enqueue=import_job_run_task.delay, host=host, stale_before=stale_before
+    )
 
 
 def import_job_run(*, job_id: int) -> bool:

@@ -22,7 +22,6 @@ from guardmodel.prompts import (
 )
 from guardmodel.views import readings
 from qta.loading import CheckpointError, check_checkpoint_dir, is_local
-from qta.protocol import RELEASE_GENERATION
 
 
 class PromptTemplateForm(forms.ModelForm):
@@ -142,17 +141,12 @@ class GuardCheckpointForm(forms.ModelForm):
     def clean(self):
         data = super().clean()
         if data.get("preset") == "release":
-            preset = dict(RELEASE_GENERATION)
-            if data.get("endpoint"):  # a served model's input budget is its server's (vLLM: --max-model-len)
-                del preset["max_input_tokens"]
+            preset = services.release_settings(endpoint=bool(data.get("endpoint")))
             data.update(preset)
             for name, value in preset.items():
                 setattr(self.instance, name, value)
         if data.get("endpoint") and data.get("max_input_tokens"):
-            self.add_error(
-                "max_input_tokens",
-                "an endpoint's input budget is its server's (vLLM: --max-model-len); leave it empty",
-            )
+            self.add_error("max_input_tokens", services.ENDPOINT_BUDGET)
         return data
 
 

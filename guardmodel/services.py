@@ -20,14 +20,16 @@ from annotation.models import Label, Sample, Split
 from annotation.strata import jury_prompt_version, majority
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob, validate_base_url
 from guardmodel.prompts import TemplateError, template_for
+from guardtrace.work import requeue_abandoned
 from qta import metrics
 from qta.engine import AuditInput, EngineOptions, Guard, OpenAIGuard, TransformersGuard, Verdict
 from qta.loading import CheckpointError, check_checkpoint_dir, is_local
-from qta.protocol import PROMPT_VERSION
-from qta.workers import worker_gone, worker_id
+from qta.protocol import PROMPT_VERSION, RELEASE_GENERATION
+from qta.workers import worker_id
 
 log = logging.getLogger(__name__)
 CHUNK = 64  # samples per commit: a killed worker loses at most this much work
+ENDPOINT_BUDGET = "an endpoint's input budget is its server's (vLLM: --max-model-len); leave it empty"
 
 
 class EvaluationError(ValueError):
@@ -62,9 +64,7 @@ def checkpoint_register(
     except TemplateError as exc:
         raise CheckpointError(str(exc)) from None
     if endpoint and max_input_tokens:
-        raise CheckpointError(
-            "max_input_tokens: an endpoint's input budget is its server's (vLLM: --max-model-len); leave it empty"
-        )
+        raise CheckpointError(f"max_input_tokens: {ENDPOINT_BUDGET}")
     for field_name, value in (("max_new_tokens", max_new_tokens), ("max_input_tokens", max_input_tokens)):
         if value is not None and not 1 <= value <= 1_000_000:
             raise CheckpointError(f"{field_name}: {value} is not between 1 and 1,000,000")
@@ -85,6 +85,15 @@ def checkpoint_register(
         if activate:
             checkpoint_activate(checkpoint)
     return checkpoint
+
+
+def release_settings(*, endpoint: bool) -> dict:
+    """The GuardTrace-VL release's generation settings for a checkpoint; a served one keeps its server's input
+    budget (vLLM: --max-model-len)."""
+    preset = dict(RELEASE_GENERATION)
+    if endpoint:
+        del preset["max_input_tokens"]
+    return preset
 
 
 def checkpoint_activate(checkpoint: GuardCheckpoint) -> None:
@@ -226,18 +235,12 @@ def guard_job_resume(job: GuardJob) -> bool:
 
 
 def guard_jobs_resume(*, host: str | None = None) -> list[int]:
-    """Queue again the running jobs whose worker died on this host, and the pending ones, whose message may be lost;
-    what they judged is skipped, and a job queued twice runs once (the claim). Called when a worker starts; a worker
-    that died on another host is taken over when its message is redelivered. Returns the jobs queued."""
-    for job in GuardJob.objects.filter(status=GuardJob.Status.RUNNING).exclude(worker=""):
-        if worker_gone(job.worker, host=host):
-            GuardJob.objects.filter(pk=job.pk, status=GuardJob.Status.RUNNING, worker=job.worker).update(
-                status=GuardJob.Status.PENDING, worker=""
-            )
-    queued = list(GuardJob.objects.filter(status=GuardJob.Status.PENDING).values_list("pk", flat=True))
-    for job_id in queued:
-        _enqueue(GuardJob(pk=job_id))
-    return queued
+    """Queue again the running jobs whose worker died on this host, and the pending ones; what they judged is
+    skipped. A worker that died on another host is taken over when its message is redelivered. Called when a worker
+    starts; returns the jobs queued."""
+    from guardmodel.tasks import guard_job_run_task
+
+    return requeue_abandoned(GuardJob, enqueue=guard_job_run_task.delay, host=host)
 
 
 def guard_job_cancel(job: GuardJob) -> bool:

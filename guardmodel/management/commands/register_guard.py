@@ -5,7 +5,6 @@ from django.db import IntegrityError
 
 from guardmodel import services
 from qta.loading import CheckpointError
-from qta.protocol import RELEASE_GENERATION
 
 
 class Command(BaseCommand):
@@ -37,9 +36,7 @@ class Command(BaseCommand):
         generation = {"max_new_tokens": o["max_new_tokens"], "max_input_tokens": o["max_input_tokens"],
                       "greedy": not o["sampling"]}  # fmt: skip
         if o["release_settings"]:
-            generation.update(RELEASE_GENERATION)
-            if o["endpoint"]:  # a served model's input budget is its server's (vLLM: --max-model-len)
-                generation["max_input_tokens"] = o["max_input_tokens"]
+            generation.update(services.release_settings(endpoint=bool(o["endpoint"])))
         try:
             checkpoint = services.checkpoint_register(
                 name=o["name"], path=o["path"], endpoint=o["endpoint"], served_model=o["served_model"],
