@@ -21,8 +21,8 @@ from annotation.models import (
     ReviewDecision,
     Sample,
 )
-from annotation.roles import is_admin
-from guardtrace.adminforms import MAX_ERRORS_SHOWN, admin_form
+from common.adminforms import MAX_ERRORS_SHOWN, admin_form
+from common.roles import is_admin
 from qta.sample_files import FORMATS, SPLITS, DefaultsRejected, file_defaults, guess_format
 
 

@@ -21,8 +21,9 @@ from rest_framework.views import APIView
 
 from annotation import selectors, services
 from annotation.models import ExpertQueueItem, ImportJob, Label, Sample
-from annotation.permissions import IsAdminRole
-from annotation.roles import is_admin, is_expert
+from common.errors import ApplicationError
+from common.permissions import IsAdminRole
+from common.roles import is_admin, is_expert
 from qta.images import ImageRejected, ImageSource
 from qta.sample_files import FORMATS, SOURCE_KINDS, DefaultsRejected, guess_format
 
@@ -245,8 +246,8 @@ class LabelListCreateApi(ListAPIView):
                 latency_ms=data["latency_ms"],
                 user=request.user,
             )
-        except services.LabelConflict as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except ApplicationError:
+            raise  # a conflict: answered by the API's error handler
         except ValueError as exc:
             return Response({"judgment": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
         return Response(LabelOutputSerializer(label).data, status=status.HTTP_201_CREATED)

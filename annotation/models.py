@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from common.work import STATUS_LENGTH, JobStatus, LongWork
 from qta.protocol import JUDGMENTS, RISK_CATEGORIES
 
 JUDGMENT_CHOICES = [(value, f"{value:g}") for value in JUDGMENTS]
@@ -356,14 +357,10 @@ class ReviewDecision(models.Model):
         return f"{self.get_verdict_display()} on sample #{self.sample_id}"
 
 
-class ImportJob(models.Model):
+class ImportJob(LongWork, models.Model):
     """An import submitted through the API or the admin, run by a Celery worker."""
 
-    class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
+    Status = JobStatus
 
     data_file = models.FileField(upload_to="imports/")
     images_archive = models.FileField(upload_to="imports/", blank=True)
@@ -376,7 +373,7 @@ class ImportJob(models.Model):
     split = models.CharField(max_length=8, blank=True)
     subset = models.CharField(max_length=64, blank=True)
     source_dataset = models.CharField(max_length=100, blank=True)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    status = models.CharField(max_length=STATUS_LENGTH, choices=Status.choices, default=Status.PENDING)
     created = models.PositiveIntegerField(default=0)
     duplicates = models.PositiveIntegerField(default=0)
     errors = models.JSONField(default=list, blank=True)

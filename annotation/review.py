@@ -39,22 +39,24 @@ from annotation.models import (
 )
 from annotation.selectors import claimable_slots, items_seen_today, reasoning_steps
 from annotation.strata import jury_prompt_version, majority
+from common.errors import ApplicationError, Conflict, TooManyRequests
 from qta.protocol import JUDGMENTS
 
 Item = ExpertQueueItem
 Slot = ExpertSlot
 
 
-class ReviewError(Exception):
+class ReviewError(ApplicationError):
     """A queue action that cannot be done; the message says why, for the person who asked."""
 
 
 class ClaimLost(ReviewError):
+    status_code = Conflict.status_code
     """The claim is no longer this expert's (submitted already, skipped, or taken over after expiry)."""
 
 
 class DailyCapReached(ReviewError):
-    pass
+    status_code = TooManyRequests.status_code
 
 
 @dataclass(frozen=True)
@@ -212,14 +214,14 @@ def expert_slot_skip(*, slot_id: int, user, token: str) -> None:
 
 def _check(submission: ExpertSubmission, steps: int) -> None:
     if submission.judgment not in JUDGMENTS:
-        raise ReviewError(f"judgment: {submission.judgment!r} is not one of 0, 0.5, 1")
+        raise ReviewError(f"{submission.judgment!r} is not one of 0, 0.5, 1", "judgment")
     if not submission.analysis.strip():
-        raise ReviewError("analysis: write an analysis, or start from a juror's")
+        raise ReviewError("write an analysis, or start from a juror's", "analysis")
     step = submission.first_harmful_step
     if step is not None and not 1 <= step <= steps:
-        raise ReviewError(f"first_harmful_step: {step} is not a step of this reasoning (1–{steps})")
+        raise ReviewError(f"{step} is not a step of this reasoning (1–{steps})", "first_harmful_step")
     if step is not None and submission.judgment == 0:
-        raise ReviewError("first_harmful_step: a step is marked harmful but the judgment is 0 (safe)")
+        raise ReviewError("a step is marked harmful but the judgment is 0 (safe)", "first_harmful_step")
 
 
 def expert_label_submit(
@@ -306,9 +308,9 @@ def _decide_if_complete(item: Item, now: datetime) -> bool:
 def expert_item_adjudicate(*, item_id: int, user, judgment: float, analysis: str, note: str = "") -> Item:
     """An admin's decision for an item whose K expert labels had no majority."""
     if judgment not in JUDGMENTS:
-        raise ReviewError(f"judgment: {judgment!r} is not one of 0, 0.5, 1")
+        raise ReviewError(f"{judgment!r} is not one of 0, 0.5, 1", "judgment")
     if not analysis.strip():
-        raise ReviewError("analysis: the decision needs an analysis (start from an expert's)")
+        raise ReviewError("the decision needs an analysis (start from an expert's)", "analysis")
     with transaction.atomic():
         sample_id = Item.objects.filter(pk=item_id).values_list("sample_id", flat=True).first()
         if sample_id is None:
@@ -338,7 +340,7 @@ def expert_reliability_draw(*, n: int, seed: int, user) -> int:
     the jury's labels against experts (150 items there). Returns how many were sent."""
 
     if n < 1:
-        raise ReviewError("n: draw at least one item")
+        raise ReviewError("draw at least one item", "n")
     pool = list(
         Sample.objects.filter(stratum__in=[Stratum.D3_0, Stratum.D2_1], expert_queue_item__isnull=True)
         .order_by("id")
@@ -363,7 +365,7 @@ def review_decision_record(
     """A reviewer's call on a guard/label disagreement. "Label is wrong" and "unclear" send the sample to the
     expert queue; "guard is wrong" makes it a hard-negative candidate for the refined DPO round."""
     if verdict not in ReviewDecision.Verdict.values:
-        raise ReviewError(f"verdict: {verdict!r} is not one of {', '.join(ReviewDecision.Verdict.values)}")
+        raise ReviewError(f"{verdict!r} is not one of {', '.join(ReviewDecision.Verdict.values)}", "verdict")
     guard = (
         Label.objects.filter(
             sample=sample,

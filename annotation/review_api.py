@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 from annotation import review, selectors
 from annotation.api import LabelOutputSerializer
 from annotation.models import ExpertSlot
-from annotation.roles import is_expert
+from common.roles import is_expert
 
 
 class IsExpert(BasePermission):
@@ -67,10 +67,7 @@ class ExpertClaimApi(APIView):
 
     @extend_schema(request=None, responses={200: SlotOutputSerializer, 204: None, 429: None})
     def post(self, request) -> Response:
-        try:
-            slot = review.expert_slot_claim(user=request.user)
-        except review.DailyCapReached as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_429_TOO_MANY_REQUESTS)
+        slot = review.expert_slot_claim(user=request.user)
         if slot is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(SlotOutputSerializer(slot).data)
@@ -102,15 +99,9 @@ class ExpertSubmitApi(APIView):
             first_harmful_step=data["first_harmful_step"],
             prefilled_from=data["prefilled_from"],
         )
-        try:
-            label = review.expert_label_submit(
-                slot_id=slot_id, user=request.user, token=data["token"], submission=submission
-            )
-        except review.ClaimLost as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        except review.ReviewError as exc:
-            field, _, reason = str(exc).partition(": ")
-            return Response({field: [reason]}, status=status.HTTP_400_BAD_REQUEST)
+        label = review.expert_label_submit(
+            slot_id=slot_id, user=request.user, token=data["token"], submission=submission
+        )
         return Response(LabelOutputSerializer(label).data, status=status.HTTP_201_CREATED)
 
 
@@ -121,10 +112,7 @@ class ExpertSkipApi(APIView):
     def post(self, request, slot_id: int) -> Response:
         body = _TokenInput(data=request.data)
         body.is_valid(raise_exception=True)
-        try:
-            review.expert_slot_skip(slot_id=slot_id, user=request.user, token=body.validated_data["token"])
-        except review.ClaimLost as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        review.expert_slot_skip(slot_id=slot_id, user=request.user, token=body.validated_data["token"])
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -135,10 +123,7 @@ class ExpertRenewApi(APIView):
     def post(self, request, slot_id: int) -> Response:
         body = _TokenInput(data=request.data)
         body.is_valid(raise_exception=True)
-        try:
-            until = review.expert_slot_renew(
-                slot_id=slot_id, user=request.user, token=body.validated_data["token"]
-            )
-        except review.ClaimLost as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        until = review.expert_slot_renew(
+            slot_id=slot_id, user=request.user, token=body.validated_data["token"]
+        )
         return Response({"lease_expires_at": until})

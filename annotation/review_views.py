@@ -6,10 +6,8 @@ to other experts (selectors.blind_to)."""
 
 from __future__ import annotations
 
-from functools import wraps
 from urllib.parse import urlencode
 
-from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -19,26 +17,10 @@ from django_htmx.http import push_url
 
 from annotation import agreement, review, selectors
 from annotation.models import ExpertQueueItem, ExpertSlot, ReviewDecision, Sample
-from annotation.roles import ADMIN, EXPERT, REVIEWER, ROLES, user_roles
-from annotation.views import HtmxHttpRequest
+from common.http import HtmxHttpRequest, roles_required
+from common.roles import ADMIN, EXPERT, REVIEWER, ROLES, user_roles
 
 PAGE_SIZE = 50
-
-
-def roles_required(*allowed: str):
-    """Logged in (else the login page) and holding one of `allowed` (else 403)."""
-
-    def decorate(view):
-        @login_required
-        @wraps(view)
-        def wrapper(request: HtmxHttpRequest, *args, **kwargs) -> HttpResponse:
-            if not user_roles(request.user) & set(allowed):
-                return render(request, "403.html", {"needed": allowed}, status=403)
-            return view(request, *args, **kwargs)
-
-        return wrapper
-
-    return decorate
 
 
 # --- expert labelling ---------------------------------------------------------------------------------------------
@@ -130,10 +112,10 @@ def _submission(request: HtmxHttpRequest) -> review.ExpertSubmission:
     try:
         judgment = float(data.get("judgment", ""))
     except ValueError:
-        raise review.ReviewError("judgment: pick 0, 0.5 or 1 (keys 0, 5, 1)") from None
+        raise review.ReviewError("pick 0, 0.5 or 1 (keys 0, 5, 1)", "judgment") from None
     step_text = data.get("first_harmful_step", "").strip()
     if step_text and not step_text.isdigit():
-        raise review.ReviewError(f"first_harmful_step: {step_text!r} is not a step number")
+        raise review.ReviewError(f"{step_text!r} is not a step number", "first_harmful_step")
     return review.ExpertSubmission(
         judgment=judgment,
         analysis=data.get("analysis", ""),
@@ -199,7 +181,7 @@ def adjudication(request: HtmxHttpRequest) -> HttpResponse:
             judgment = -1.0
         try:
             if not item_id.isdigit():
-                raise review.ReviewError(f"item: {item_id!r} is not an item number")
+                raise review.ReviewError(f"{item_id!r} is not an item number", "item")
             decided = review.expert_item_adjudicate(
                 item_id=int(item_id),
                 user=request.user,

@@ -25,7 +25,7 @@ from annotation.models import (
     Split,
     Stratum,
 )
-from annotation.roles import ADMIN, EXPERT, REVIEWER, user_roles
+from common.roles import ADMIN, EXPERT, REVIEWER, user_roles
 from qta.protocol import PROMPT_VERSION
 
 FILTERS = ("subset", "split", "category", "stratum", "input_variant")

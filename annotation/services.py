@@ -25,7 +25,8 @@ from annotation.models import (
     Label,
     Sample,
 )
-from guardtrace.work import requeue_abandoned
+from common.errors import Conflict
+from common.work import requeue_abandoned
 from qta.images import (
     ArchiveRejected,
     ImageInfo,
@@ -58,7 +59,7 @@ class ImportRejected(Exception):
         self.errors = errors
 
 
-class LabelConflict(Exception):
+class LabelConflict(Conflict):
     """A label from this source already exists on the sample for this prompt version."""
 
 

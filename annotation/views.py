@@ -1,41 +1,21 @@
-"""Server-rendered pages. Every page that shows sample content requires a role (annotation.roles)."""
+"""Server-rendered pages. Every page that shows sample content requires a role (common.roles)."""
 
 from __future__ import annotations
 
 import io
-from functools import wraps
 from urllib.parse import urlencode
 
-from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
-from django_htmx.middleware import HtmxDetails
 from PIL import Image, ImageFilter
 
 from annotation import selectors, services
 from annotation.models import ImageAsset, Sample
-from annotation.roles import can_view_samples
+from common.http import HtmxHttpRequest, role_required
 
 PAGE_SIZE = 50
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
-
-
-def role_required(view):
-    """Logged in (else redirect to login) and holding a role (else 403): samples can be harmful."""
-
-    @login_required
-    @wraps(view)
-    def wrapper(request: HtmxHttpRequest, *args, **kwargs) -> HttpResponse:
-        if not can_view_samples(request.user):
-            return render(request, "403.html", status=403)
-        return view(request, *args, **kwargs)
-
-    return wrapper
 
 
 def _get_sample_for_user(request: HtmxHttpRequest, sample_id: int) -> Sample:

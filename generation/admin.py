@@ -11,10 +11,10 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from annotation.services import ImportRejected
+from common.adminforms import admin_form
+from common.work import JobStatus
 from generation import runs, services
 from generation.models import Expansion, GenerationRun, GenerationTask, Generator, ImagePool, SeedSet, Variant
-from guardmodel.models import JobStatus
-from guardtrace.adminforms import admin_form
 from qta.images import ArchiveRejected, ZipImageSource
 
 

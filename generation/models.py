@@ -12,7 +12,8 @@ from django.db import models
 from django.db.models import Q
 
 from annotation.models import ImageAsset, InputVariant, RiskCategory
-from guardmodel.models import JobStatus, LongWork, validate_base_url
+from common.models import ModelEndpoint, has_base_url_when_served
+from common.work import STATUS_LENGTH, JobStatus, LongWork
 
 
 class SeedSet(models.Model):
@@ -105,7 +106,9 @@ class Expansion(LongWork, models.Model):
 
     seed_sets = models.ManyToManyField(SeedSet, related_name="expansions")
     parameters = models.JSONField(default=dict, help_text="kinds, pools, rng seed, font size.")
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    status = models.CharField(
+        max_length=STATUS_LENGTH, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
     total = models.PositiveIntegerField(default=0, help_text="Seeds to expand.")
     done = models.PositiveIntegerField(default=0, help_text="Seeds expanded so far.")
     created = models.PositiveIntegerField(default=0, help_text="Variants made.")
@@ -128,45 +131,19 @@ class Expansion(LongWork, models.Model):
         return round(100 * self.done / self.total) if self.total else 0
 
 
-class Generator(models.Model):
+class Generator(ModelEndpoint):
     """A reasoning model that answers variants with a reasoning trace and an answer, configured like a juror."""
 
-    class Backend(models.TextChoices):
-        OPENAI = "openai", "OpenAI-compatible HTTP"
-        TRANSFORMERS = "transformers", "Local transformers"
-
     name = models.SlugField(max_length=64, unique=True, help_text="Recorded as the samples' generator.")
-    backend = models.CharField(max_length=16, choices=Backend.choices)
-    model_name = models.CharField(
-        max_length=255,
-        help_text="Served model name (HTTP), or the local checkpoint directory (transformers).",
-    )
-    base_url = models.CharField(max_length=500, blank=True, validators=[validate_base_url],
-                                help_text="For OpenAI-compatible servers, e.g. http://vllm-qwen3vl:8000/v1")  # fmt: skip
-    api_key_env = models.CharField(
-        max_length=64,
-        blank=True,
-        help_text="Name of the environment variable holding the API key (never the key).",
-    )
-    max_concurrency = models.PositiveIntegerField(default=8, help_text="Requests in flight (HTTP).")
     timeout_s = models.PositiveIntegerField(default=600, help_text="Per request, before it is retried.")
     max_tokens = models.PositiveIntegerField(
         default=4096, help_text="Longest reply asked for (reasoning included)."
     )
     temperature = models.FloatField(default=0.7)
     samples_per_variant = models.PositiveIntegerField(default=1, help_text="Replies asked per variant.")
-    enabled = models.BooleanField(default=True)
 
-    class Meta:
-        ordering = ["name"]
-        constraints = [
-            models.CheckConstraint(
-                condition=~Q(backend="openai", base_url=""), name="openai_generator_has_base_url"
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return self.name
+    class Meta(ModelEndpoint.Meta):
+        constraints = [has_base_url_when_served("openai_generator_has_base_url")]
 
 
 class GenerationRun(LongWork, models.Model):
@@ -176,7 +153,9 @@ class GenerationRun(LongWork, models.Model):
     parameters = models.JSONField(default=dict, help_text="Per generator: max_tokens, temperature, samples.")
     split = models.CharField(max_length=5, default="train")
     subset = models.CharField(max_length=64, blank=True, help_text="Given to the samples made.")
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING, db_index=True)
+    status = models.CharField(
+        max_length=STATUS_LENGTH, choices=Status.choices, default=Status.RUNNING, db_index=True
+    )
     total = models.PositiveIntegerField(default=0)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -11,7 +11,6 @@ are.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections import deque
@@ -25,16 +24,16 @@ from django.utils import timezone
 
 from annotation.models import Sample
 from annotation.services import content_hash
+from common.errors import ApplicationError
+from common.work import JobStatus, retry_policy
 from generation.models import GenerationRun, GenerationTask, Generator, Variant
-from guardmodel.models import JobStatus
-from jury.backends import retry_policy
 from qta.generators import OpenAIGenerator, Trace, TransformersGenerator
 
 Status = GenerationTask.Status
 MADE = (Status.DONE, Status.FLAGGED)
 
 
-class GenerationError(ValueError):
+class GenerationError(ApplicationError):
     """A run that cannot be made as asked; the message names the field."""
 
 
@@ -89,18 +88,14 @@ def _enqueue(run: GenerationRun, generators: list[Generator]) -> None:
     from generation.tasks import generation_drive_task
 
     for generator in generators:
-        queue = "gpu" if generator.backend == Generator.Backend.TRANSFORMERS else "jury"
-        generation_drive_task.apply_async(args=[run.pk, generator.pk], queue=queue)
+        generation_drive_task.apply_async(args=[run.pk, generator.pk], queue=generator.queue)
 
 
 def backend_for(generator: Generator) -> OpenAIGenerator | TransformersGenerator:
     if generator.backend == Generator.Backend.TRANSFORMERS:
         return TransformersGenerator(generator.model_name, max_tokens=generator.max_tokens,
                                      temperature=generator.temperature, name=generator.name)  # fmt: skip
-    key = os.environ.get(generator.api_key_env) if generator.api_key_env else None
-    if generator.api_key_env and key is None:
-        raise GenerationError(f"environment variable {generator.api_key_env} (the API key) is not set")
-    return OpenAIGenerator(generator.base_url, generator.model_name, api_key=key, timeout_s=generator.timeout_s,
+    return OpenAIGenerator(generator.base_url, generator.model_name, api_key=generator.api_key(), timeout_s=generator.timeout_s,
                            max_tokens=generator.max_tokens, temperature=generator.temperature, retry=retry_policy(),
                            name=generator.name)  # fmt: skip
 

@@ -25,8 +25,9 @@ from django.utils import timezone
 
 from annotation.models import ImageAsset, InputVariant
 from annotation.services import ImportRejected, image_store
+from common.errors import ApplicationError
+from common.work import JobStatus
 from generation.models import Expansion, ImagePool, PoolImage, SeedQuery, SeedSet, Variant
-from guardmodel.models import JobStatus
 from qta import embedding, seed_files
 from qta.images import ImageInfo, ImageRejected, ImageSource, inspect_image
 from qta.sample_files import RecordError
@@ -45,7 +46,7 @@ EXPANSIONS = (InputVariant.TEXT_ONLY, InputVariant.IRRELEVANT_IMAGE, InputVarian
 CHUNK = 1000
 
 
-class ExpansionError(ValueError):
+class ExpansionError(ApplicationError):
     """An expansion that cannot run as asked; the message names the setting, pool or seed."""
 
 

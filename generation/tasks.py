@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from celery import shared_task
-from celery.signals import worker_ready
 
+from common.work import on_worker_start
 from generation import runs, services
 
 
@@ -18,9 +18,6 @@ def expansion_task(expansion_id: int) -> int:
     return services.expansion_work(expansion_id).done
 
 
-@worker_ready.connect
-def _resume_on_start(sender=None, **kwargs) -> None:
-    """A worker starting up (after a crash, a deploy, a reboot) re-queues the drivers of unfinished runs and the
-    expansions a dead worker left."""
-    runs.resume_unfinished()
-    services.expansions_resume()
+# A starting worker re-queues the drivers of unfinished runs and the expansions a dead worker left.
+on_worker_start(runs.resume_unfinished)
+on_worker_start(services.expansions_resume)

@@ -11,8 +11,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from annotation.roles import is_admin
-from annotation.views import HtmxHttpRequest, role_required
+from common.http import HtmxHttpRequest, role_required
+from common.roles import is_admin
 from generation import services
 from generation.models import Expansion, GenerationRun, GenerationTask, SeedQuery, SeedSet, Variant
 from generation.runs import run_progress, runs_progress

@@ -10,7 +10,7 @@ from django.utils.html import format_html
 
 from annotation.admin import SampleAdmin
 from annotation.models import Sample
-from annotation.roles import is_admin
+from common.roles import is_admin
 from guardmodel import services
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob, PromptTemplate
 from guardmodel.prompts import (

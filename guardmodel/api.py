@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from annotation.permissions import CanAudit
+from common.permissions import CanAudit
 from guardmodel import services
 from qta.engine import AuditInput, ImageError, decode_image
 from qta.loading import CheckpointError

@@ -1,25 +1,11 @@
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
-
-def validate_base_url(value: str) -> None:
-    """An http(s) URL with a host. Unlike URLField, a bare service name (http://vllm:8000/v1, as in Docker
-    Compose or Kubernetes) is accepted."""
-    parts = urlsplit(value)
-    try:
-        parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
-        raise ValidationError(f"{value!r}: the port is not a number") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
-        raise ValidationError(
-            f"{value!r}: expected an http:// or https:// URL with a host, e.g. http://vllm:8000/v1"
-        )
+from common.models import validate_base_url
+from common.work import STATUS_LENGTH, JobStatus, LongWork
 
 
 class PromptTemplate(models.Model):
@@ -101,30 +87,6 @@ class GuardCheckpoint(models.Model):
         return self.name
 
 
-class JobStatus(models.TextChoices):
-    """Lifecycle of long work on a worker (guard jobs, training runs)."""
-
-    PENDING = "pending", "Pending"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    CANCELLED = "cancelled", "Cancelled"
-
-
-# The statuses after which long work does no more.
-FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
-
-
-class LongWork:
-    """For models of long work whose `status` is a JobStatus: whether it has finished."""
-
-    status: str
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
-
-
 class GuardJob(LongWork, models.Model):
     """Judging a set of samples with one checkpoint, on the gpu queue. Re-running skips samples already judged."""
 
@@ -133,7 +95,9 @@ class GuardJob(LongWork, models.Model):
     checkpoint = models.ForeignKey(GuardCheckpoint, on_delete=models.CASCADE, related_name="jobs")
     prompt_version = models.CharField(max_length=32)
     sample_ids = models.JSONField(default=list)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    status = models.CharField(
+        max_length=STATUS_LENGTH, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
     total = models.PositiveIntegerField(default=0)
     done = models.PositiveIntegerField(default=0, help_text="Samples with a guard label, valid or not.")
     skipped = models.PositiveIntegerField(default=0, help_text="Already judged before this job ran.")

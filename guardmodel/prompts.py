@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from common.errors import ApplicationError
 from guardmodel.models import GuardCheckpoint, PromptTemplate
 from qta import protocol
 
 
-class TemplateError(ValueError):
+class TemplateError(ApplicationError):
     """A template that cannot be made or found; `field` names the value at fault."""
 
     def __init__(self, message: str, field: str = "") -> None:

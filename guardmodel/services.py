@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import traceback
 from collections import Counter, defaultdict
@@ -18,9 +17,11 @@ from django.utils import timezone
 
 from annotation.models import Label, Sample, Split
 from annotation.strata import jury_prompt_version, majority
-from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob, validate_base_url
+from common.errors import ApplicationError
+from common.models import api_key, validate_base_url
+from common.work import requeue_abandoned
+from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob
 from guardmodel.prompts import TemplateError, template_for
-from guardtrace.work import requeue_abandoned
 from qta import metrics
 from qta.engine import AuditInput, EngineOptions, Guard, OpenAIGuard, TransformersGuard, Verdict
 from qta.loading import CheckpointError, check_checkpoint_dir, is_local
@@ -32,7 +33,7 @@ CHUNK = 64  # samples per commit: a killed worker loses at most this much work
 ENDPOINT_BUDGET = "an endpoint's input budget is its server's (vLLM: --max-model-len); leave it empty"
 
 
-class EvaluationError(ValueError):
+class EvaluationError(ApplicationError):
     pass
 
 
@@ -140,7 +141,7 @@ def backend_for(checkpoint: GuardCheckpoint) -> Guard:
                 checkpoint.endpoint,
                 checkpoint.served_model or checkpoint.path or checkpoint.name,
                 name=checkpoint.name,
-                api_key=os.environ.get(checkpoint.api_key_env) if checkpoint.api_key_env else None,
+                api_key=api_key(checkpoint.api_key_env, who=f"checkpoint {checkpoint.name}"),
                 max_concurrency=settings.GUARDTRACE_GUARD_ENDPOINT_CONCURRENCY,
                 max_tokens=options.max_new_tokens,
                 template=options.template,

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from celery import shared_task
-from celery.signals import worker_ready
 
+from common.work import on_worker_start
 from guardmodel import services
 
 
@@ -13,7 +13,5 @@ def guard_job_run_task(self, job_id: int) -> bool:
     return services.guard_job_run(job_id=job_id, redelivered=redelivered)
 
 
-@worker_ready.connect
-def _resume_on_start(sender=None, **kwargs) -> None:
-    """A worker starting up (after a crash, a deploy, a reboot) queues again the guard jobs a dead worker held."""
-    services.guard_jobs_resume()
+# A starting worker queues again the guard jobs a dead worker held.
+on_worker_start(services.guard_jobs_resume)

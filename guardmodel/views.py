@@ -6,7 +6,7 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
-from annotation.views import HtmxHttpRequest, role_required
+from common.http import HtmxHttpRequest, role_required
 from guardmodel import services
 from guardmodel.models import Evaluation, GuardJob
 from qta import metrics

@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation.models import Split, Stratum
-from annotation.permissions import IsAdminRole
+from common.permissions import IsAdminRole
 from jury import services
 from jury.models import Juror, JuryRun
 

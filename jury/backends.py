@@ -4,17 +4,16 @@ unit, one at a time. Both re-ask once with the format reminder when an output ca
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from django.conf import settings
-
+from common.errors import MissingApiKey
+from common.work import retry_policy
 from guardmodel.prompts import TemplateError, template_for
 from guardmodel.services import engine_options
 from jury.models import Juror
-from qta.engine import AuditInput, OpenAIGuard, RetryPolicy, TransformersGuard, Verdict
+from qta.engine import AuditInput, OpenAIGuard, TransformersGuard, Verdict
 
 
 @dataclass
@@ -31,14 +30,6 @@ class JurorBackend:
         if isinstance(self.guard, OpenAIGuard):
             return [self.guard.judge_one(item) for item in items]
         return self.guard.judge(items)
-
-
-def retry_policy() -> RetryPolicy:
-    return RetryPolicy(
-        attempts=settings.GUARDTRACE_JURY_ATTEMPTS,
-        base_delay_s=settings.GUARDTRACE_JURY_BACKOFF_S,
-        max_delay_s=settings.GUARDTRACE_JURY_BACKOFF_MAX_S,
-    )
 
 
 def _config(juror: Juror) -> tuple:
@@ -65,10 +56,10 @@ def backend_for_juror(juror: Juror) -> JurorBackend:
         if template is None:
             backend = JurorBackend(juror.name, 1, juror.max_concurrency, error=broken)
         elif juror.backend == Juror.Backend.OPENAI:
-            key = os.environ.get(juror.api_key_env) if juror.api_key_env else None
-            if juror.api_key_env and key is None:
-                backend = JurorBackend(juror.name, 1, juror.max_concurrency,
-                                       error=f"environment variable {juror.api_key_env} (the API key) is not set")  # fmt: skip
+            try:
+                key = juror.api_key()
+            except MissingApiKey as exc:
+                backend = JurorBackend(juror.name, 1, juror.max_concurrency, error=exc.message)
             else:
                 guard = OpenAIGuard(
                     juror.base_url, juror.model_name, name=juror.name, api_key=key, timeout_s=juror.timeout_s,

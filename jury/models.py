@@ -9,60 +9,26 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
 
-from guardmodel.models import JobStatus, LongWork, validate_base_url
+from common.models import ModelEndpoint, has_base_url_when_served
+from common.work import STATUS_LENGTH, JobStatus, LongWork
 from qta.protocol import PROMPT_VERSION
 
 
-class Juror(models.Model):
+class Juror(ModelEndpoint):
     """One vision-language model on the jury (or the oracle that verifies hard negatives)."""
 
-    class Backend(models.TextChoices):
-        OPENAI = "openai", "OpenAI-compatible HTTP"
-        TRANSFORMERS = "transformers", "Local transformers"
-
     name = models.SlugField(max_length=64, unique=True, help_text="Also the source name of its labels.")
-    backend = models.CharField(max_length=16, choices=Backend.choices)
-    model_name = models.CharField(
-        max_length=255,
-        help_text="Served model name (HTTP), or the local checkpoint directory (transformers).",
-    )
-    base_url = models.CharField(
-        max_length=500, blank=True, validators=[validate_base_url],
-        help_text="For OpenAI-compatible servers, e.g. http://vllm-gemma:8000/v1",
-    )  # fmt: skip
-    api_key_env = models.CharField(
-        max_length=64,
-        blank=True,
-        help_text="Name of the environment variable holding the API key (never the key).",
-    )
     prompt_version = models.CharField(max_length=32, default=PROMPT_VERSION)
     max_concurrency = models.PositiveIntegerField(
         default=8, help_text="Requests in flight (HTTP), or the batch size (local transformers)."
     )
-    timeout_s = models.PositiveIntegerField(default=120, help_text="Per request, before it is retried.")
-    max_tokens = models.PositiveIntegerField(default=512, help_text="Longest reply asked for.")
-    enabled = models.BooleanField(default=True)
     is_oracle = models.BooleanField(
         default=False, help_text="The external verifier for hard negatives: never sits on a jury run."
     )
 
-    class Meta:
-        ordering = ["name"]
-        constraints = [
-            models.CheckConstraint(
-                condition=~Q(backend="openai", base_url=""), name="openai_juror_has_base_url"
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return self.name
-
-    @property
-    def queue(self) -> str:
-        """Local models run where the GPU is; HTTP jurors are I/O bound and run on the jury queue."""
-        return "gpu" if self.backend == self.Backend.TRANSFORMERS else "jury"
+    class Meta(ModelEndpoint.Meta):
+        constraints = [has_base_url_when_served("openai_juror_has_base_url")]
 
 
 class JurorLease(models.Model):
@@ -81,7 +47,9 @@ class JuryRun(LongWork, models.Model):
     selection = models.JSONField(default=dict, help_text="How the samples were chosen.")
     prompt_version = models.CharField(max_length=32, default=PROMPT_VERSION)
     jurors = models.ManyToManyField(Juror, related_name="runs")
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING, db_index=True)
+    status = models.CharField(
+        max_length=STATUS_LENGTH, choices=Status.choices, default=Status.RUNNING, db_index=True
+    )
     samples = models.PositiveIntegerField(default=0)
     total = models.PositiveIntegerField(default=0, help_text="Tasks: samples × jurors still to label.")
     skipped = models.PositiveIntegerField(default=0, help_text="Sample × juror pairs already labelled.")

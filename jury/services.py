@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from annotation import strata
 from annotation.models import Label, Sample, Split, Stratum
+from common.errors import ApplicationError
 from guardmodel.services import sample_input, verdict_label
 from jury.backends import backend_for_juror
 from jury.models import Juror, JurorLease, JuryRun, JuryTask
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 OPEN = (JuryTask.Status.PENDING, JuryTask.Status.CLAIMED)
 
 
-class JuryError(ValueError):
+class JuryError(ApplicationError):
     """A run cannot be started as asked; the message names the field."""
 
 

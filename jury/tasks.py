@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from celery import shared_task
-from celery.signals import worker_ready
 
+from common.work import on_worker_start
 from jury import services
 
 
@@ -16,7 +16,5 @@ def juror_drive_task(self, juror_id: int) -> int:
     return outcome.labels
 
 
-@worker_ready.connect
-def _resume_on_start(sender=None, **kwargs) -> None:
-    """A worker starting up (after a crash, a deploy, a reboot) re-queues the work of unfinished runs."""
-    services.resume_unfinished()
+# A starting worker re-queues the work of unfinished runs.
+on_worker_start(services.resume_unfinished)

@@ -7,8 +7,8 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from annotation.roles import is_admin
-from annotation.views import HtmxHttpRequest, role_required
+from common.http import HtmxHttpRequest, role_required
+from common.roles import is_admin
 from jury import services
 from jury.models import JuryRun
 

@@ -13,7 +13,7 @@ from PIL import Image
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from annotation.roles import ADMIN, EXPERT, REVIEWER
+from common.roles import ADMIN, EXPERT, REVIEWER
 
 REQUIRE_SERVICES = os.environ.get("GUARDTRACE_REQUIRE_SERVICES") == "1"
 REDIS_URL = os.environ.get("GUARDTRACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

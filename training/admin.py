@@ -12,11 +12,11 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from annotation.roles import is_admin
 from annotation.services import ImportRejected
+from common.adminforms import admin_form
+from common.roles import is_admin
 from guardmodel.models import GuardCheckpoint
 from guardmodel.services import checkpoint_activate
-from guardtrace.adminforms import admin_form
 from qta.hyper import STAGE_DEFAULTS, TINY, Hyperparameters, for_stage
 from qta.images import ArchiveRejected, ZipImageSource
 from training import services

@@ -37,6 +37,7 @@ from annotation.models import (
 )
 from annotation.services import ImportRejected, image_store
 from annotation.strata import jury_prompt_version
+from common.errors import ApplicationError
 from qta import protocol, training_files, training_records
 from qta.images import ImageInfo, ImageRejected, ImageSource, inspect_image
 from qta.protocol import PROMPT_VERSION
@@ -46,7 +47,7 @@ from training.models import DatasetSnapshot, Stage
 LEVEL_WORDS = {0.0: "safe", 0.5: "potentially harmful", 1.0: "harmful"}
 
 
-class SnapshotError(ValueError):
+class SnapshotError(ApplicationError):
     """A training set that cannot be built or used; the message says what is wrong and where."""
 
 

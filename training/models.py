@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from guardmodel.models import LongWork
+from common.work import STATUS_LENGTH, JobStatus, LongWork
 
 
 class Stage(models.TextChoices):
@@ -53,16 +53,12 @@ class TrainingRun(LongWork, models.Model):
 
     Stage = Stage
 
-    class Status(models.TextChoices):
-        PENDING = "pending", "Queued"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
-        INTERRUPTED = "interrupted", "Interrupted (resumable)"
+    Status = JobStatus
 
     stage = models.CharField(max_length=8, choices=Stage.choices)
-    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True)
+    status = models.CharField(
+        max_length=STATUS_LENGTH, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
     phase = models.CharField(
         max_length=40, blank=True, help_text="What the run is doing: waiting for the GPU, mining, training…"
     )

@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from annotation.models import ImageAsset, Sample, Split
 from annotation.strata import jury_prompt_version
+from common.errors import ApplicationError
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob
 from guardmodel.prompts import TemplateError, template_for
 from guardmodel.services import checkpoint_register, guard_job_create, guard_job_run, test_subsets
@@ -46,7 +47,7 @@ LOG_TAIL = 6000
 BUDGET_CACHE_S = 600
 
 
-class TrainingError(ValueError):
+class TrainingError(ApplicationError):
     """A round that cannot be launched or resumed; the message says why."""
 
 

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 from celery import shared_task
-from celery.signals import worker_ready
 from django.conf import settings
 
+from common.work import on_worker_start
 from training import services
 
 
@@ -17,7 +17,5 @@ def training_run_task(self, run_id: int) -> str:
     return outcome
 
 
-@worker_ready.connect
-def _interrupt_dead_runs(sender=None, **kwargs) -> None:
-    """A worker starting after a crash marks the rounds its predecessor was driving as interrupted (resumable)."""
-    services.training_runs_interrupt_dead()
+# A worker starting after a crash marks the rounds its predecessor was driving as interrupted (resumable).
+on_worker_start(services.training_runs_interrupt_dead)

@@ -8,8 +8,8 @@ from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from annotation.roles import is_admin
-from annotation.views import HtmxHttpRequest, role_required
+from common.http import HtmxHttpRequest, role_required
+from common.roles import is_admin
 from guardmodel.models import GuardCheckpoint
 from guardmodel.services import checkpoint_activate
 from guardmodel.views import comparison_table

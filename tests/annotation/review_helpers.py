@@ -6,8 +6,8 @@ from django.contrib.auth.models import Group, User
 
 from annotation.models import ExpertQueueItem, Label
 from annotation.review import ExpertSubmission, expert_label_submit, expert_slot_claim
-from annotation.roles import EXPERT
 from annotation.strata import stratify
+from common.roles import EXPERT
 from tests.annotation.factories import LabelFactory, SampleFactory
 
 

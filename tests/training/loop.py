@@ -19,9 +19,9 @@ from PIL import Image
 
 from annotation.models import ExpertQueueItem, Label, ReviewStatus, Sample
 from annotation.review import ExpertSubmission, expert_label_submit, expert_slot_claim
-from annotation.roles import EXPERT
 from annotation.services import samples_import
 from annotation.strata import stratify_all
+from common.roles import EXPERT
 from demo.tiny_models import ANALYSES
 from guardmodel.services import sample_input
 from jury import services as jury_services

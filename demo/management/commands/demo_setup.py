@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand
 from annotation import services
 from annotation.models import Sample
 from annotation.review import expert_queue_send
-from annotation.roles import ADMIN, EXPERT, REVIEWER
+from common.roles import ADMIN, EXPERT, REVIEWER
 from qta.images import DirectoryImageSource
 from qta.synthetic import generate
 

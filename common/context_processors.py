@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.http import HttpRequest
 
-from annotation.roles import ADMIN, user_roles
+from common.roles import ADMIN, user_roles
 
 
 def roles(request: HttpRequest) -> dict:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from rest_framework.permissions import BasePermission
 
-from annotation.roles import can_audit, can_view_samples, is_admin
+from common.roles import can_audit, can_view_samples, is_admin
 
 
 class CanViewSamples(BasePermission):

@@ -1,0 +1,37 @@
+"""Web plumbing every app's pages share: the request type django-htmx gives, and one role check for views."""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django_htmx.middleware import HtmxDetails
+
+from common.roles import ROLES, user_roles
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+
+
+def roles_required(*allowed: str):
+    """Logged in (else the login page) and holding one of `allowed` (else 403). Samples can be harmful: every
+    page that shows one is behind this."""
+
+    def decorate(view):
+        @login_required
+        @wraps(view)
+        def wrapper(request: HtmxHttpRequest, *args, **kwargs) -> HttpResponse:
+            if not user_roles(request.user) & set(allowed):
+                return render(request, "403.html", {"needed": allowed}, status=403)
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+# Any of the three roles that may see samples.
+role_required = roles_required(*ROLES)

@@ -1,0 +1,88 @@
+"""Abstract models the apps share."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+
+from common.errors import MissingApiKey
+
+
+def validate_base_url(value: str) -> None:
+    """An http(s) URL with a host. Unlike URLField, a bare service name (http://vllm:8000/v1, as in Docker
+    Compose or Kubernetes) is accepted."""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValidationError(f"{value!r}: the port is not a number") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
+        raise ValidationError(
+            f"{value!r}: expected an http:// or https:// URL with a host, e.g. http://vllm:8000/v1"
+        )
+
+
+def api_key(env_name: str, *, who: str) -> str | None:
+    """The API key held in environment variable `env_name` (None when no variable is named). A variable named but
+    not set is an error, never a silent call without a key."""
+    if not env_name:
+        return None
+    key = os.environ.get(env_name)
+    if key is None:
+        raise MissingApiKey(f"{who}: environment variable {env_name} (the API key) is not set", "api_key_env")
+    return key
+
+
+class Backend(models.TextChoices):
+    OPENAI = "openai", "OpenAI-compatible HTTP"
+    TRANSFORMERS = "transformers", "Local transformers"
+
+
+class ModelEndpoint(models.Model):
+    """A model the app calls — a juror, a generator: a served OpenAI-compatible endpoint or a local checkpoint."""
+
+    Backend = Backend
+
+    name = models.SlugField(max_length=64, unique=True)
+    backend = models.CharField(max_length=16, choices=Backend.choices)
+    model_name = models.CharField(
+        max_length=255,
+        help_text="Served model name (HTTP), or the local checkpoint directory (transformers).",
+    )
+    base_url = models.CharField(
+        max_length=500, blank=True, validators=[validate_base_url],
+        help_text="For OpenAI-compatible servers, e.g. http://vllm:8000/v1",
+    )  # fmt: skip
+    api_key_env = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="Name of the environment variable holding the API key (never the key).",
+    )
+    max_concurrency = models.PositiveIntegerField(default=8, help_text="Requests in flight (HTTP).")
+    timeout_s = models.PositiveIntegerField(default=120, help_text="Per request, before it is retried.")
+    max_tokens = models.PositiveIntegerField(default=512, help_text="Longest reply asked for.")
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        abstract = True
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def queue(self) -> str:
+        """The one rule for where a model's calls run: local models where the GPU is; HTTP endpoints, which are I/O
+        bound, on the jury queue."""
+        return "gpu" if self.backend == Backend.TRANSFORMERS else "jury"
+
+    def api_key(self) -> str | None:
+        return api_key(self.api_key_env, who=f"{self._meta.verbose_name} {self.name}")
+
+
+def has_base_url_when_served(name: str) -> models.CheckConstraint:
+    return models.CheckConstraint(condition=~Q(backend="openai", base_url=""), name=name)
