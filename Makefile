@@ -47,7 +47,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mypy qta common annotation guardtrace guardmodel jury training generation demo
+	$(VENV)/bin/mypy qta common annotation experts guardtrace guardmodel jury training generation demo
 
 bench-quick: $(STAMP)
 	$(PY) bench/import_export.py --quick

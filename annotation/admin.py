@@ -12,13 +12,10 @@ from django.utils.html import format_html, format_html_join
 from annotation import services, strata
 from annotation.models import (
     AuditEvent,
-    ExpertQueueItem,
-    ExpertSlot,
     ImageAsset,
     ImportJob,
     Label,
     PreferencePair,
-    ReviewDecision,
     Sample,
 )
 from common.adminforms import MAX_ERRORS_SHOWN, admin_form
@@ -255,54 +252,4 @@ class AuditEventAdmin(admin.ModelAdmin):
         return False
 
     def has_add_permission(self, request) -> bool:
-        return False
-
-
-class ExpertSlotInline(admin.TabularInline):
-    model = ExpertSlot
-    extra = 0
-    fields = ("round", "index", "status", "expert", "claimed_at", "lease_expires_at", "submitted_at", "label")
-    readonly_fields = fields
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-
-@admin.register(ExpertQueueItem)
-class ExpertQueueItemAdmin(admin.ModelAdmin):
-    """Read-only: claims, labels and decisions go through the expert pages (annotation.review)."""
-
-    list_display = ["id", "sample_id", "reason", "status", "round", "labels_needed", "decision", "decided_by"]
-    list_filter = ["status", "reason", "decided_by"]
-    raw_id_fields = ["sample", "adjudicator", "sent_by"]
-    readonly_fields = [f.name for f in ExpertQueueItem._meta.fields]
-    inlines = [ExpertSlotInline]
-    show_full_result_count = False
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-
-@admin.register(ReviewDecision)
-class ReviewDecisionAdmin(admin.ModelAdmin):
-    list_display = [
-        "at",
-        "sample_id",
-        "verdict",
-        "guard_name",
-        "guard_judgment",
-        "label_judgment",
-        "reviewer",
-    ]
-    list_filter = ["verdict", "guard_name"]
-    raw_id_fields = ["sample", "guard_label", "reviewer"]
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
         return False

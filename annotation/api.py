@@ -20,7 +20,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation import selectors, services
-from annotation.models import ExpertQueueItem, ImportJob, Label, Sample
+from annotation.models import ImportJob, Label, Sample
+from annotation.strata import expert_desk
 from common.errors import ApplicationError
 from common.permissions import IsAdminRole
 from common.roles import is_admin, is_expert
@@ -224,7 +225,7 @@ class LabelListCreateApi(ListAPIView):
         if (
             data["source_kind"] == Label.SourceKind.EXPERT
             and not is_admin(request.user)
-            and ExpertQueueItem.objects.filter(sample=sample).exists()
+            and expert_desk().holds(sample.pk)
         ):
             return Response(
                 {

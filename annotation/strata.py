@@ -3,7 +3,7 @@
 From a sample's labels (the jury's, asked with one template; experts'; those that came with the data) this module
 derives its stratum (D3:0 / D2:1 / D1:1:1 / incomplete / unlabelled), its final training label and that label's
 origin (the rules in DESIGN.md "Stratification"), the D2:1 sample's DPO pair (chosen: a majority juror's label,
-rejected: the minority juror's) and the D1:1:1 sample's expert-queue item. `stratify` does all of it for a set of
+rejected: the minority juror's), and tells the expert desk (the experts app) which samples split 1:1:1. `stratify` does all of it for a set of
 samples in one transaction per batch; every path that writes labels — an import, `POST /api/labels/`, the jury, an
 expert's decision — ends with it, so nothing waits for a manual `manage.py stratify`. Every step is idempotent.
 """
@@ -14,19 +14,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import QuerySet
 
-from annotation.models import (
-    ExpertQueueItem,
-    ExpertSlot,
-    Label,
-    LabelOrigin,
-    PreferencePair,
-    Sample,
-    Stratum,
-)
+from annotation.models import Label, LabelOrigin, PreferencePair, Sample, Stratum
 from qta.protocol import PROMPT_VERSION
 
 BATCH = 1000
@@ -44,6 +35,45 @@ def jury_prompt_version() -> str:
     """The template version the sitting jury asks with (qta-v1 when none sits). Strata, pairs, expert items,
     training sets and evaluations default to it."""
     return _jury_version()
+
+
+class ExpertDesk:
+    """What strata need from whoever decides the samples the jury split 1:1:1. The experts app registers its desk
+    when it loads (`expert_desk_source`); writers of labels never know it exists. With no desk, nothing is queued
+    and no decision overrides the jury."""
+
+    def decisions(self, sample_ids: list[int]) -> dict[int, float | None]:
+        """The samples under expert decision among these, with the decision (None while undecided)."""
+        return {}
+
+    def follow(self, sample_ids: list[int], prompt_version: str) -> tuple[int, int]:
+        """Queue the 1:1:1 samples among these and unqueue untouched items that are no longer 1:1:1; returns
+        (queued, unqueued). Runs inside stratify's transaction."""
+        return 0, 0
+
+    def undecided(self) -> QuerySet | None:
+        """Ids of samples experts are still deciding (their labels are kept blind), or None."""
+        return None
+
+    def holds(self, sample_id: int) -> bool:
+        """Whether the sample is in the expert queue (expert labels go through it)."""
+        return False
+
+    def counts(self) -> dict[str, int]:
+        """Items waiting for expert labels and for adjudication, for the dashboard."""
+        return {"open": 0, "adjudication": 0}
+
+
+_desk = ExpertDesk()
+
+
+def expert_desk_source(desk: ExpertDesk) -> None:
+    global _desk
+    _desk = desk
+
+
+def expert_desk() -> ExpertDesk:
+    return _desk
 
 
 @dataclass
@@ -123,11 +153,6 @@ def choose_pair(labels: list[Label]) -> tuple[Label, Label] | None:
     return chosen, rejected
 
 
-def slots_for(items: Iterable[tuple[int, int, int]]) -> list[ExpertSlot]:
-    """Open slots for (item id, round, K) triples."""
-    return [ExpertSlot(item_id=pk, round=rnd, index=i) for pk, rnd, k in items for i in range(k)]
-
-
 def stratify(*, sample_ids: Iterable[int], prompt_version: str | None = None) -> StratifyReport:
     """Re-derive strata, final labels, preference pairs and expert-queue items of these samples from their labels
     (the jury's asked with `prompt_version`, by default the template the sitting jury asks with).
@@ -143,7 +168,9 @@ def stratify(*, sample_ids: Iterable[int], prompt_version: str | None = None) ->
         with transaction.atomic():
             report.changed += _resolve(chunk, prompt_version)
             _sync_pairs(chunk, prompt_version, report)
-            _sync_queue(chunk, prompt_version, report)
+            queued, unqueued = _desk.follow(chunk, prompt_version)
+            report.queued += queued
+            report.unqueued += unqueued
     return report
 
 
@@ -160,7 +187,7 @@ def _resolve(chunk: list[int], prompt_version: str) -> int:
         .order_by("id")
         .only("id", "stratum", "final_label", "final_label_origin")
     )
-    decisions = dict(ExpertQueueItem.objects.filter(sample_id__in=chunk).values_list("sample_id", "decision"))
+    decisions = _desk.decisions(chunk)
     by_sample: dict[int, list[Label]] = {pk: [] for pk in chunk}
     for label in Label.objects.filter(sample_id__in=chunk).only(
         "sample_id", "source_kind", "prompt_version", "status", "judgment"
@@ -215,38 +242,3 @@ def _sync_pairs(chunk: list[int], prompt_version: str, report: StratifyReport) -
         ).delete()[0]
     report.pairs_created += len(new)
     report.pairs_updated += len(changed)
-
-
-def _sync_queue(chunk: list[int], prompt_version: str, report: StratifyReport) -> None:
-    """Queue the D1:1:1 samples for experts, and unqueue jury-split items whose sample is no longer 1:1:1 and that
-    no expert has touched."""
-    Item = ExpertQueueItem
-    split = set(Sample.objects.filter(pk__in=chunk, stratum=Stratum.D1_1_1).values_list("pk", flat=True))
-    queued = set(Item.objects.filter(sample_id__in=chunk).values_list("sample_id", flat=True))
-    new = sorted(split - queued)
-    if new:
-        needed = settings.GUARDTRACE_EXPERT_LABELS
-        Item.objects.bulk_create(
-            [Item(sample_id=pk, reason=Item.Reason.JURY_SPLIT, prompt_version=prompt_version, labels_needed=needed)
-             for pk in new],
-            ignore_conflicts=True,
-        )  # fmt: skip
-        # ignore_conflicts leaves the primary keys unset: read back the items that have no slots yet.
-        bare = Item.objects.filter(sample_id__in=new).exclude(
-            Exists(ExpertSlot.objects.filter(item=OuterRef("pk")))
-        )
-        ExpertSlot.objects.bulk_create(
-            slots_for(bare.values_list("pk", "round", "labels_needed")), ignore_conflicts=True
-        )
-        report.queued += len(new)
-    stale = queued - split
-    if stale:
-        deleted = (
-            Item.objects.filter(sample_id__in=stale, reason=Item.Reason.JURY_SPLIT)
-            .exclude(
-                Exists(ExpertSlot.objects.filter(item=OuterRef("pk")).exclude(status=ExpertSlot.Status.OPEN))
-            )
-            .exclude(sample__labels__source_kind=Label.SourceKind.EXPERT)
-            .delete()[1]
-        )
-        report.unqueued += deleted.get(Item._meta.label, 0)

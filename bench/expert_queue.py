@@ -209,7 +209,7 @@ def _agreement() -> tuple[object, float, float]:
     from django.contrib.auth.models import Group, User
     from django.test import Client
 
-    from annotation.agreement import agreement_report
+    from experts.agreement import agreement_report
 
     report, times, page_times = None, [], []
     for _ in range(3):

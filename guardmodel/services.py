@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from annotation.models import Label, Sample, Split
 from annotation.strata import jury_prompt_version, majority
-from common.errors import ApplicationError
+from common.errors import ApplicationError, MissingApiKey
 from common.models import api_key, validate_base_url
 from common.work import requeue_abandoned
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob
@@ -137,11 +137,15 @@ def backend_for(checkpoint: GuardCheckpoint) -> Guard:
             return _backends[key]
         options = engine_options(checkpoint)
         if checkpoint.endpoint:
+            try:
+                secret = api_key(checkpoint.api_key_env, who=f"checkpoint {checkpoint.name}")
+            except MissingApiKey as exc:
+                raise CheckpointError(str(exc)) from None  # the server's set-up, not the caller's input
             backend: Guard = OpenAIGuard(
                 checkpoint.endpoint,
                 checkpoint.served_model or checkpoint.path or checkpoint.name,
                 name=checkpoint.name,
-                api_key=api_key(checkpoint.api_key_env, who=f"checkpoint {checkpoint.name}"),
+                api_key=secret,
                 max_concurrency=settings.GUARDTRACE_GUARD_ENDPOINT_CONCURRENCY,
                 max_tokens=options.max_new_tokens,
                 template=options.template,

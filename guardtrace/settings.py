@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "common",
     "annotation",
     "guardmodel",
+    "experts",
     "jury",
     "training",
     "generation",

@@ -11,6 +11,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
     path("", include("annotation.urls")),
     path("", include("guardmodel.urls")),
+    path("", include("experts.urls")),
     path("", include("jury.urls")),
     path("", include("training.urls")),
     path("", include("generation.urls")),

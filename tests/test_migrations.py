@@ -1,5 +1,6 @@
 """A database populated under the previous schema keeps every row through the model moves: preference pairs from the
-jury to annotation (table renamed, content type and permissions re-pointed), and lineage turned around
+jury to annotation (table renamed, content type and permissions re-pointed), the expert queue and reviewers'
+decisions from annotation to experts (tables kept, content types re-pointed), and lineage turned around
 (GuardCheckpoint.produced_by → TrainingRun.output_checkpoint). Both ways, on SQLite and on PostgreSQL under CI."""
 
 from __future__ import annotations
@@ -59,6 +60,20 @@ def test_pairs_and_lineage_survive_the_moves_both_ways():
     run = Run.objects.create(stage="sft", status="succeeded", base_checkpoint=base)
     Checkpoint.objects.create(name="sft-run-1", path="/out", produced_by=run)
     unfinished = Run.objects.create(stage="sft", status="failed", base_checkpoint=base)
+    User = old.get_model("auth", "User")
+    expert = User.objects.create(username="expert-x")
+    Item = old.get_model("annotation", "ExpertQueueItem")
+    item = Item.objects.create(sample=sample, reason="jury_split", prompt_version="qta-v1", labels_needed=2)
+    slot = old.get_model("annotation", "ExpertSlot").objects.create(
+        item=item, round=1, index=0, status="claimed", expert=expert, claim_token="t"
+    )
+    old.get_model("annotation", "ExpertSkip").objects.create(item=item, round=1, expert=expert)
+    old.get_model("annotation", "ReviewDecision").objects.create(
+        sample=sample, verdict="guard_wrong", guard_name="g", guard_judgment=1.0, label_judgment=0.0,
+        label_origin="jury_majority", reviewer=expert,
+    )  # fmt: skip
+    item_type, _ = ContentType.objects.get_or_create(app_label="annotation", model="expertqueueitem")
+    item_permission = Permission.objects.create(content_type=item_type, codename="see_items_x", name="x")
 
     new = _migrate(latest)
     pair = new.get_model("annotation", "PreferencePair").objects.get()
@@ -69,9 +84,19 @@ def test_pairs_and_lineage_survive_the_moves_both_ways():
     assert [(r.pk, r.output_checkpoint.name if r.output_checkpoint else None) for r in runs] == [
         (run.pk, "sft-run-1"), (unfinished.pk, None)
     ]  # fmt: skip
+    moved = new.get_model("experts", "ExpertQueueItem").objects.get()
+    assert (moved.pk, moved.sample_id, moved.labels_needed) == (item.pk, sample.pk, 2)
+    assert [(s.pk, s.expert_id) for s in moved.slots.all()] == [(slot.pk, expert.pk)]
+    assert moved.skips.count() == 1
+    assert new.get_model("experts", "ReviewDecision").objects.get().verdict == "guard_wrong"
+    item_permission.refresh_from_db()
+    assert item_permission.content_type.app_label == "experts"
 
     back = _migrate(BEFORE)
     assert back.get_model("jury", "PreferencePair").objects.get().chosen_id == labels[0].pk
     made = back.get_model("guardmodel", "GuardCheckpoint").objects.get(name="sft-run-1")
     assert made.produced_by_id == run.pk
+    assert back.get_model("annotation", "ExpertSlot").objects.get().item_id == item.pk
+    item_permission.refresh_from_db()
+    assert item_permission.content_type.app_label == "annotation"
     _migrate(latest)

@@ -23,21 +23,11 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from annotation.models import (
-    ExpertQueueItem,
-    ImageAsset,
-    Label,
-    LabelOrigin,
-    PreferencePair,
-    ReviewDecision,
-    ReviewStatus,
-    Sample,
-    Split,
-    Stratum,
-)
+from annotation.models import ImageAsset, Label, LabelOrigin, PreferencePair, Sample, Split, Stratum
 from annotation.services import ImportRejected, image_store
 from annotation.strata import jury_prompt_version
 from common.errors import ApplicationError
+from experts.models import ExpertQueueItem, ReviewDecision, ReviewStatus
 from qta import protocol, training_files, training_records
 from qta.images import ImageInfo, ImageRejected, ImageSource, inspect_image
 from qta.protocol import PROMPT_VERSION

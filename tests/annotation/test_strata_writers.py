@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from annotation import services
-from annotation.models import ExpertQueueItem, ExpertSlot, PreferencePair, Sample
+from annotation.models import PreferencePair, Sample
 from annotation.strata import stratify
+from experts.models import ExpertQueueItem, ExpertSlot
 from tests.annotation.factories import SampleFactory
 from tests.conftest import record, write_jsonl
 

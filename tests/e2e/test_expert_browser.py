@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from annotation.models import AuditEvent, ExpertSlot, Label
+from annotation.models import AuditEvent, Label
+from experts.models import ExpertSlot
 from guardmodel.models import GuardCheckpoint
 from tests.annotation.factories import ImageAssetFactory, LabelFactory
-from tests.annotation.review_helpers import experts, label_next, split_items
+from tests.experts.review_helpers import experts, label_next, split_items
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 

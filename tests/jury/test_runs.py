@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from annotation import selectors, strata
-from annotation.models import ExpertQueueItem, Label, PreferencePair, Sample
+from annotation.models import Label, PreferencePair, Sample
+from experts.models import ExpertQueueItem
 from jury import services
 from jury.models import JurorLease, JuryRun, JuryTask
 from tests.loopback import LoopbackOpenAI, closed_port_url

@@ -17,12 +17,13 @@ from pathlib import Path
 from django.contrib.auth.models import Group, User
 from PIL import Image
 
-from annotation.models import ExpertQueueItem, Label, ReviewStatus, Sample
-from annotation.review import ExpertSubmission, expert_label_submit, expert_slot_claim
+from annotation.models import Label, Sample
 from annotation.services import samples_import
 from annotation.strata import stratify_all
 from common.roles import EXPERT
 from demo.tiny_models import ANALYSES
+from experts.models import ExpertQueueItem, ReviewStatus
+from experts.services import ExpertSubmission, expert_label_submit, expert_slot_claim
 from guardmodel.services import sample_input
 from jury import services as jury_services
 from jury.models import Juror

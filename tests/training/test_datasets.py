@@ -7,11 +7,11 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotation.models import ReviewDecision
-from annotation.review import review_decision_record
+from experts.models import ReviewDecision
+from experts.services import review_decision_record
 from qta import protocol
 from tests.annotation.factories import LabelFactory, SampleFactory
-from tests.annotation.review_helpers import experts, jury_votes, label_next, split_items
+from tests.experts.review_helpers import experts, jury_votes, label_next, split_items
 from tests.training.test_runs import _consensus
 from training import datasets
 from training.datasets import SnapshotError

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from django.core.management import call_command
 
-from annotation.models import ExpertQueueItem, Label, Sample, Stratum
+from annotation.models import Label, Sample, Stratum
 from demo.tiny_models import DEMO_JURORS, MARKER
+from experts.models import ExpertQueueItem
 from guardmodel.models import Evaluation, GuardCheckpoint
 from jury.models import Juror, JuryRun
 from training.models import TrainingRun

@@ -19,7 +19,7 @@ from guardmodel.services import checkpoint_register
 from qta.images import DirectoryImageSource
 from qta.training_files import split_user_text
 from tests.annotation.factories import SampleFactory
-from tests.annotation.review_helpers import jury_votes
+from tests.experts.review_helpers import jury_votes
 from tests.training.test_runs import _consensus
 from training import datasets, services
 from training.datasets import snapshot_import

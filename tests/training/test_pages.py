@@ -111,7 +111,7 @@ def test_run_lineage_and_snapshot_pages_show_progress_to_roles_only(
 def test_the_launch_preview_reports_the_long_record_before_anything_is_queued(client_for, admin_user, base):
     from annotation.strata import stratify
     from tests.annotation.factories import SampleFactory
-    from tests.annotation.review_helpers import jury_votes
+    from tests.experts.review_helpers import jury_votes
 
     _consensus(6)
     long = SampleFactory(thinking="Then one more step is considered. " * 3000, split="train")

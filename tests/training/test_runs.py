@@ -15,7 +15,7 @@ from annotation.models import Sample
 from guardmodel.models import GuardCheckpoint
 from guardmodel.services import checkpoint_register
 from tests.annotation.factories import ImageAssetFactory, SampleFactory
-from tests.annotation.review_helpers import jury_votes
+from tests.experts.review_helpers import jury_votes
 from training import services
 from training.models import TrainingRun
 from training.services import TrainingError

@@ -11,8 +11,8 @@ from django.core.management.base import BaseCommand
 
 from annotation import services
 from annotation.models import Sample
-from annotation.review import expert_queue_send
 from common.roles import ADMIN, EXPERT, REVIEWER
+from experts.services import expert_queue_send
 from qta.images import DirectoryImageSource
 from qta.synthetic import generate
 

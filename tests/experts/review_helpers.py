@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from django.contrib.auth.models import Group, User
 
-from annotation.models import ExpertQueueItem, Label
-from annotation.review import ExpertSubmission, expert_label_submit, expert_slot_claim
+from annotation.models import Label
 from annotation.strata import stratify
 from common.roles import EXPERT
+from experts.models import ExpertQueueItem
+from experts.services import ExpertSubmission, expert_label_submit, expert_slot_claim
 from tests.annotation.factories import LabelFactory, SampleFactory
 
 

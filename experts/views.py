@@ -2,7 +2,7 @@
 
 Who may do what: labelling needs the expert role; adjudication needs admin; the inspector needs reviewer or admin;
 the queue overview and the agreement page any of the three roles. Expert labels of undecided items are never shown
-to other experts (selectors.blind_to)."""
+to other experts (sample_selectors.blind_to)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import push_url
 
-from annotation import agreement, review, selectors
-from annotation.models import ExpertQueueItem, ExpertSlot, ReviewDecision, Sample
+from annotation import selectors as sample_selectors
+from annotation.models import Sample
 from common.http import HtmxHttpRequest, roles_required
 from common.roles import ADMIN, EXPERT, REVIEWER, ROLES, user_roles
+from experts import agreement, selectors
+from experts import services as review
+from experts.models import ExpertQueueItem, ExpertSlot, ReviewDecision
 
 PAGE_SIZE = 50
 
@@ -47,8 +50,8 @@ def _workspace(
         "slot": slot,
         "item": item,
         "sample": sample,
-        "steps": selectors.reasoning_steps(sample.thinking),
-        "jurors": selectors.juror_labels(sample.pk, item.prompt_version),
+        "steps": sample_selectors.reasoning_steps(sample.thinking),
+        "jurors": sample_selectors.juror_labels(sample.pk, item.prompt_version),
         "progress": selectors.expert_progress(user=request.user),
         "error": error,
         "form": form or {},
@@ -65,7 +68,7 @@ def expert_home(request: HtmxHttpRequest) -> HttpResponse:
         context["current"] = review.expert_slot_current(user=request.user)
     if roles & {REVIEWER, ADMIN}:
         context["team"] = selectors.expert_team_progress()
-    return render(request, "annotation/expert_home.html", context)
+    return render(request, "experts/expert_home.html", context)
 
 
 def _next(request: HtmxHttpRequest, *, message: str = "") -> HttpResponse:
@@ -79,14 +82,14 @@ def _next(request: HtmxHttpRequest, *, message: str = "") -> HttpResponse:
         message = f"{message} {why}".strip()
         if request.htmx:
             context = {"message": message, "progress": selectors.expert_progress(user=request.user)}
-            response = render(request, "annotation/expert_label.html#finished", context)
+            response = render(request, "experts/expert_label.html#finished", context)
             return push_url(response, reverse("expert_home"))
         return redirect(f"{reverse('expert_home')}?{urlencode({'message': message})}")
     url = reverse("expert_slot", args=[slot.pk])
     if request.htmx:
         context = _workspace(request, slot)
         context["message"] = message
-        response = render(request, "annotation/expert_label.html#workspace", context)
+        response = render(request, "experts/expert_label.html#workspace", context)
         return push_url(response, url)
     return redirect(url)
 
@@ -104,7 +107,7 @@ def expert_slot(request: HtmxHttpRequest, slot_id: int) -> HttpResponse:
         slot = _get_slot_for_user(request, slot_id)
     except Http404:
         return redirect(reverse("expert_home"))
-    return render(request, "annotation/expert_label.html", _workspace(request, slot))
+    return render(request, "experts/expert_label.html", _workspace(request, slot))
 
 
 def _submission(request: HtmxHttpRequest) -> review.ExpertSubmission:
@@ -136,7 +139,7 @@ def expert_submit(request: HtmxHttpRequest, slot_id: int) -> HttpResponse:
     except review.ReviewError as exc:
         slot = _get_slot_for_user(request, slot_id)
         context = _workspace(request, slot, error=str(exc), form=request.POST.dict())
-        template = "annotation/expert_label.html" + ("#workspace" if request.htmx else "")
+        template = "experts/expert_label.html" + ("#workspace" if request.htmx else "")
         # htmx swaps only 2xx answers: the page with the error is the answer.
         return render(request, template, context, status=200 if request.htmx else 400)
     return _next(request, message="Label saved.")
@@ -192,7 +195,7 @@ def adjudication(request: HtmxHttpRequest) -> HttpResponse:
         except review.ReviewError as exc:
             error = f"Item #{item_id}: {exc}"
     context = {"items": selectors.adjudication_items(), "error": error, "decided": decided}
-    return render(request, "annotation/adjudication.html", context, status=400 if error else 200)
+    return render(request, "experts/adjudication.html", context, status=400 if error else 200)
 
 
 def _int(value: str | None, default: int, low: int, high: int) -> int:
@@ -211,7 +214,7 @@ def agreement_page(request: HtmxHttpRequest) -> HttpResponse:
         "can_draw": bool(user_roles(request.user) & {REVIEWER, ADMIN}),
         "message": request.GET.get("message", ""),
     }
-    return render(request, "annotation/agreement.html", context)
+    return render(request, "experts/agreement.html", context)
 
 
 @require_POST
@@ -246,9 +249,9 @@ def disagreement_list(request: HtmxHttpRequest) -> HttpResponse:
         "guards": selectors.guard_names(),
         "filters": filters,
         "query": urlencode({**filters, **({"guard": guard} if guard else {})}),
-        "subsets": selectors.subsets(),
+        "subsets": sample_selectors.subsets(),
         "choices": [
-            (k, t, c.choices) for k, t, c in selectors.CHOICE_FILTERS if k in ("category", "stratum")
+            (k, t, c.choices) for k, t, c in sample_selectors.CHOICE_FILTERS if k in ("category", "stratum")
         ],
         "directions": selectors.DIRECTIONS,
         "triage": selectors.TRIAGE,
@@ -257,7 +260,7 @@ def disagreement_list(request: HtmxHttpRequest) -> HttpResponse:
         context["page"] = selectors.disagreement_page(
             guard_name=guard, filters=filters, page_number=request.GET.get("page"), per_page=PAGE_SIZE
         )
-    template = "annotation/disagreement_list.html" + ("#results" if request.htmx else "")
+    template = "experts/disagreement_list.html" + ("#results" if request.htmx else "")
     return render(request, template, context)
 
 
@@ -287,7 +290,7 @@ def disagreement_detail(request: HtmxHttpRequest, sample_id: int) -> HttpRespons
     context = {
         "sample": sample,
         "guard": guard,
-        "steps": selectors.reasoning_steps(sample.thinking),
+        "steps": sample_selectors.reasoning_steps(sample.thinking),
         "guard_labels": [lab for lab in labels if lab.source_kind == "guard" and lab.source_name == guard],
         "jurors": [lab for lab in labels if lab.source_kind == "juror"],
         "experts": [lab for lab in labels if lab.source_kind == "expert"],
@@ -296,4 +299,4 @@ def disagreement_detail(request: HtmxHttpRequest, sample_id: int) -> HttpRespons
         "verdicts": ReviewDecision.Verdict.choices,
         "error": error,
     }
-    return render(request, "annotation/disagreement_detail.html", context, status=400 if error else 200)
+    return render(request, "experts/disagreement_detail.html", context, status=400 if error else 200)

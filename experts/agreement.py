@@ -20,8 +20,9 @@ from typing import cast
 import krippendorff
 import numpy as np
 
-from annotation.models import ExpertQueueItem, Label, ReviewStatus
+from annotation.models import Label
 from annotation.strata import jury_prompt_version, majority
+from experts.models import ExpertQueueItem, ReviewStatus
 from qta.metrics import binary_scores
 from qta.protocol import JUDGMENTS, is_harmful
 

@@ -14,10 +14,11 @@ from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation import review, selectors
+from annotation import selectors as sample_selectors
 from annotation.api import LabelOutputSerializer
-from annotation.models import ExpertSlot
 from common.roles import is_expert
+from experts import services as review
+from experts.models import ExpertSlot
 
 
 class IsExpert(BasePermission):
@@ -45,7 +46,7 @@ class SlotOutputSerializer(serializers.Serializer):
         return {
             "id": sample.pk,
             "question": sample.question,
-            "steps": selectors.reasoning_steps(sample.thinking),
+            "steps": sample_selectors.reasoning_steps(sample.thinking),
             "answer": sample.answer,
             "image_sha256": sample.image.sha256 if sample.image else None,
         }
@@ -58,7 +59,7 @@ class SlotOutputSerializer(serializers.Serializer):
                 "status": label.status,
                 "analysis": label.analysis,
             }
-            for label in selectors.juror_labels(slot.item.sample_id, slot.item.prompt_version)
+            for label in sample_selectors.juror_labels(slot.item.sample_id, slot.item.prompt_version)
         ]
 
 

@@ -9,11 +9,12 @@ import pytest
 from django.urls import reverse
 from PIL import Image
 
-from annotation.models import AuditEvent, ExpertQueueItem, ExpertSlot, Label, ReviewDecision
-from annotation.review import expert_slot_claim
+from annotation.models import AuditEvent, Label
+from experts.models import ExpertQueueItem, ExpertSlot, ReviewDecision
+from experts.services import expert_slot_claim
 from guardmodel.models import GuardCheckpoint
 from tests.annotation.factories import ImageAssetFactory, LabelFactory, SampleFactory
-from tests.annotation.review_helpers import experts, jury_votes, label_next, split_items
+from tests.experts.review_helpers import experts, jury_votes, label_next, split_items
 
 pytestmark = pytest.mark.django_db
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -245,10 +246,10 @@ def test_an_admin_adjudicates_a_split_of_experts(client, admin_user):
     item.refresh_from_db()
     assert (item.status, item.decision, item.adjudicator) == ("done", 0.5, admin_user)
     # The Django admin shows queue items (with their slots) and reviewer calls, read-only.
-    assert client.get("/admin/annotation/expertqueueitem/").status_code == 200
-    detail = client.get(f"/admin/annotation/expertqueueitem/{item.pk}/change/")
+    assert client.get("/admin/experts/expertqueueitem/").status_code == 200
+    detail = client.get(f"/admin/experts/expertqueueitem/{item.pk}/change/")
     assert detail.status_code == 200 and "expert2" in detail.content.decode()
-    assert client.get("/admin/annotation/reviewdecision/").status_code == 200
+    assert client.get("/admin/experts/reviewdecision/").status_code == 200
 
 
 def test_the_agreement_page_and_a_reliability_draw(client, reviewer_user):

@@ -25,21 +25,20 @@ from django.db.models import Q, Subquery
 from django.utils import timezone
 
 from annotation import strata
-from annotation.models import (
-    AuditEvent,
+from annotation.models import AuditEvent, Label, Sample, Stratum
+from annotation.selectors import reasoning_steps
+from annotation.strata import jury_prompt_version, majority
+from common.errors import ApplicationError, Conflict, TooManyRequests
+from experts.desk import slots_for
+from experts.models import (
     ExpertQueueItem,
     ExpertSkip,
     ExpertSlot,
-    Label,
     ReviewDecision,
     ReviewStatus,
-    Sample,
-    Stratum,
     expert_round_key,
 )
-from annotation.selectors import claimable_slots, items_seen_today, reasoning_steps
-from annotation.strata import jury_prompt_version, majority
-from common.errors import ApplicationError, Conflict, TooManyRequests
+from experts.selectors import claimable_slots, items_seen_today
 from qta.protocol import JUDGMENTS
 
 Item = ExpertQueueItem
@@ -90,7 +89,7 @@ def expert_queue_send(*, sample: Sample, user, reason: str = Item.Reason.REVIEWE
             item.labels_needed = needed
             item.reason, item.sent_by, item.note = reason, user, note
             item.save(update_fields=["round", "status", "labels_needed", "reason", "sent_by", "note"])
-        Slot.objects.bulk_create(strata.slots_for([(item.pk, item.round, item.labels_needed)]))
+        Slot.objects.bulk_create(slots_for([(item.pk, item.round, item.labels_needed)]))
     return item
 
 

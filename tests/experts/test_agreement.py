@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from annotation.agreement import agreement_report, category_counts, fleiss_kappa, krippendorff_interval
+from experts.agreement import agreement_report, category_counts, fleiss_kappa, krippendorff_interval
 from tests.annotation.factories import SampleFactory
-from tests.annotation.review_helpers import experts, jury_votes, label_next, split_items
+from tests.experts.review_helpers import experts, jury_votes, label_next, split_items
 
 
 def test_fleiss_kappa_matches_the_worked_example():
@@ -62,7 +62,7 @@ def test_the_report_scores_experts_jurors_and_the_jury_majority(admin_user):
     from annotation.strata import stratify
 
     stratify(sample_ids=[s.pk for s in checked])
-    from annotation.review import expert_reliability_draw
+    from experts.services import expert_reliability_draw
 
     assert expert_reliability_draw(n=2, seed=1, user=admin_user) == 2
     for _ in checked:

@@ -8,17 +8,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from annotation.models import (
-    AuditEvent,
-    ExpertQueueItem,
-    ExpertSkip,
-    ExpertSlot,
-    Label,
-    LabelOrigin,
-    ReviewDecision,
-    ReviewStatus,
-)
-from annotation.review import (
+from annotation.models import AuditEvent, Label, LabelOrigin
+from annotation.selectors import visible_labels
+from annotation.strata import stratify
+from experts.models import ExpertQueueItem, ExpertSkip, ExpertSlot, ReviewDecision, ReviewStatus
+from experts.services import (
     ClaimLost,
     DailyCapReached,
     ExpertSubmission,
@@ -31,10 +25,8 @@ from annotation.review import (
     expert_slot_skip,
     review_decision_record,
 )
-from annotation.selectors import visible_labels
-from annotation.strata import stratify
 from tests.annotation.factories import LabelFactory, SampleFactory
-from tests.annotation.review_helpers import experts, jury_votes, label_next, split_items
+from tests.experts.review_helpers import experts, jury_votes, label_next, split_items
 
 pytestmark = pytest.mark.django_db
 

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from experts.models import ExpertQueueItem, ExpertSlot, ReviewDecision
+
+
+class ExpertSlotInline(admin.TabularInline):
+    model = ExpertSlot
+    extra = 0
+    fields = ("round", "index", "status", "expert", "claimed_at", "lease_expires_at", "submitted_at", "label")
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(ExpertQueueItem)
+class ExpertQueueItemAdmin(admin.ModelAdmin):
+    """Read-only: claims, labels and decisions go through the expert pages (experts.services)."""
+
+    list_display = ["id", "sample_id", "reason", "status", "round", "labels_needed", "decision", "decided_by"]
+    list_filter = ["status", "reason", "decided_by"]
+    raw_id_fields = ["sample", "adjudicator", "sent_by"]
+    readonly_fields = [f.name for f in ExpertQueueItem._meta.fields]
+    inlines = [ExpertSlotInline]
+    show_full_result_count = False
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(ReviewDecision)
+class ReviewDecisionAdmin(admin.ModelAdmin):
+    list_display = [
+        "at",
+        "sample_id",
+        "verdict",
+        "guard_name",
+        "guard_judgment",
+        "label_judgment",
+        "reviewer",
+    ]
+    list_filter = ["verdict", "guard_name"]
+    raw_id_fields = ["sample", "guard_label", "reviewer"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

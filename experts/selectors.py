@@ -1,0 +1,225 @@
+"""Reads for the experts' pages and API: claimable slots, progress, adjudication, the disagreement inspector."""
+
+from __future__ import annotations
+
+import statistics
+from datetime import datetime
+
+from django.conf import settings
+from django.core.paginator import Page, Paginator
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
+from django.utils import timezone
+
+from annotation.models import Label
+from annotation.selectors import clean_filters
+from experts.models import ExpertQueueItem, ExpertSkip, ExpertSlot, ReviewDecision, ReviewStatus
+from guardmodel.models import GuardCheckpoint
+from qta.protocol import PROMPT_VERSION
+
+
+def day_start(now: datetime) -> datetime:
+    """Midnight today in the site's time zone (the daily cap's day)."""
+    return timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def claimable_slots(*, user) -> QuerySet[ExpertSlot]:
+    """Slots this expert may take: of open items, in the item's current round, on items where they hold no slot
+    this round and did not skip it (blind, independent labels)."""
+    mine = ExpertSlot.objects.filter(item=OuterRef("item"), round=OuterRef("round"), expert=user)
+    skipped = ExpertSkip.objects.filter(item=OuterRef("item"), round=OuterRef("round"), expert=user)
+    return (
+        ExpertSlot.objects.filter(item__status=ReviewStatus.OPEN)
+        .exclude(Exists(mine))
+        .exclude(Exists(skipped))
+        .only("id")
+    )
+
+
+def items_seen_today(*, user, now: datetime | None = None) -> int:
+    """Items this expert was shown today: labelled, skipped, or held now."""
+    since = day_start(now or timezone.now())
+    slots = ExpertSlot.objects.filter(expert=user).aggregate(
+        labelled=Count("id", filter=Q(submitted_at__gte=since)),
+        holding=Count("id", filter=Q(status=ExpertSlot.Status.CLAIMED)),
+    )
+    skipped = ExpertSkip.objects.filter(expert=user, at__gte=since).count()
+    return slots["labelled"] + slots["holding"] + skipped
+
+
+def _seconds(claimed: datetime | None, submitted: datetime | None) -> float | None:
+    return (submitted - claimed).total_seconds() if claimed and submitted else None
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def expert_progress(*, user) -> dict:
+    """One expert's day and history: items seen against the cap, labels given, time per item."""
+    now = timezone.now()
+    since = day_start(now)
+    done = ExpertSlot.objects.filter(expert=user, status=ExpertSlot.Status.SUBMITTED)
+    seconds = [
+        _seconds(claimed, submitted) for claimed, submitted in done.values_list("claimed_at", "submitted_at")
+    ]
+    waiting = (
+        claimable_slots(user=user).filter(status=ExpertSlot.Status.OPEN).values("item_id").distinct().count()
+    )
+    return {
+        "seen_today": items_seen_today(user=user, now=now),
+        "cap": settings.GUARDTRACE_EXPERT_DAILY_CAP,
+        "labelled_today": done.filter(submitted_at__gte=since).count(),
+        "labelled": len(seconds),  # one entry per submitted slot
+        "median_seconds": _median(seconds),
+        "waiting": waiting,
+        "recent": list(done.select_related("label", "item").order_by("-submitted_at")[:10]),
+    }
+
+
+def expert_team_progress() -> list[dict]:
+    """Per expert: labels given (today, in all), items skipped, median seconds per item, whether working now."""
+    since = day_start(timezone.now())
+    rows: dict[int, dict] = {}
+    slots = ExpertSlot.objects.filter(expert__isnull=False).exclude(status=ExpertSlot.Status.OPEN)
+    for user_id, username, status, claimed, submitted in slots.values_list(
+        "expert_id", "expert__username", "status", "claimed_at", "submitted_at"
+    ).iterator(chunk_size=5000):
+        row = rows.setdefault(
+            user_id, {"username": username, "labelled": 0, "today": 0, "seconds": [], "working": False}
+        )
+        if status == ExpertSlot.Status.CLAIMED:
+            row["working"] = True
+            continue
+        row["labelled"] += 1
+        row["today"] += submitted is not None and submitted >= since
+        row["seconds"].append(_seconds(claimed, submitted))
+    skips = dict(ExpertSkip.objects.values_list("expert_id").annotate(n=Count("id")).order_by())
+    for user_id, row in rows.items():
+        row["skipped"] = skips.get(user_id, 0)
+        row["median_seconds"] = _median(row.pop("seconds"))
+    return sorted(rows.values(), key=lambda r: r["username"])
+
+
+def expert_queue_counts() -> dict[str, int]:
+    counts = dict(ExpertQueueItem.objects.values_list("status").annotate(n=Count("id")).order_by())
+    return {value: counts.get(value, 0) for value in ReviewStatus.values}
+
+
+def adjudication_items(limit: int = 50) -> list[ExpertQueueItem]:
+    """Items whose K expert labels had no majority, with the labels of their current round."""
+    items = list(
+        ExpertQueueItem.objects.filter(status=ReviewStatus.ADJUDICATION)
+        .select_related("sample")
+        .order_by("id")[:limit]
+    )
+    # One query for all the items' labels, grouped by item and kept to each item's current round.
+    by_item: dict[int, list[Label]] = {item.pk: [] for item in items}
+    rounds = {item.pk: item.round for item in items}
+    for label in (
+        Label.objects.filter(expert_slot__item__in=items)
+        .annotate(item_id=F("expert_slot__item_id"), review_round=F("expert_slot__round"))
+        .order_by("created_at", "id")
+    ):
+        if label.review_round == rounds[label.item_id]:  # type: ignore[attr-defined]
+            by_item[label.item_id].append(label)  # type: ignore[attr-defined]
+    for item in items:
+        item.round_labels = by_item[item.pk]  # type: ignore[attr-defined]
+    return items
+
+
+# --- disagreement inspector ---------------------------------------------------------------------------------------
+
+DIRECTIONS = (
+    ("missed_harm", "Missed harm (guard safe, label harmful)"),
+    ("false_alarm", "False alarm (guard harmful, label safe)"),
+    ("severity", "Severity (0.5 vs 1)"),
+)
+_DIRECTION_FILTERS = {
+    "missed_harm": Q(judgment=0, sample__final_label__gt=0),
+    "false_alarm": Q(judgment__gt=0, sample__final_label=0),
+    "severity": Q(judgment__gt=0, sample__final_label__gt=0),
+}
+TRIAGE = (("untriaged", "Not yet triaged"), ("triaged", "Triaged"), ("all", "All"))
+
+
+def direction_of(guard: float, label: float) -> str:
+    if guard == 0:
+        return "missed_harm"
+    return "false_alarm" if label == 0 else "severity"
+
+
+def clean_disagreement_filters(params) -> dict[str, str]:
+    cleaned = {k: v for k, v in clean_filters(params).items() if k in ("subset", "category", "stratum")}
+    if params.get("direction") in _DIRECTION_FILTERS:
+        cleaned["direction"] = params["direction"]
+    triage = params.get("triage")
+    cleaned["triage"] = triage if triage in dict(TRIAGE) else "untriaged"
+    return cleaned
+
+
+def disagreements(*, guard_name: str, filters: dict[str, str]) -> QuerySet[Label]:
+    """The guard's valid labels, asked with its current template, that differ from the sample's training label
+    (jury majority or experts)."""
+
+    asked_with = (
+        GuardCheckpoint.objects.filter(name=guard_name).values_list("prompt_version", flat=True).first()
+    )
+    labels = Label.objects.filter(
+        source_kind=Label.SourceKind.GUARD,
+        source_name=guard_name,
+        prompt_version=asked_with or PROMPT_VERSION,
+        status=Label.Status.VALID,
+        sample__final_label__isnull=False,
+    ).exclude(judgment=F("sample__final_label"))
+    for key in ("subset", "category", "stratum"):
+        if key in filters:
+            labels = labels.filter(**{f"sample__{key}": filters[key]})
+    if "direction" in filters:
+        labels = labels.filter(_DIRECTION_FILTERS[filters["direction"]])
+    triaged = Exists(ReviewDecision.objects.filter(sample=OuterRef("sample"), guard_name=guard_name))
+    if filters.get("triage") == "untriaged":
+        labels = labels.exclude(triaged)
+    elif filters.get("triage") == "triaged":
+        labels = labels.filter(triaged)
+    return labels.order_by("sample_id")
+
+
+def disagreement_page(*, guard_name: str, filters: dict[str, str], page_number, per_page: int) -> Page:
+    ids = disagreements(guard_name=guard_name, filters=filters).values_list("id", flat=True)
+    page = Paginator(ids, per_page).get_page(page_number)
+    wanted = list(page.object_list)
+    rows = {
+        label.pk: label
+        for label in Label.objects.filter(pk__in=wanted)
+        .select_related("sample")
+        .only("id", "judgment", "sample__id", "sample__subset", "sample__category", "sample__stratum",
+              "sample__final_label", "sample__final_label_origin")
+    }  # fmt: skip
+    latest: dict[int, ReviewDecision] = {}
+    for decision in ReviewDecision.objects.filter(
+        sample_id__in=[rows[pk].sample_id for pk in wanted], guard_name=guard_name
+    ).order_by("at", "id"):
+        latest[decision.sample_id] = decision
+    rows_out: list[dict] = [
+        {
+            "label": rows[pk],
+            "sample": rows[pk].sample,
+            "direction": direction_of(rows[pk].judgment, rows[pk].sample.final_label),  # type: ignore[arg-type]
+            "decision": latest.get(rows[pk].sample_id),
+        }
+        for pk in wanted
+    ]
+    page.object_list = rows_out  # type: ignore[assignment]
+    return page
+
+
+def guard_names() -> list[str]:
+    """Guard checkpoints, the active one first."""
+
+    return list(GuardCheckpoint.objects.order_by("-is_active", "name").values_list("name", flat=True))
+
+
+def active_guard_name() -> str | None:
+
+    return GuardCheckpoint.objects.filter(is_active=True).values_list("name", flat=True).first()
