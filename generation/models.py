@@ -118,6 +118,10 @@ class Expansion(LongWork, models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Who works it (host:pid) and since when: a worker that starts finds an expansion whose holder died and queues it
+    # again at once, instead of waiting out the lease.
+    worker = models.CharField(max_length=200, blank=True, help_text="Who works it (host:pid).")
+    started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

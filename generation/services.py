@@ -26,7 +26,7 @@ from django.utils import timezone
 from annotation.models import ImageAsset, InputVariant
 from annotation.services import ImportRejected, image_store
 from common.errors import ApplicationError
-from common.work import JobStatus
+from common.work import JobStatus, requeue_abandoned
 from generation.models import Expansion, ImagePool, PoolImage, SeedQuery, SeedSet, Variant
 from qta import embedding, seed_files
 from qta.images import ImageInfo, ImageRejected, ImageSource, inspect_image
@@ -38,6 +38,7 @@ from qta.typography import (
     render_typographic,
     resolve_font_path,
 )
+from qta.workers import worker_id
 
 EXPANSIONS = (InputVariant.TEXT_ONLY, InputVariant.IRRELEVANT_IMAGE, InputVariant.ALIGNED_IMAGE,
               InputVariant.TYPOGRAPHIC)  # fmt: skip
@@ -305,7 +306,9 @@ def variant_attach(*, seed: SeedQuery, data: bytes, text: str = "", user=None) -
 
 # Seeds expanded (and written) per step of a queued expansion; its progress moves by as much.
 EXPANSION_CHUNK = 2000
-EXPANSION_LEASE_S = 600  # an expansion with no progress for this long is taken to have lost its worker
+# An expansion with no progress for this long is taken to have lost its worker, wherever it ran (one whose worker
+# died on this host is noticed at once: its process is gone).
+EXPANSION_LEASE_S = 600
 
 
 def expansion_options(parameters: dict) -> dict:
@@ -381,11 +384,13 @@ def expansion_work(expansion_id: int, *, chunk: int = EXPANSION_CHUNK) -> Expans
         .order_by("pk")
         .values_list("pk", flat=True)
     )
-    # Taken only when waiting, or when the worker on it has made no progress within the lease (it died).
+    # Taken only when waiting, or when the worker on it has made no progress within the lease (it died); the holder
+    # is recorded so that a worker starting on this host can tell at once that it died.
+    now = timezone.now()
     taken = Expansion.objects.filter(
         Q(status=JobStatus.PENDING) | Q(status=JobStatus.RUNNING, updated_at__lt=_stale()), pk=expansion_id
     ).update(status=JobStatus.RUNNING, total=len(ids), done=0, created=0, kept=0, by_kind={}, error="",
-             updated_at=timezone.now())  # fmt: skip
+             worker=worker_id(), started_at=now, updated_at=now)  # fmt: skip
     if not taken:
         return Expansion.objects.get(pk=expansion_id)
     drawing = None
@@ -428,12 +433,13 @@ def _stale():
     return timezone.now() - timedelta(seconds=EXPANSION_LEASE_S)
 
 
-def expansions_resume() -> int:
-    """Queue again the expansions a dead worker left unfinished (no progress within the lease)."""
-    ids = list(
-        Expansion.objects.filter(status__in=[JobStatus.PENDING, JobStatus.RUNNING], updated_at__lt=_stale())
-        .values_list("pk", flat=True)
-    )  # fmt: skip
-    for expansion_id in ids:
-        enqueue_expansion(expansion_id)
-    return len(ids)
+def expansions_resume(*, host: str | None = None) -> list[int]:
+    """Queue again the expansions a dead worker left unfinished — on this host, one whose process is gone; anywhere
+    (or held by no recorded worker), one with no progress within EXPANSION_LEASE_S — and the pending ones, whose
+    message may be lost. A rerun starts over and keeps what the dead worker committed (expanding is idempotent).
+    Called when a worker starts; returns the expansions queued."""
+    # Progress, not the start, tells a live expansion from a dead one elsewhere: a large one runs past the lease.
+    Expansion.objects.filter(status=JobStatus.RUNNING, updated_at__lt=_stale()).update(
+        status=JobStatus.PENDING, worker=""
+    )
+    return requeue_abandoned(Expansion, enqueue=enqueue_expansion, host=host)
