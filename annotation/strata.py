@@ -4,7 +4,7 @@ From a sample's labels (the jury's, asked with one template; experts'; those tha
 derives its stratum (D3:0 / D2:1 / D1:1:1 / incomplete / unlabelled), its final training label and that label's
 origin (the rules in DESIGN.md "Stratification"), the D2:1 sample's DPO pair (chosen: a majority juror's label,
 rejected: the minority juror's), and tells the expert desk (the experts app) which samples split 1:1:1. `stratify` does all of it for a set of
-samples in one transaction per batch; every path that writes labels — an import, `POST /api/labels/`, the jury, an
+samples in one transaction per batch; every path that writes labels — an import, `POST /api/v1/labels`, the jury, an
 expert's decision — ends with it, so nothing waits for a manual `manage.py stratify`. Every step is idempotent.
 """
 

@@ -166,7 +166,8 @@ def _label_everything() -> int:
     from django.db import transaction
     from django.utils import timezone
 
-    from annotation.models import ExpertQueueItem, ExpertSlot, Label
+    from annotation.models import Label
+    from experts.models import ExpertQueueItem, ExpertSlot
 
     rng = random.Random(1)
     now = timezone.now()
@@ -251,7 +252,8 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
 
-    from annotation.models import ExpertSlot, Label
+    from annotation.models import Label
+    from experts.models import ExpertSlot
 
     everyone = warm_up + [expert for _, crowd, _ in phases for expert in crowd]
     holders: dict[int, set[str]] = defaultdict(set)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import wraps
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponsePermanentRedirect
 from django.shortcuts import render
 from django_htmx.middleware import HtmxDetails
 
@@ -35,3 +35,21 @@ def roles_required(*allowed: str):
 
 # Any of the three roles that may see samples.
 role_required = roles_required(*ROLES)
+
+
+class _PermanentRedirectKeepingMethod(HttpResponsePermanentRedirect):
+    status_code = 308
+
+
+def moved_permanently(*, unversioned: tuple[str, ...]):
+    """A view answering `/api/<rest>` with 308 to `/api/v1/<rest>` (no trailing slash) for the endpoints that
+    lived there before the API had one prefix; anything else under /api/ stays a 404."""
+
+    def view(request: HttpRequest, rest: str) -> HttpResponse:
+        if rest.split("/", 1)[0] not in unversioned:
+            raise Http404("no such API endpoint")
+        target = f"/api/v1/{rest.rstrip('/')}"
+        query = request.META.get("QUERY_STRING", "")
+        return _PermanentRedirectKeepingMethod(f"{target}?{query}" if query else target)
+
+    return view

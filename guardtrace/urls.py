@@ -3,6 +3,8 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from common.http import moved_permanently
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
@@ -15,4 +17,6 @@ urlpatterns = [
     path("", include("jury.urls")),
     path("", include("training.urls")),
     path("", include("generation.urls")),
+    # The unversioned paths of earlier releases answer 308 (method and body kept) at their /api/v1/ home.
+    path("api/<path:rest>", moved_permanently(unversioned=("samples", "labels", "strata", "imports"))),
 ]

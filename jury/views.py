@@ -3,12 +3,12 @@ sample content; still role-gated. Cancel and resume are for admins."""
 
 from __future__ import annotations
 
-from django.http import Http404, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from common.http import HtmxHttpRequest, role_required
-from common.roles import is_admin
+from common.http import HtmxHttpRequest, role_required, roles_required
+from common.roles import ADMIN, is_admin
 from jury import services
 from jury.models import JuryRun
 
@@ -54,15 +54,14 @@ def run_detail(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
 
 
 @require_POST
-@role_required
-def run_control(request: HtmxHttpRequest, run_id: int, action: str) -> HttpResponse:
-    if not is_admin(request.user):
-        return render(request, "403.html", status=403)
-    run = get_object_or_404(JuryRun, pk=run_id)
-    if action not in ("cancel", "resume"):
-        raise Http404(f"no action {action!r}")
-    if action == "cancel":
-        services.jury_run_cancel(run)
-    else:
-        services.jury_run_resume(run)
-    return redirect("jury_run", run_id=run.pk)
+@roles_required(ADMIN)
+def run_cancel(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
+    services.jury_run_cancel(get_object_or_404(JuryRun, pk=run_id))
+    return redirect("jury_run", run_id=run_id)
+
+
+@require_POST
+@roles_required(ADMIN)
+def run_resume(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
+    services.jury_run_resume(get_object_or_404(JuryRun, pk=run_id))
+    return redirect("jury_run", run_id=run_id)

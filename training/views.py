@@ -8,8 +8,8 @@ from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from common.http import HtmxHttpRequest, role_required
-from common.roles import is_admin
+from common.http import HtmxHttpRequest, role_required, roles_required
+from common.roles import ADMIN, is_admin
 from guardmodel.models import GuardCheckpoint
 from guardmodel.services import checkpoint_activate
 from guardmodel.views import comparison_table
@@ -57,25 +57,36 @@ def run_detail(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
 
 
 @require_POST
-@role_required
-def run_control(request: HtmxHttpRequest, run_id: int, action: str) -> HttpResponse:
+@roles_required(ADMIN)
+def run_cancel(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
     run = get_object_or_404(TrainingRun, pk=run_id)
-    if not is_admin(request.user):
-        return render(request, "403.html", status=403)
+    done = services.training_run_cancel(run)
+    messages.info(request, "Cancelled." if done else f"{run} is not queued or running.")
+    return redirect("training_run", run_id=run.pk)
+
+
+@require_POST
+@roles_required(ADMIN)
+def run_resume(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
+    run = get_object_or_404(TrainingRun, pk=run_id)
     try:
-        if action == "cancel":
-            done = services.training_run_cancel(run)
-            messages.info(request, "Cancelled." if done else f"{run} is not queued or running.")
-        elif action == "resume":
-            services.training_run_resume(run)
-            messages.info(request, "Queued again: it continues from its last saved checkpoint.")
-        elif action == "activate" and run.output_checkpoint is not None:
-            checkpoint_activate(run.output_checkpoint)
-            messages.info(request, f"{run.output_checkpoint} is now the active guard.")
-        else:
-            messages.error(request, f"cannot {action} {run}")
+        services.training_run_resume(run)
     except services.TrainingError as exc:
         messages.error(request, str(exc))
+    else:
+        messages.info(request, "Queued again: it continues from its last saved checkpoint.")
+    return redirect("training_run", run_id=run.pk)
+
+
+@require_POST
+@roles_required(ADMIN)
+def run_activate(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
+    run = get_object_or_404(TrainingRun, pk=run_id)
+    if run.output_checkpoint is None:
+        messages.error(request, f"{run} made no checkpoint to activate")
+    else:
+        checkpoint_activate(run.output_checkpoint)
+        messages.info(request, f"{run.output_checkpoint} is now the active guard.")
     return redirect("training_run", run_id=run.pk)
 
 

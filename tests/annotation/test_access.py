@@ -183,3 +183,20 @@ def test_only_admins_launch_rounds_and_manage_prompt_templates(client, client_fo
         assert admin_client.get(url).status_code == 200, url
     assert admin_client.post(pages[3], {"post": "yes"}).status_code == 302
     assert not type(template).objects.exists()
+
+
+def test_the_unversioned_api_paths_redirect_without_content_and_keep_method_and_query(
+    api_for, outsider, sample
+):
+    """The old /api/samples/… paths answer 308 to /api/v1/ for anyone (they show nothing); the new home then
+    applies the roles. Anything else under /api/ is a 404."""
+    for client in (api_for(None), api_for(outsider)):
+        moved = client.get("/api/samples/?subset=MM-Eval")
+        assert moved.status_code == 308 and moved["Location"] == "/api/v1/samples?subset=MM-Eval"
+        assert b"A harmful question" not in moved.content
+        posted = client.post("/api/labels/", {})
+        assert posted.status_code == 308 and posted["Location"] == "/api/v1/labels"
+        detail = client.get(f"/api/samples/{sample.pk}/")
+        assert detail["Location"] == reverse("api_sample_detail", args=[sample.pk])
+        assert client.get("/api/nothing-here/").status_code == 404
+    assert api_for(outsider).get(reverse("api_sample_list"), {"subset": "MM-Eval"}).status_code == 403

@@ -97,7 +97,8 @@ def test_the_openapi_schema_and_docs_are_served(api_for, client_for, reviewer_us
     schema = api_for(reviewer_user).get(reverse("api_schema"), {"format": "json"})
     assert schema.status_code == 200
     paths = json.loads(schema.content)["paths"]
-    assert "/api/samples/" in paths and "/api/samples/bulk/" in paths and "/api/labels/" in paths
+    assert "/api/v1/samples" in paths and "/api/v1/samples/bulk" in paths and "/api/v1/labels" in paths
+    assert all(path.startswith("/api/v1/") for path in paths), sorted(paths)
     docs = client_for(reviewer_user).get(reverse("api_docs"))
     assert docs.status_code == 200 and b"swagger-ui" in docs.content and b"cdn" not in docs.content.lower()
 

@@ -64,7 +64,7 @@ def test_only_admins_start_runs_and_only_roles_see_them(api_for, client_for, exp
     run = services.jury_run_create(selection={}, enqueue=False)
     assert api_for(outsider).get(reverse("api_jury_run", args=[run.pk])).status_code == 403
     assert client_for(outsider).get(reverse("jury_run", args=[run.pk])).status_code == 403
-    page = client_for(expert_user).post(reverse("jury_run_control", args=[run.pk, "cancel"]))
+    page = client_for(expert_user).post(reverse("jury_run_cancel", args=[run.pk]))
     assert page.status_code == 403 and JuryRun.objects.get().status == "running"
 
 
@@ -77,10 +77,10 @@ def test_the_run_page_polls_while_running_and_an_admin_cancels_and_resumes(
     client = client_for(admin_user)
     page = client.get(reverse("jury_run", args=[run.pk])).content.decode()
     assert 'hx-trigger="every 2s"' in page and "Running" in page and page.count("<progress") == 4
-    assert client.post(reverse("jury_run_control", args=[run.pk, "cancel"])).status_code == 302
+    assert client.post(reverse("jury_run_cancel", args=[run.pk])).status_code == 302
     assert JuryRun.objects.get().status == "cancelled"
     with django_capture_on_commit_callbacks(execute=False) as queued:
-        client.post(reverse("jury_run_control", args=[run.pk, "resume"]))
+        client.post(reverse("jury_run_resume", args=[run.pk]))
     assert JuryRun.objects.get().status == "running" and len(queued) == 1
     for juror in jurors:
         services.juror_drive(juror.pk)
@@ -89,7 +89,7 @@ def test_the_run_page_polls_while_running_and_an_admin_cancels_and_resumes(
     assert "<html" not in partial
     listing = client.get(reverse("jury_run_list")).content.decode()
     assert f"#{run.pk}" in listing and "a, b, c" in listing
-    assert client.post(reverse("jury_run_control", args=[run.pk, "explode"])).status_code == 404
+    assert client.post(f"/jury/runs/{run.pk}/explode/").status_code == 404
 
 
 def test_the_admin_runs_the_jury_on_chosen_samples_and_from_the_run_form(

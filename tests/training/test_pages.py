@@ -100,12 +100,9 @@ def test_run_lineage_and_snapshot_pages_show_progress_to_roles_only(
     assert snapshot.content_hash in client.get(pages[2]).content.decode()
     admin_page = client_for(admin_user).get(pages[0]).content.decode()
     assert "Cancel" in admin_page
-    response = client_for(admin_user).post(reverse("training_run_control", args=[run.pk, "cancel"]))
+    response = client_for(admin_user).post(reverse("training_run_cancel", args=[run.pk]))
     assert response.status_code == 302 and TrainingRun.objects.get(pk=run.pk).status == "cancelled"
-    assert (
-        client_for(expert_user).post(reverse("training_run_control", args=[run.pk, "resume"])).status_code
-        == 403
-    )
+    assert client_for(expert_user).post(reverse("training_run_resume", args=[run.pk])).status_code == 403
 
 
 def test_the_launch_preview_reports_the_long_record_before_anything_is_queued(client_for, admin_user, base):
