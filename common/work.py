@@ -5,8 +5,11 @@ starting worker resumes what each app left unfinished."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
+from typing import Any
 
 from celery.signals import worker_ready
 from django.conf import settings
@@ -71,6 +74,108 @@ def retry_policy() -> RetryPolicy:
         base_delay_s=settings.GUARDTRACE_JURY_BACKOFF_S,
         max_delay_s=settings.GUARDTRACE_JURY_BACKOFF_MAX_S,
     )
+
+
+class Driver:
+    """The one loop that works claimed items against a model: claim → call with N in flight → flush the results it
+    still owns → renew its hold → stop on cancel; whatever it claimed and did not write goes back on the way out.
+
+    Subclasses say how: `claim(want)` returns units of (items, payload) taken by conditional update; `call(payload)`
+    runs on a pool thread, touches no database, and returns one result per item (never raising); `flush(done)`
+    writes the (item, result) pairs the driver still owns, in one transaction, and returns how many it wrote;
+    `renew()` keeps its lease (False: another driver took over, so stop); `cancelled(items)` names in-flight items
+    whose work was cancelled; `more()` is asked when nothing is left to claim (True: look again — a dead driver's
+    claims came free); `release()` gives back what is still claimed. The database is touched from the driving
+    thread only."""
+
+    workers = 1  # calls in flight
+    target = 1  # items held at once (in flight and waiting for a thread)
+    refill_at: int | None = None  # claim more once this few are held (default: half the target)
+    flush_every = 1  # results buffered before a write
+    flush_after_s = 0.5  # …or this long after the last write
+    renew_every_s: float | None = None
+    cancel_every_s = 1.0
+    idle_poll_s = 1.0  # with work in flight and nothing to claim, look again this often
+    name = "driver"
+
+    def claim(self, want: int) -> Sequence[tuple[Sequence[Hashable], Any]]:
+        raise NotImplementedError
+
+    def call(self, payload: Any) -> Sequence[Any]:
+        raise NotImplementedError
+
+    def flush(self, done: list[tuple[Hashable, Any]]) -> int:
+        raise NotImplementedError
+
+    def renew(self) -> bool:
+        return True
+
+    def cancelled(self, items: list[Hashable]) -> set[Hashable]:
+        return set()
+
+    def dropped(self, items: list[Hashable]) -> None:
+        """Cancelled items whose calls never started: give them back now."""
+
+    def more(self) -> bool:
+        return False
+
+    def release(self) -> None:
+        pass
+
+    def run(self) -> int:
+        refill_at = self.target // 2 if self.refill_at is None else self.refill_at
+        inflight: dict[Future, Sequence[Hashable]] = {}
+        buffer: list[tuple[Hashable, Any]] = []
+        written = 0
+        last_beat = last_flush = last_cancel_check = next_claim = time.monotonic()
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix=self.name)
+        try:
+            while True:
+                now = time.monotonic()
+                if self.renew_every_s is not None and now - last_beat > self.renew_every_s:
+                    if not self.renew():
+                        log.warning("%s: lease lost; another driver took over", self.name)
+                        return written
+                    last_beat = now
+                held = sum(len(items) for items in inflight.values())
+                claimed_nothing = False
+                if held <= refill_at and (now >= next_claim or not inflight):
+                    units = self.claim(self.target - held)
+                    for items, payload in units:
+                        inflight[pool.submit(self.call, payload)] = items
+                    if not units:
+                        claimed_nothing = True
+                        next_claim = (
+                            now + self.idle_poll_s
+                        )  # new work, or a dead driver's, is looked for again
+                if not inflight and not buffer and claimed_nothing:
+                    if self.more():
+                        next_claim = 0.0
+                        continue
+                    return written
+                if inflight:
+                    done, _ = wait(list(inflight), timeout=0.1, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        buffer.extend(zip(inflight.pop(future), future.result(), strict=True))
+                now = time.monotonic()
+                if buffer and (
+                    len(buffer) >= self.flush_every or now - last_flush >= self.flush_after_s or not inflight
+                ):
+                    written += self.flush(buffer)
+                    buffer, last_flush = [], now
+                if inflight and now - last_cancel_check >= self.cancel_every_s:
+                    stopped = self.cancelled([item for items in inflight.values() for item in items])
+                    dropped: list[Hashable] = []
+                    for future, items in list(inflight.items()):
+                        if stopped and items[0] in stopped and future.cancel():
+                            dropped.extend(items)
+                            del inflight[future]
+                    if dropped:
+                        self.dropped(dropped)
+                    last_cancel_check = now
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            self.release()
 
 
 _resumers: dict[str, Callable[[], object]] = {}

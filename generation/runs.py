@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import timedelta
 
 from django.conf import settings
@@ -25,7 +23,7 @@ from django.utils import timezone
 from annotation.models import Sample
 from annotation.services import content_hash
 from common.errors import ApplicationError
-from common.work import JobStatus, retry_policy
+from common.work import Driver, JobStatus, retry_policy
 from generation.models import GenerationRun, GenerationTask, Generator, Variant
 from qta.generators import OpenAIGenerator, Trace, TransformersGenerator
 
@@ -116,36 +114,49 @@ def generation_drive(run_id: int, generator_id: int) -> int:
         )
         _finish_if_done(run)
         return 0
-    workers = max(1, generator.max_concurrency) if generator.backend == Generator.Backend.OPENAI else 1
-    made = 0
-    waiting: deque[GenerationTask] = deque()  # claimed, not yet sent
-    in_flight: dict[Future, GenerationTask] = {}
-    exhausted = False
-    with ThreadPoolExecutor(workers) as pool:
-        while True:
-            # Keep `workers` calls in flight, claiming more as slots free up (never a batch waiting on its slowest).
-            while len(in_flight) < workers:
-                if not waiting and not exhausted:
-                    batch = _claim(run, generator, token, workers)
-                    exhausted = not batch
-                    waiting.extend(batch)
-                if not waiting:
-                    break
-                task = waiting.popleft()
-                in_flight[pool.submit(backend.generate, task.variant.text, _image_bytes(task.variant))] = task
-            if not in_flight:
-                # Nothing left to claim; tasks another driver claimed and never finished (it died) are taken over
-                # once their claim is older than the lease; a live driver finishes its own meanwhile.
-                if not _wait_for_others(run, generator, token):
-                    break
-                exhausted = False
-                continue
-            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            with transaction.atomic():  # the replies that came back together, in one commit
-                for future in finished:
-                    made += _record(run, generator, in_flight.pop(future), future.result(), token)
+    made = _GenerationDriver(run, generator, backend, token).run()
     _finish_if_done(run)
     return made
+
+
+class _GenerationDriver(Driver):
+    """One generator's tasks in one run, `max_concurrency` calls in flight (one for a local model), a slot refilled
+    as soon as it frees (never a batch waiting on its slowest reply)."""
+
+    def __init__(self, run: GenerationRun, generator: Generator, backend, token: str) -> None:
+        self.run_row, self.generator, self.backend, self.token = run, generator, backend, token
+        self.workers = self.target = (
+            max(1, generator.max_concurrency) if generator.backend == Generator.Backend.OPENAI else 1
+        )
+        self.refill_at = self.target - 1
+        self.name = f"generator-{generator.name}"
+
+    def claim(self, want: int) -> list[tuple[list[GenerationTask], tuple]]:
+        tasks = _claim(self.run_row, self.generator, self.token, want)
+        return [([task], (task.variant.text, _image_bytes(task.variant))) for task in tasks]
+
+    def call(self, payload: tuple) -> list[Trace]:
+        text, image = payload
+        return [self.backend.generate(text, image)]
+
+    def flush(self, done: list) -> int:
+        with transaction.atomic():  # the replies that came back together, in one commit
+            return sum(_record(self.run_row, self.generator, task, trace, self.token) for task, trace in done)
+
+    def cancelled(self, items: list) -> set:
+        if GenerationRun.objects.filter(pk=self.run_row.pk, status=JobStatus.RUNNING).exists():
+            return set()
+        return set(items)
+
+    def more(self) -> bool:
+        # Tasks another driver claimed and never finished (it died) are taken over once their claim is older than
+        # the lease; a live driver finishes its own meanwhile.
+        return _wait_for_others(self.run_row, self.generator, self.token)
+
+    def release(self) -> None:
+        GenerationTask.objects.filter(
+            run=self.run_row, generator=self.generator, claim_token=self.token, status=Status.CLAIMED
+        ).update(status=Status.PENDING, claim_token="")
 
 
 def _release_stale(run: GenerationRun, generator: Generator) -> int:
@@ -184,8 +195,9 @@ def resume_unfinished() -> int:
 
 def _claim(run: GenerationRun, generator: Generator, token: str, limit: int) -> list[GenerationTask]:
     ids = list(
-        GenerationTask.objects.filter(run=run, generator=generator, status=Status.PENDING)
-        .order_by("pk").values_list("pk", flat=True)[:limit]
+        GenerationTask.objects.filter(
+            run=run, generator=generator, status=Status.PENDING, run__status=JobStatus.RUNNING
+        ).order_by("pk").values_list("pk", flat=True)[:limit]
     )  # fmt: skip
     if not ids:
         return []

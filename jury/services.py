@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 import uuid
 from collections import defaultdict
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -32,6 +30,7 @@ from django.utils import timezone
 from annotation import strata
 from annotation.models import Label, Sample, Split, Stratum
 from common.errors import ApplicationError
+from common.work import Driver
 from guardmodel.services import sample_input, verdict_label
 from jury.backends import backend_for_juror
 from jury.models import Juror, JurorLease, JuryRun, JuryTask
@@ -307,65 +306,56 @@ class _Item:
     sample_id: int
 
 
-class _Driver:
+class _Driver(Driver):
     def __init__(self, juror_id: int, token: str):
         self.juror = Juror.objects.get(pk=juror_id)
         self.token = token
         self.claims = 0
         self.kind = Label.SourceKind.ORACLE if self.juror.is_oracle else Label.SourceKind.JUROR
+        self.name = f"juror-{self.juror.name}"
+        self.renew_every_s = settings.GUARDTRACE_JURY_LEASE_S / 3
+        self.flush_every = settings.GUARDTRACE_JURY_FLUSH
 
-    # The database is touched from this thread only; the pool's threads only call the model.
     def run(self) -> int:
         if not self.juror.enabled:
             return 0
-        backend = backend_for_juror(self.juror)
-        target = max(2 * backend.unit, 4 * backend.unit * backend.workers)
-        lease_s = settings.GUARDTRACE_JURY_LEASE_S
-        flush_every = settings.GUARDTRACE_JURY_FLUSH
-        inflight: dict[Future, list[_Item]] = {}
-        buffer: list[tuple[_Item, Verdict]] = []
-        written = 0
-        last_beat = last_flush = last_cancel_check = next_claim = time.monotonic()
-        pool = ThreadPoolExecutor(backend.workers, thread_name_prefix=f"juror-{self.juror.name}")
-        try:
-            while True:
-                now = time.monotonic()
-                if now - last_beat > lease_s / 3:
-                    if not _lease_renew(self.juror.pk, self.token):
-                        log.warning("juror %s: lease lost; another driver took over", self.juror.name)
-                        return written
-                    last_beat = now
-                queued = sum(len(items) for items in inflight.values())
-                claimed_nothing = False
-                if queued <= target // 2 and (now >= next_claim or not inflight):
-                    items, inputs = self._claim(target - queued)
-                    for start in range(0, len(items), backend.unit):
-                        unit = slice(start, start + backend.unit)
-                        inflight[pool.submit(_judge, backend, inputs[unit])] = items[unit]
-                    if not items:
-                        claimed_nothing = True
-                        next_claim = (
-                            now + 1.0
-                        )  # new runs, or a dead driver's tasks, are looked for each second
-                if not inflight and not buffer and claimed_nothing:
-                    return written
-                if inflight:
-                    done, _ = wait(list(inflight), timeout=0.1, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        buffer.extend(zip(inflight.pop(future), future.result(), strict=True))
-                now = time.monotonic()
-                if buffer and (len(buffer) >= flush_every or now - last_flush >= 0.5 or not inflight):
-                    written += self._flush(buffer)
-                    buffer, last_flush = [], now
-                if inflight and now - last_cancel_check >= 1.0:
-                    self._drop_cancelled(inflight)
-                    last_cancel_check = now
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-            # Whatever this driver claimed and did not write goes back to the queue.
-            JuryTask.objects.filter(
-                claim_token__startswith=f"{self.token}:", status=JuryTask.Status.CLAIMED
-            ).update(status=JuryTask.Status.PENDING, claim_token="")
+        self.backend = backend_for_juror(self.juror)
+        self.workers = self.backend.workers
+        self.target = max(2 * self.backend.unit, 4 * self.backend.unit * self.backend.workers)
+        return super().run()
+
+    def renew(self) -> bool:
+        return _lease_renew(self.juror.pk, self.token)
+
+    def claim(self, want: int) -> list[tuple[list[_Item], list]]:
+        items, inputs = self._claim(want)
+        unit = self.backend.unit
+        return [(items[i : i + unit], inputs[i : i + unit]) for i in range(0, len(items), unit)]
+
+    def call(self, payload: list) -> list[Verdict]:
+        return _judge(self.backend, payload)
+
+    def cancelled(self, items: list) -> set:
+        stopped = set(
+            JuryRun.objects.filter(pk__in={item.run_id for item in items})
+            .exclude(status=JuryRun.Status.RUNNING)
+            .values_list("pk", flat=True)
+        )
+        return {item for item in items if item.run_id in stopped}
+
+    def dropped(self, items: list) -> None:
+        JuryTask.objects.filter(
+            pk__in=[item.task_id for item in items], status=JuryTask.Status.CLAIMED
+        ).update(status=JuryTask.Status.PENDING, claim_token="")
+
+    def flush(self, done: list) -> int:
+        return self._flush(done)
+
+    def release(self) -> None:
+        # Whatever this driver claimed and did not write goes back to the queue.
+        JuryTask.objects.filter(
+            claim_token__startswith=f"{self.token}:", status=JuryTask.Status.CLAIMED
+        ).update(status=JuryTask.Status.PENDING, claim_token="")
 
     def _claim(self, want: int) -> tuple[list[_Item], list]:
         self.claims += 1
@@ -392,24 +382,6 @@ class _Driver:
             except Exception as exc:  # an image file missing from storage fails this sample only
                 inputs.append(exc)
         return items, inputs
-
-    def _drop_cancelled(self, inflight: dict[Future, list[_Item]]) -> None:
-        runs = {item.run_id for items in inflight.values() for item in items}
-        cancelled = set(
-            JuryRun.objects.filter(pk__in=runs)
-            .exclude(status=JuryRun.Status.RUNNING)
-            .values_list("pk", flat=True)
-        )
-        if not cancelled:
-            return
-        released: list[int] = []
-        for future, items in list(inflight.items()):
-            if items[0].run_id in cancelled and future.cancel():
-                released.extend(item.task_id for item in items)
-                del inflight[future]
-        JuryTask.objects.filter(pk__in=released, status=JuryTask.Status.CLAIMED).update(
-            status=JuryTask.Status.PENDING, claim_token=""
-        )
 
     def _flush(self, buffer: list[tuple[_Item, Verdict]]) -> int:
         """Write the results this driver still owns, with their tasks' new status, in one transaction."""
