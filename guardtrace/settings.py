@@ -157,6 +157,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "QTA samples, labels and strata for building a trace-level multimodal safety guard.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Every kind of long work shares one status set: one enum in the schema.
+    "ENUM_NAME_OVERRIDES": {"JobStatusEnum": "common.work.JobStatus"},
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -14,46 +14,36 @@ from jury import services
 from jury.models import Juror, JuryRun
 
 
-def run_json(run: JuryRun) -> dict:
-    jurors = services.run_progress(run)
-    return {
-        "id": run.pk,
-        "status": run.status,
-        "selection": run.selection,
-        "prompt_version": run.prompt_version,
-        "samples": run.samples,
-        "tasks": run.total,
-        "already_labelled": run.skipped,
-        "created_at": run.created_at.isoformat(),
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "jurors": [
-            {
-                "name": p.juror.name,
-                "valid": p.valid,
-                "invalid": p.invalid,
-                "failed": p.failed,
-                "in_flight": p.in_flight,
-                "pending": p.pending,
-                "labels_per_second": round(p.per_second, 2),
-                "eta_seconds": None if p.eta_s is None else round(p.eta_s, 1),
-            }
-            for p in jurors
-        ],
-    }
+class JurorProgressOutput(serializers.Serializer):
+    name = serializers.CharField(source="juror.name")
+    valid = serializers.IntegerField()
+    invalid = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    in_flight = serializers.IntegerField()
+    pending = serializers.IntegerField()
+    labels_per_second = serializers.SerializerMethodField()
+    eta_seconds = serializers.SerializerMethodField()
+
+    def get_labels_per_second(self, progress: services.JurorProgress) -> float:
+        return round(progress.per_second, 2)
+
+    def get_eta_seconds(self, progress: services.JurorProgress) -> float | None:
+        return None if progress.eta_s is None else round(progress.eta_s, 1)
 
 
-RunOutput = inline_serializer(
-    "JuryRun",
-    {
-        "id": serializers.IntegerField(),
-        "status": serializers.CharField(),
-        "selection": serializers.DictField(),
-        "samples": serializers.IntegerField(),
-        "tasks": serializers.IntegerField(),
-        "already_labelled": serializers.IntegerField(),
-        "jurors": serializers.ListField(child=serializers.DictField()),
-    },
-)
+class JuryRunOutput(serializers.ModelSerializer):
+    tasks = serializers.IntegerField(source="total")
+    already_labelled = serializers.IntegerField(source="skipped")
+    jurors = serializers.SerializerMethodField()
+
+    class Meta:
+        model = JuryRun
+        fields = ["id", "status", "selection", "prompt_version", "samples", "tasks", "already_labelled",
+                  "created_at", "finished_at", "jurors"]  # fmt: skip
+
+    @extend_schema_field(JurorProgressOutput(many=True))
+    def get_jurors(self, run: JuryRun) -> list:
+        return list(JurorProgressOutput(services.run_progress(run), many=True).data)
 
 
 class JuryRunCreateApi(APIView):
@@ -71,7 +61,7 @@ class JuryRunCreateApi(APIView):
         unlabelled = serializers.BooleanField(required=False)
         jurors = serializers.ListField(child=serializers.SlugField(), required=False, allow_empty=False)
 
-    @extend_schema(request=InputSerializer, responses={202: RunOutput})
+    @extend_schema(request=InputSerializer, responses={202: JuryRunOutput})
     def post(self, request) -> Response:
         body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -89,10 +79,10 @@ class JuryRunCreateApi(APIView):
         except services.JuryError as exc:
             field, _, message = str(exc).partition(": ")
             return Response({field.removeprefix("selection."): [message]}, status.HTTP_400_BAD_REQUEST)
-        return Response(run_json(run), status=status.HTTP_202_ACCEPTED)
+        return Response(JuryRunOutput(run).data, status=status.HTTP_202_ACCEPTED)
 
 
 class JuryRunDetailApi(APIView):
-    @extend_schema(responses=RunOutput)
+    @extend_schema(responses=JuryRunOutput)
     def get(self, request, run_id: int) -> Response:
-        return Response(run_json(get_object_or_404(JuryRun, pk=run_id)))
+        return Response(JuryRunOutput(get_object_or_404(JuryRun, pk=run_id)).data)

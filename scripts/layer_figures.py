@@ -46,7 +46,9 @@ def main(root: Path) -> None:
     for app in apps:
         print(f"{app:<12} {lines[app]:>7}")
     print(f"{'total':<12} {sum(lines.values()):>7}")
-    print(f"imports between apps: {between_apps}; into qta/common: {into_libraries}; up or sideways: {upward}")
+    print(
+        f"imports between apps: {between_apps}; into qta/common: {into_libraries}; up or sideways: {upward}"
+    )
 
 
 if __name__ == "__main__":
