@@ -21,6 +21,13 @@ from common.http import HtmxHttpRequest, roles_required
 from common.roles import ADMIN, EXPERT, REVIEWER, ROLES, user_roles
 from experts import agreement, selectors
 from experts import services as review
+from experts.forms import (
+    AdjudicationForm,
+    ExpertSubmitForm,
+    ReliabilityDrawForm,
+    ReviewDecisionForm,
+    TokenForm,
+)
 from experts.models import ExpertQueueItem, ExpertSlot, ReviewDecision
 
 PAGE_SIZE = 50
@@ -111,26 +118,24 @@ def expert_slot(request: HtmxHttpRequest, slot_id: int) -> HttpResponse:
 
 
 def _submission(request: HtmxHttpRequest) -> review.ExpertSubmission:
-    data = request.POST
-    try:
-        judgment = float(data.get("judgment", ""))
-    except ValueError:
-        raise review.ReviewError("pick 0, 0.5 or 1 (keys 0, 5, 1)", "judgment") from None
-    step_text = data.get("first_harmful_step", "").strip()
-    if step_text and not step_text.isdigit():
-        raise review.ReviewError(f"{step_text!r} is not a step number", "first_harmful_step")
+    data = ExpertSubmitForm(request.POST).cleaned_or_raise()
     return review.ExpertSubmission(
-        judgment=judgment,
-        analysis=data.get("analysis", ""),
-        first_harmful_step=int(step_text) if step_text else None,
-        prefilled_from=data.get("prefilled_from", "")[:100],
+        judgment=data["judgment"],
+        analysis=data["analysis"],
+        first_harmful_step=data["first_harmful_step"],
+        prefilled_from=data["prefilled_from"],
     )
+
+
+def _token(request: HtmxHttpRequest) -> str:
+    form = TokenForm(request.POST)
+    return form.cleaned_data["token"] if form.is_valid() else ""
 
 
 @require_POST
 @roles_required(EXPERT)
 def expert_submit(request: HtmxHttpRequest, slot_id: int) -> HttpResponse:
-    token = request.POST.get("token", "")
+    token = _token(request)
     try:
         submission = _submission(request)
         review.expert_label_submit(slot_id=slot_id, user=request.user, token=token, submission=submission)
@@ -149,7 +154,7 @@ def expert_submit(request: HtmxHttpRequest, slot_id: int) -> HttpResponse:
 @roles_required(EXPERT)
 def expert_skip(request: HtmxHttpRequest, slot_id: int) -> HttpResponse:
     try:
-        review.expert_slot_skip(slot_id=slot_id, user=request.user, token=request.POST.get("token", ""))
+        review.expert_slot_skip(slot_id=slot_id, user=request.user, token=_token(request))
     except review.ClaimLost as exc:
         return _next(request, message=str(exc))
     return _next(request, message="Skipped.")
@@ -159,9 +164,7 @@ def expert_skip(request: HtmxHttpRequest, slot_id: int) -> HttpResponse:
 @roles_required(EXPERT)
 def expert_renew(request: HtmxHttpRequest, slot_id: int) -> HttpResponse:
     try:
-        until = review.expert_slot_renew(
-            slot_id=slot_id, user=request.user, token=request.POST.get("token", "")
-        )
+        until = review.expert_slot_renew(slot_id=slot_id, user=request.user, token=_token(request))
     except review.ClaimLost as exc:
         return HttpResponse(f"⚠ {exc}", status=200 if request.htmx else 409)
     return HttpResponse(
@@ -177,20 +180,15 @@ def expert_renew(request: HtmxHttpRequest, slot_id: int) -> HttpResponse:
 def adjudication(request: HtmxHttpRequest) -> HttpResponse:
     error, decided = "", None
     if request.method == "POST":
-        item_id = request.POST.get("item", "")
+        item_id = request.POST.get("item", "")  # named in the error as it was sent
         try:
-            judgment = float(request.POST.get("judgment", ""))
-        except ValueError:
-            judgment = -1.0
-        try:
-            if not item_id.isdigit():
-                raise review.ReviewError(f"{item_id!r} is not an item number", "item")
+            data = AdjudicationForm(request.POST).cleaned_or_raise()
             decided = review.expert_item_adjudicate(
-                item_id=int(item_id),
+                item_id=data["item"],
                 user=request.user,
-                judgment=judgment,
-                analysis=request.POST.get("analysis", ""),
-                note=request.POST.get("note", ""),
+                judgment=data["judgment"],
+                analysis=data["analysis"],
+                note=data["note"],
             )
         except review.ReviewError as exc:
             error = f"Item #{item_id}: {exc}"
@@ -220,8 +218,7 @@ def agreement_page(request: HtmxHttpRequest) -> HttpResponse:
 @require_POST
 @roles_required(REVIEWER, ADMIN)
 def reliability_draw(request: HtmxHttpRequest) -> HttpResponse:
-    n = _int(request.POST.get("n"), 150, 1, 10_000)
-    seed = _int(request.POST.get("seed"), 0, 0, 2**31)
+    n, seed = ReliabilityDrawForm(request.POST).draw()
     try:
         sent = review.expert_reliability_draw(n=n, seed=seed, user=request.user)
         message = f"Sent {sent} jury-labelled samples to the expert queue for the reliability check."
@@ -274,12 +271,9 @@ def disagreement_detail(request: HtmxHttpRequest, sample_id: int) -> HttpRespons
         if guard is None:
             raise Http404("No guard checkpoint")
         try:
+            data = ReviewDecisionForm(request.POST).cleaned_or_raise()
             review.review_decision_record(
-                sample=sample,
-                guard_name=guard,
-                verdict=request.POST.get("verdict", ""),
-                user=request.user,
-                note=request.POST.get("note", ""),
+                sample=sample, guard_name=guard, verdict=data["verdict"], user=request.user, note=data["note"]
             )
         except review.ReviewError as exc:
             error = str(exc)

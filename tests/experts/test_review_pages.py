@@ -3,6 +3,7 @@ roles on every view and endpoint, htmx flows, blind labels, the audit log."""
 
 from __future__ import annotations
 
+import html
 import io
 
 import pytest
@@ -113,6 +114,15 @@ def test_an_expert_labels_through_the_pages_without_a_page_load(client):
         **HTMX,
     )
     assert bad.status_code == 200 and "analysis: write an analysis" in bad.content.decode()
+    for field, value, error in (
+        ("first_harmful_step", "²", "first_harmful_step: '²' is not a step number"),  # a Unicode digit
+        ("judgment", "harmful", "judgment: pick 0, 0.5 or 1"),
+        ("judgment", "2", "judgment: 2.0 is not one of 0, 0.5, 1"),
+    ):
+        form = {"token": slot.claim_token, "judgment": "1", "analysis": "Step 2.", field: value}
+        refused = client.post(reverse("expert_submit", args=[slot.pk]), form)
+        assert refused.status_code == 400 and error in html.unescape(refused.content.decode()), (field, value)
+    assert not Label.objects.filter(source_kind="expert").exists()
     good = client.post(
         reverse("expert_submit", args=[slot.pk]),
         {"token": slot.claim_token, "judgment": "1", "analysis": "Step 2 is the harm.", "first_harmful_step": "2",

@@ -1,0 +1,83 @@
+"""The bodies the experts' pages post, read by forms (never by hand from request.POST). A form's first error becomes
+the ReviewError the page shows, naming its field."""
+
+from __future__ import annotations
+
+from django import forms
+
+from experts.services import ReviewError
+
+
+class _Form(forms.Form):
+    def cleaned_or_raise(self) -> dict:
+        if not self.is_valid():
+            field, errors = next(iter(self.errors.items()))
+            raise ReviewError(str(errors[0]), None if field == "__all__" else field)
+        return self.cleaned_data
+
+
+def _clamped(value: str | None, default: int, low: int, high: int) -> int:
+    value = (value or "").strip()
+    return min(max(int(value), low), high) if value.isascii() and value.isdigit() else default
+
+
+class TokenForm(_Form):
+    token = forms.CharField(max_length=32, required=False)
+
+
+class ExpertSubmitForm(TokenForm):
+    judgment = forms.CharField(required=False)
+    analysis = forms.CharField(required=False, strip=False)
+    first_harmful_step = forms.CharField(required=False)
+    prefilled_from = forms.CharField(required=False)
+
+    def clean_judgment(self) -> float:
+        try:
+            return float(self.cleaned_data["judgment"])  # which values count is the service's to say
+        except ValueError:
+            raise forms.ValidationError("pick 0, 0.5 or 1 (keys 0, 5, 1)") from None
+
+    def clean_first_harmful_step(self) -> int | None:
+        text = self.cleaned_data["first_harmful_step"].strip()
+        if not text:
+            return None
+        if not (text.isascii() and text.isdigit()):
+            raise forms.ValidationError(f"{text!r} is not a step number")
+        return int(text)
+
+    def clean_prefilled_from(self) -> str:
+        return self.cleaned_data["prefilled_from"][:100]
+
+
+class AdjudicationForm(_Form):
+    item = forms.CharField()
+    judgment = forms.CharField(required=False)
+    analysis = forms.CharField(required=False, strip=False)
+    note = forms.CharField(required=False)
+
+    def clean_item(self) -> int:
+        text = self.cleaned_data["item"]
+        if not (text.isascii() and text.isdigit()):
+            raise forms.ValidationError(f"{text!r} is not an item number")
+        return int(text)
+
+    def clean_judgment(self) -> float:
+        try:
+            return float(self.cleaned_data["judgment"])
+        except ValueError:
+            return -1.0  # the service names the values it takes
+
+
+class ReliabilityDrawForm(forms.Form):
+    n = forms.CharField(required=False)
+    seed = forms.CharField(required=False)
+
+    def draw(self) -> tuple[int, int]:
+        """(n, seed): anything unreadable falls back to the defaults, large values are capped."""
+        data = self.data
+        return _clamped(data.get("n"), 150, 1, 10_000), _clamped(data.get("seed"), 0, 0, 2**31)
+
+
+class ReviewDecisionForm(_Form):
+    verdict = forms.CharField(required=False)
+    note = forms.CharField(required=False, strip=False)
