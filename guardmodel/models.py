@@ -103,6 +103,10 @@ class GuardJob(LongWork, models.Model):
     skipped = models.PositiveIntegerField(default=0, help_text="Already judged before this job ran.")
     invalid = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
+    evaluation = models.ForeignKey(
+        "Evaluation", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The evaluation this job recorded at its end.",
+    )  # fmt: skip
     evaluate_subsets = models.JSONField(
         default=list, blank=True, help_text="When set, an evaluation on these subsets is recorded at the end."
     )

@@ -309,10 +309,11 @@ def guard_job_run(*, job_id: int, redelivered: bool = False) -> bool:
                     failed=F("failed") + counts["failed"],
                 )
         if job.evaluate_subsets:
-            evaluation_run(
+            evaluation = evaluation_run(
                 source_kind=Evaluation.SourceKind.GUARD, source_name=job.checkpoint.name,
                 subsets=job.evaluate_subsets, user=job.created_by, prompt_version=job.prompt_version,
             )  # fmt: skip
+            GuardJob.objects.filter(pk=job.pk).update(evaluation=evaluation)
     except Exception as exc:
         log.exception("guard job %s failed", job_id)
         GuardJob.objects.filter(pk=job.pk).update(

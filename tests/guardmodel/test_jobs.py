@@ -207,8 +207,28 @@ def test_judge_samples_sync_judges_the_test_subsets_and_evaluates(tiny_dir, tmp_
     call_command("judge_samples", "--sync", "--evaluate")
     job = GuardJob.objects.get()
     assert job.status == "succeeded" and set(job.sample_ids) == test_ids and job.done == len(test_ids)
-    assert "Succeeded" in capsys.readouterr().out
-    assert Evaluation.objects.get().subsets == services.test_subsets()
+    out = capsys.readouterr().out
+    assert "Succeeded" in out
+    evaluation = Evaluation.objects.get()
+    assert evaluation.subsets == services.test_subsets() and job.evaluation == evaluation
+    # An evaluation recorded later by anyone else is not this job's.
+    services.evaluation_run(source_kind="guard", source_name="tiny", prompt_version=job.prompt_version)
+    job.refresh_from_db()
+    assert job.evaluation == evaluation
+
+
+@pytest.mark.django_db
+def test_the_guard_job_page_links_to_the_evaluation_it_recorded(tiny_dir, tmp_path, client_for, admin_user):
+    _import_synthetic(tmp_path, 24)
+    checkpoint = services.checkpoint_register(name="tiny", path=str(tiny_dir), activate=True)
+    job = services.guard_job_create(
+        checkpoint=checkpoint, sample_ids=list(Sample.objects.values_list("pk", flat=True)),
+        evaluate_subsets=services.test_subsets(), enqueue=False,
+    )  # fmt: skip
+    services.guard_job_run(job_id=job.pk)
+    job.refresh_from_db()
+    page = client_for(admin_user).get(reverse("guard_job", args=[job.pk])).content.decode()
+    assert reverse("evaluation_detail", args=[job.evaluation_id]) in page
 
 
 @pytest.mark.django_db

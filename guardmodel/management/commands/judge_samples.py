@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from annotation.models import Sample
 from guardmodel import services
 from guardmodel.management.commands.evaluate import evaluation_table
-from guardmodel.models import Evaluation, GuardJob
+from guardmodel.models import GuardJob
 
 
 class Command(BaseCommand):
@@ -41,14 +41,7 @@ class Command(BaseCommand):
             )
             if job.status == GuardJob.Status.FAILED:
                 raise CommandError(job.error.splitlines()[0])
-            evaluation = (
-                Evaluation.objects.filter(
-                    source_kind=Evaluation.SourceKind.GUARD, source_name=checkpoint.name,
-                    prompt_version=job.prompt_version, created_at__gte=job.created_at,
-                ).order_by("-pk").first()
-                if o["evaluate"] else None
-            )  # fmt: skip
-            for line in evaluation_table(evaluation) if evaluation else []:
+            for line in evaluation_table(job.evaluation) if job.evaluation else []:
                 self.stdout.write(line)
         else:
             self.stdout.write(f"{job} queued: {job.total} samples; progress at /guard/jobs/{job.pk}/")
