@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch
@@ -11,12 +10,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from common.http import HtmxHttpRequest, role_required
-from common.roles import is_admin
+from common.http import HtmxHttpRequest, role_required, roles_required
+from common.roles import ADMIN
 from generation import services
+from generation.forms import SeedAttachForm
 from generation.models import Expansion, GenerationRun, GenerationTask, SeedQuery, SeedSet, Variant
 from generation.runs import run_progress, runs_progress
-from qta import seed_files
 
 PAGE = 50
 
@@ -50,35 +49,20 @@ def seed_set(request: HtmxHttpRequest, set_id: int):
 
 
 @require_POST
-@role_required
+@roles_required(ADMIN)
 def seed_attach(request: HtmxHttpRequest, seed_id: int):
     """An aligned image attached by hand to a seed (admins): it becomes an aligned-image variant of the seed."""
     seed = get_object_or_404(SeedQuery, pk=seed_id)
-    page = request.POST.get("page", "1")
-    back = (
-        reverse("seed_set", args=[seed.seed_set_id]) + f"?page={page if page.isdigit() else 1}#seed-{seed.pk}"
-    )
-    if not is_admin(request.user):
-        return render(request, "403.html", status=403)
-    upload = request.FILES.get("image")
-    if upload is None:
-        messages.error(request, f"seed #{seed.pk}: image: choose an image file to attach")
+    form = SeedAttachForm(request.POST, request.FILES)
+    valid = form.is_valid()
+    page = form.cleaned_data.get("page", 1)
+    back = reverse("seed_set", args=[seed.seed_set_id]) + f"?page={page}#seed-{seed.pk}"
+    if not valid:
+        messages.error(request, f"seed #{seed.pk}: {form.first_error()}")
         return redirect(back)
-    if (upload.size or 0) > settings.GUARDTRACE_MAX_IMAGE_BYTES:
-        messages.error(
-            request,
-            f"seed #{seed.pk}: {upload.name}: larger than {settings.GUARDTRACE_MAX_IMAGE_BYTES} bytes",
-        )
-        return redirect(back)
-    text = request.POST.get("text", "").strip()
-    if len(text) > seed_files.MAX_TEXT:
-        messages.error(
-            request,
-            f"seed #{seed.pk}: text: {len(text):,} characters, over the {seed_files.MAX_TEXT:,} limit",
-        )
-        return redirect(back)
+    upload = form.cleaned_data["image"]
     try:
-        variant = services.variant_attach(seed=seed, data=upload.read(), text=text,
+        variant = services.variant_attach(seed=seed, data=upload.read(), text=form.cleaned_data["text"],
                                           user=request.user)  # fmt: skip
     except services.ExpansionError as exc:
         messages.error(request, f"seed #{seed.pk}: {upload.name}: {exc}")

@@ -179,6 +179,18 @@ def test_an_admin_attaches_an_aligned_image_by_hand_and_no_one_else_can(admin, c
     assert f"seed #{seed.pk}: notes.png: image:" in bad.content.decode() and not Variant.objects.exists()
     empty = admin.post(attach_url, {}, follow=True)
     assert f"seed #{seed.pk}: image: choose an image file to attach" in empty.content.decode()
+    from qta.seed_files import MAX_TEXT
+
+    long = admin.post(
+        attach_url, {"image": _upload("lock.png", _png((9, 9, 9))), "text": "x" * (MAX_TEXT + 1), "page": "²"}
+    )
+    assert (
+        long.status_code == 302 and f"?page=1#seed-{seed.pk}" in long["Location"]
+    )  # a Unicode digit is no page
+    assert (
+        f"seed #{seed.pk}: text: " in admin.get(long["Location"]).content.decode()
+        and not Variant.objects.exists()
+    )
 
     good = admin.post(
         attach_url, {"image": _upload("lock.png", _png((9, 9, 9))), "text": "What is shown here?"}
