@@ -86,3 +86,16 @@ class ModelEndpoint(models.Model):
 
 def has_base_url_when_served(name: str) -> models.CheckConstraint:
     return models.CheckConstraint(condition=~Q(backend="openai", base_url=""), name=name)
+
+
+class Lease(models.Model):
+    """Who drives a piece of long work right now — a juror's tasks, say (key `juror:<id>`): held by one driver under
+    its token, renewed while it works, taken over by another once `until` has passed. The one lease table; the
+    functions in `common.work` take, renew and give back leases by conditional update."""
+
+    key = models.CharField(max_length=100, primary_key=True)
+    token = models.CharField(max_length=32, blank=True)
+    until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.key

@@ -1,7 +1,7 @@
 """Jurors, jury runs and their per-sample work items.
 
 A run is a set of `JuryTask`s, one per sample × juror. A juror's tasks are worked by one driver at a time (the
-holder of its `JurorLease`), which claims them by conditional update and writes each result together with the
+holder of its lease, `common.models.Lease`), which claims them by conditional update and writes each result together with the
 task's new status, so a label is written once however often the work is delivered.
 """
 
@@ -29,14 +29,6 @@ class Juror(ModelEndpoint):
 
     class Meta(ModelEndpoint.Meta):
         constraints = [has_base_url_when_served("openai_juror_has_base_url")]
-
-
-class JurorLease(models.Model):
-    """Who drives a juror's work right now. Held by one driver, renewed while it works, taken over once expired."""
-
-    juror = models.OneToOneField(Juror, primary_key=True, on_delete=models.CASCADE, related_name="lease")
-    token = models.CharField(max_length=32, blank=True)
-    until = models.DateTimeField(null=True, blank=True)
 
 
 class JuryRun(LongWork, models.Model):

@@ -2,7 +2,7 @@
 
 How a run's work is done without losing or doubling a label:
 - a run is one `JuryTask` per sample × juror; each juror's tasks are driven by one process at a time, the holder of
-  its `JurorLease` (renewed while it works, taken over once expired), so the juror's concurrency limit holds across
+  its lease (`common.models.Lease`, renewed while it works, taken over once expired), so the juror's concurrency limit holds across
   workers and runs;
 - the driver claims tasks by conditional update (pending, or claimed by a driver whose lease is gone), keeps up to
   the juror's limit of calls in flight from a thread pool, and writes each result in the same transaction that
@@ -15,7 +15,6 @@ How a run's work is done without losing or doubling a label:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from collections import defaultdict
@@ -23,17 +22,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from annotation import strata
 from annotation.models import Label, Sample, Split, Stratum
 from common.errors import ApplicationError
-from common.work import Driver
+from common.work import Driver, lease_acquire, lease_release, lease_renew
 from guardmodel.services import sample_input, verdict_label
 from jury.backends import backend_for_juror
-from jury.models import Juror, JurorLease, JuryRun, JuryTask
+from jury.models import Juror, JuryRun, JuryTask
 from qta.engine import AuditInput, Verdict
 
 log = logging.getLogger(__name__)
@@ -248,32 +247,21 @@ class DriveOutcome:
     busy_for: float | None = None  # another driver holds the juror: try again after this many seconds
 
 
+def _lease_key(juror_id: int) -> str:
+    return f"juror:{juror_id}"
+
+
 def _lease_acquire(juror_id: int, token: str) -> float | None:
     """Take the juror's lease; None when taken, else the seconds until the current holder's lease runs out."""
-    now = timezone.now()
-    with contextlib.suppress(IntegrityError):  # created at the same moment by another driver
-        JurorLease.objects.get_or_create(juror_id=juror_id)
-    taken = (
-        JurorLease.objects.filter(juror_id=juror_id)
-        .filter(Q(until__isnull=True) | Q(until__lt=now))
-        .update(token=token, until=now + timedelta(seconds=settings.GUARDTRACE_JURY_LEASE_S))
-    )
-    if taken:
-        return None
-    until = JurorLease.objects.get(juror_id=juror_id).until
-    return max(0.0, (until - now).total_seconds()) if until else 0.0
+    return lease_acquire(_lease_key(juror_id), token, settings.GUARDTRACE_JURY_LEASE_S)
 
 
 def _lease_renew(juror_id: int, token: str) -> bool:
-    return bool(
-        JurorLease.objects.filter(juror_id=juror_id, token=token).update(
-            until=timezone.now() + timedelta(seconds=settings.GUARDTRACE_JURY_LEASE_S)
-        )
-    )
+    return lease_renew(_lease_key(juror_id), token, settings.GUARDTRACE_JURY_LEASE_S)
 
 
 def _lease_release(juror_id: int, token: str) -> None:
-    JurorLease.objects.filter(juror_id=juror_id, token=token).update(until=None, token="")
+    lease_release(_lease_key(juror_id), token)
 
 
 def _open_work(juror_id: int) -> QuerySet[JuryTask]:

@@ -1,6 +1,7 @@
 """A database populated under the previous schema keeps every row through the model moves: preference pairs from the
 jury to annotation (table renamed, content type and permissions re-pointed), the expert queue and reviewers'
-decisions from annotation to experts (tables kept, content types re-pointed), and lineage turned around
+decisions from annotation to experts (tables kept, content types re-pointed), jurors' leases into the one lease
+table, and lineage turned around
 (GuardCheckpoint.produced_by → TrainingRun.output_checkpoint). Both ways, on SQLite and on PostgreSQL under CI."""
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ def test_pairs_and_lineage_survive_the_moves_both_ways():
     )  # fmt: skip
     item_type, _ = ContentType.objects.get_or_create(app_label="annotation", model="expertqueueitem")
     item_permission = Permission.objects.create(content_type=item_type, codename="see_items_x", name="x")
+    juror = old.get_model("jury", "Juror").objects.create(
+        name="juror-x", backend="transformers", model_name="/m"
+    )
+    held_until = timezone.now()
+    old.get_model("jury", "JurorLease").objects.create(juror=juror, token="held", until=held_until)
 
     new = _migrate(latest)
     pair = new.get_model("annotation", "PreferencePair").objects.get()
@@ -91,6 +97,8 @@ def test_pairs_and_lineage_survive_the_moves_both_ways():
     assert new.get_model("experts", "ReviewDecision").objects.get().verdict == "guard_wrong"
     item_permission.refresh_from_db()
     assert item_permission.content_type.app_label == "experts"
+    lease = new.get_model("common", "Lease").objects.get(key=f"juror:{juror.pk}")
+    assert (lease.token, lease.until) == ("held", held_until)
 
     back = _migrate(BEFORE)
     assert back.get_model("jury", "PreferencePair").objects.get().chosen_id == labels[0].pk
@@ -99,4 +107,5 @@ def test_pairs_and_lineage_survive_the_moves_both_ways():
     assert back.get_model("annotation", "ExpertSlot").objects.get().item_id == item.pk
     item_permission.refresh_from_db()
     assert item_permission.content_type.app_label == "annotation"
+    assert back.get_model("jury", "JurorLease").objects.get(juror_id=juror.pk).token == "held"
     _migrate(latest)

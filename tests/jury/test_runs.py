@@ -7,9 +7,10 @@ import pytest
 
 from annotation import selectors, strata
 from annotation.models import Label, PreferencePair, Sample
+from common.models import Lease
 from experts.models import ExpertQueueItem
 from jury import services
-from jury.models import JurorLease, JuryRun, JuryTask
+from jury.models import JuryRun, JuryTask
 from tests.loopback import LoopbackOpenAI, closed_port_url
 
 
@@ -146,11 +147,11 @@ def test_a_second_driver_finds_the_juror_busy_and_takes_over_once_the_lease_is_g
     outcome = services.juror_drive(juror.pk)
     assert outcome.labels == 0 and 0 < outcome.busy_for <= 30
     # Its lease runs out: the next driver takes the juror and the dead driver's tasks over.
-    JurorLease.objects.filter(juror=juror).update(until="2000-01-01T00:00:00Z")
+    Lease.objects.filter(key=f"juror:{juror.pk}").update(until="2000-01-01T00:00:00Z")
     assert services.juror_drive(juror.pk).labels == 6
     assert Label.objects.filter(source_name="a").count() == 6
     assert set(Label.objects.values_list("sample_id", flat=True)) == {s.pk for s in samples}
-    assert JurorLease.objects.get(juror=juror).token == ""  # released
+    assert Lease.objects.get(key=f"juror:{juror.pk}").token == ""  # released
     assert services.juror_drive(juror.pk + 1000) == services.DriveOutcome()  # a juror deleted meanwhile
 
 
