@@ -22,7 +22,6 @@ from rest_framework.views import APIView
 from annotation import selectors, services
 from annotation.models import ImportJob, Label, Sample
 from annotation.strata import expert_desk
-from common.errors import ApplicationError
 from common.permissions import IsAdminRole
 from common.roles import is_admin, is_expert
 from qta.images import ImageRejected, ImageSource
@@ -234,23 +233,18 @@ class LabelListCreateApi(ListAPIView):
                 status=status.HTTP_409_CONFLICT,
             )
         judgment = None if data["judgment"] is None else float(data["judgment"])
-        try:
-            label = services.label_record(
-                sample=sample,
-                source_kind=data["source_kind"],
-                source_name=source_name,
-                prompt_version=data["prompt_version"],
-                judgment=judgment,
-                analysis=data["analysis"],
-                raw_output=data["raw_output"],
-                status=data["status"],
-                latency_ms=data["latency_ms"],
-                user=request.user,
-            )
-        except ApplicationError:
-            raise  # a conflict: answered by the API's error handler
-        except ValueError as exc:
-            return Response({"judgment": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+        label = services.label_record(
+            sample=sample,
+            source_kind=data["source_kind"],
+            source_name=source_name,
+            prompt_version=data["prompt_version"],
+            judgment=judgment,
+            analysis=data["analysis"],
+            raw_output=data["raw_output"],
+            status=data["status"],
+            latency_ms=data["latency_ms"],
+            user=request.user,
+        )
         return Response(LabelOutputSerializer(label).data, status=status.HTTP_201_CREATED)
 
 

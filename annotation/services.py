@@ -25,7 +25,7 @@ from annotation.models import (
     Label,
     Sample,
 )
-from common.errors import Conflict
+from common.errors import ApplicationError, Conflict
 from common.work import requeue_abandoned
 from qta.images import (
     ArchiveRejected,
@@ -297,9 +297,9 @@ def label_record(
 ) -> Label:
     """Store one label, re-stratify its sample (stratum, final label, pair, queue item), and log who wrote it."""
     if status == Label.Status.VALID and judgment not in JUDGMENTS:
-        raise ValueError(f"judgment {judgment!r} is not one of 0, 0.5, 1")
+        raise ApplicationError(f"judgment {judgment!r} is not one of 0, 0.5, 1", "judgment")
     if status != Label.Status.VALID and judgment is not None:
-        raise ValueError(f"a label with status {status!r} has no judgment")
+        raise ApplicationError(f"a label with status {status!r} has no judgment", "judgment")
     try:
         with transaction.atomic():
             label = Label.objects.create(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import IntegrityError, models
 from django.db.models import Q
+from django.utils import timezone
 
 from common.errors import MissingApiKey
 
@@ -99,3 +102,30 @@ class Lease(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+def lease_acquire(key: str, token: str, seconds: float) -> float | None:
+    """Take the lease `key` for `seconds`; None when taken, else the seconds until its current holder's runs out."""
+    now = timezone.now()
+    with contextlib.suppress(IntegrityError):  # created at the same moment by another driver
+        Lease.objects.get_or_create(key=key)
+    taken = (
+        Lease.objects.filter(key=key)
+        .filter(Q(until__isnull=True) | Q(until__lt=now))
+        .update(token=token, until=now + timedelta(seconds=seconds))
+    )
+    if taken:
+        return None
+    until = Lease.objects.get(key=key).until
+    return max(0.0, (until - now).total_seconds()) if until else 0.0
+
+
+def lease_renew(key: str, token: str, seconds: float) -> bool:
+    """Keep the lease for another `seconds`; False when it is no longer this token's (another driver took over)."""
+    return bool(
+        Lease.objects.filter(key=key, token=token).update(until=timezone.now() + timedelta(seconds=seconds))
+    )
+
+
+def lease_release(key: str, token: str) -> None:
+    Lease.objects.filter(key=key, token=token).update(until=None, token="")

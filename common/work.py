@@ -4,19 +4,16 @@ starting worker resumes what each app left unfinished."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from celery.signals import worker_ready
 from django.conf import settings
-from django.db import IntegrityError, models
-from django.db.models import Q
-from django.utils import timezone
+from django.db import models
 
 from qta.engine import RetryPolicy
 from qta.workers import worker_gone
@@ -179,39 +176,6 @@ class Driver:
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
             self.release()
-
-
-def lease_acquire(key: str, token: str, seconds: float) -> float | None:
-    """Take the lease `key` for `seconds`; None when taken, else the seconds until its current holder's runs out."""
-    from common.models import Lease
-
-    now = timezone.now()
-    with contextlib.suppress(IntegrityError):  # created at the same moment by another driver
-        Lease.objects.get_or_create(key=key)
-    taken = (
-        Lease.objects.filter(key=key)
-        .filter(Q(until__isnull=True) | Q(until__lt=now))
-        .update(token=token, until=now + timedelta(seconds=seconds))
-    )
-    if taken:
-        return None
-    until = Lease.objects.get(key=key).until
-    return max(0.0, (until - now).total_seconds()) if until else 0.0
-
-
-def lease_renew(key: str, token: str, seconds: float) -> bool:
-    """Keep the lease for another `seconds`; False when it is no longer this token's (another driver took over)."""
-    from common.models import Lease
-
-    return bool(
-        Lease.objects.filter(key=key, token=token).update(until=timezone.now() + timedelta(seconds=seconds))
-    )
-
-
-def lease_release(key: str, token: str) -> None:
-    from common.models import Lease
-
-    Lease.objects.filter(key=key, token=token).update(until=None, token="")
 
 
 _resumers: dict[str, Callable[[], object]] = {}

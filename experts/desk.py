@@ -11,6 +11,7 @@ from django.db.models import Exists, OuterRef, QuerySet
 from annotation.models import Label, Sample, Stratum
 from annotation.strata import ExpertDesk
 from experts.models import ExpertQueueItem, ExpertSlot, ReviewStatus
+from experts.selectors import expert_queue_counts
 
 
 def slots_for(items: Iterable[tuple[int, int, int]]) -> list[ExpertSlot]:
@@ -24,10 +25,9 @@ class QueueDesk(ExpertDesk):
             ExpertQueueItem.objects.filter(sample_id__in=sample_ids).values_list("sample_id", "decision")
         )
 
-    def follow(self, sample_ids: list[int], prompt_version: str) -> tuple[int, int]:
+    def follow(self, chunk: list[int], prompt_version: str) -> tuple[int, int]:
         """Queue the D1:1:1 samples for experts, and unqueue jury-split items whose sample is no longer 1:1:1 and
         that no expert has touched."""
-        chunk = sample_ids
         queued_count = unqueued_count = 0
         Item = ExpertQueueItem
         split = set(Sample.objects.filter(pk__in=chunk, stratum=Stratum.D1_1_1).values_list("pk", flat=True))
@@ -70,7 +70,4 @@ class QueueDesk(ExpertDesk):
         return ExpertQueueItem.objects.filter(sample_id=sample_id).exists()
 
     def counts(self) -> dict[str, int]:
-        return {
-            "open": ExpertQueueItem.objects.filter(status=ReviewStatus.OPEN).count(),
-            "adjudication": ExpertQueueItem.objects.filter(status=ReviewStatus.ADJUDICATION).count(),
-        }
+        return expert_queue_counts()

@@ -16,7 +16,8 @@ class _Form(forms.Form):
         return self.cleaned_data
 
 
-def _clamped(value: str | None, default: int, low: int, high: int) -> int:
+def clamped(value: str | None, default: int, low: int, high: int) -> int:
+    """A whole number from a query or form value, kept within [low, high]; anything unreadable is the default."""
     value = (value or "").strip()
     return min(max(int(value), low), high) if value.isascii() and value.isdigit() else default
 
@@ -69,13 +70,21 @@ class AdjudicationForm(_Form):
 
 
 class ReliabilityDrawForm(forms.Form):
+    """How many jury-labelled samples to send, and the seed of the draw: anything unreadable falls back to the
+    defaults, large values are capped."""
+
     n = forms.CharField(required=False)
     seed = forms.CharField(required=False)
 
+    def clean_n(self) -> int:
+        return clamped(self.cleaned_data["n"], 150, 1, 10_000)
+
+    def clean_seed(self) -> int:
+        return clamped(self.cleaned_data["seed"], 0, 0, 2**31)
+
     def draw(self) -> tuple[int, int]:
-        """(n, seed): anything unreadable falls back to the defaults, large values are capped."""
-        data = self.data
-        return _clamped(data.get("n"), 150, 1, 10_000), _clamped(data.get("seed"), 0, 0, 2**31)
+        self.is_valid()  # never invalid: every field falls back to its default
+        return self.cleaned_data["n"], self.cleaned_data["seed"]
 
 
 class ReviewDecisionForm(_Form):

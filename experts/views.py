@@ -27,6 +27,7 @@ from experts.forms import (
     ReliabilityDrawForm,
     ReviewDecisionForm,
     TokenForm,
+    clamped,
 )
 from experts.models import ExpertQueueItem, ExpertSlot, ReviewDecision
 
@@ -196,15 +197,11 @@ def adjudication(request: HtmxHttpRequest) -> HttpResponse:
     return render(request, "experts/adjudication.html", context, status=400 if error else 200)
 
 
-def _int(value: str | None, default: int, low: int, high: int) -> int:
-    return min(max(int(value), low), high) if value and value.isdigit() else default
-
-
 @require_GET
 @roles_required(*ROLES)
 def agreement_page(request: HtmxHttpRequest) -> HttpResponse:
-    n = _int(request.GET.get("n"), 150, 1, 100_000)
-    seed = _int(request.GET.get("seed"), 0, 0, 2**31)
+    n = clamped(request.GET.get("n"), 150, 1, 100_000)
+    seed = clamped(request.GET.get("seed"), 0, 0, 2**31)
     context = {
         "report": agreement.agreement_report(n=n, seed=seed),
         "n": n,

@@ -29,7 +29,8 @@ from django.utils import timezone
 from annotation import strata
 from annotation.models import Label, Sample, Split, Stratum
 from common.errors import ApplicationError
-from common.work import Driver, lease_acquire, lease_release, lease_renew
+from common.models import lease_acquire, lease_release, lease_renew
+from common.work import Driver
 from guardmodel.services import sample_input, verdict_label
 from jury.backends import backend_for_juror
 from jury.models import Juror, JuryRun, JuryTask
