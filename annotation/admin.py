@@ -151,6 +151,7 @@ class ImportJobForm(forms.Form):
 # A job's page: what was asked, and what came of it.
 _JOB_FIELDS = (
     "status",
+    "progress",
     "original_name",
     "images_original_name",
     "format",
@@ -163,7 +164,11 @@ _JOB_FIELDS = (
     "error_list",
     "created_by",
     "created_at",
+    "started_at",
+    "heartbeat_at",
     "finished_at",
+    "worker",
+    "error",
 )
 
 
@@ -186,6 +191,7 @@ class ImportJobAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status", "format"]
     fields = readonly_fields = _JOB_FIELDS
+    actions = ["cancel"]
     change_list_template = "admin/annotation/importjob/change_list.html"
     change_form_template = "admin/annotation/importjob/change_form.html"
 
@@ -198,6 +204,21 @@ class ImportJobAdmin(admin.ModelAdmin):
     @admin.display(description="file")
     def file_name(self, job: ImportJob) -> str:
         return job.file_name
+
+    @admin.display(description="records checked")
+    def progress(self, job: ImportJob) -> str:
+        return f"{job.done:,} of {job.total:,}" if job.total else "—"
+
+    def has_cancel_permission(self, request) -> bool:
+        return is_admin(request.user)
+
+    @admin.action(description="Cancel the selected imports", permissions=["cancel"])
+    def cancel(self, request, queryset):
+        count = sum(services.import_job_cancel(job) for job in queryset)
+        self.message_user(
+            request,
+            f"{count} import(s) cancelled; one already storing its rows finishes, and nothing else changes.",
+        )
 
     @admin.display(description="errors")
     def error_list(self, job: ImportJob):
@@ -212,9 +233,8 @@ class ImportJobAdmin(admin.ModelAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         job = self.get_object(request, object_id)
         waiting = job is not None and job.status in (ImportJob.Status.PENDING, ImportJob.Status.RUNNING)
-        return super().change_view(
-            request, object_id, form_url, {**(extra_context or {}), "refresh": waiting}
-        )
+        context = {"refresh": waiting, "can_cancel": waiting and self.has_cancel_permission(request)}
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **context})
 
     def add_view(self, request, form_url="", extra_context=None):
         if not self.has_add_permission(request):

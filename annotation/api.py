@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 from annotation import selectors, services
 from annotation.models import ImportJob, Label, Sample
 from annotation.strata import expert_desk
+from common.errors import Conflict
 from common.permissions import IsAdminRole
 from common.roles import is_admin, is_expert
 from qta.images import ImageRejected, ImageSource
@@ -267,12 +268,21 @@ class ImportJobOutputSerializer(serializers.ModelSerializer):
             "subset",
             "source_dataset",
             "status",
+            "total",
+            "done",
             "created",
             "duplicates",
             "errors",
+            "error",
             "created_at",
+            "started_at",
+            "heartbeat_at",
             "finished_at",
         ]
+        extra_kwargs = {
+            "total": {"help_text": "Records in the file (known once it is parsed)."},
+            "done": {"help_text": "Records checked so far."},
+        }
 
 
 class ImportJobCreateApi(APIView):
@@ -331,6 +341,26 @@ class ImportJobDetailApi(APIView):
             job = ImportJob.objects.get(pk=job_id)
         except ImportJob.DoesNotExist:
             raise NotFound(f"no import job #{job_id}") from None
+        return Response(ImportJobOutputSerializer(job).data)
+
+
+class ImportJobCancelApi(APIView):
+    """Stop an import: a queued one never starts; a running one stops before it stores anything. 409 when it has
+    finished, or had begun storing (then it finishes)."""
+
+    permission_classes = [IsAdminRole]
+
+    @extend_schema(request=None, responses={200: ImportJobOutputSerializer})
+    def post(self, request, job_id: int) -> Response:
+        try:
+            job = ImportJob.objects.get(pk=job_id)
+        except ImportJob.DoesNotExist:
+            raise NotFound(f"no import job #{job_id}") from None
+        if not services.import_job_cancel(job):
+            raise Conflict(
+                f"import #{job_id} is {job.get_status_display().lower()}: nothing to cancel", "status"
+            )
+        job.refresh_from_db()
         return Response(ImportJobOutputSerializer(job).data)
 
 

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from common.work import STATUS_LENGTH, JobStatus, LongWork
+from common.work import LongWork
 from qta.protocol import JUDGMENTS, RISK_CATEGORIES
 
 JUDGMENT_CHOICES = [(value, f"{value:g}") for value in JUDGMENTS]
@@ -180,10 +180,8 @@ class Label(models.Model):
         return f"{self.source_kind}:{self.source_name} on sample #{self.sample_id}"
 
 
-class ImportJob(LongWork, models.Model):
-    """An import submitted through the API or the admin, run by a Celery worker."""
-
-    Status = JobStatus
+class ImportJob(LongWork):
+    """An import submitted through the API or the admin, run by a Celery worker; `done` of `total` records checked."""
 
     data_file = models.FileField(upload_to="imports/")
     images_archive = models.FileField(upload_to="imports/", blank=True)
@@ -196,19 +194,9 @@ class ImportJob(LongWork, models.Model):
     split = models.CharField(max_length=8, blank=True)
     subset = models.CharField(max_length=64, blank=True)
     source_dataset = models.CharField(max_length=100, blank=True)
-    status = models.CharField(max_length=STATUS_LENGTH, choices=Status.choices, default=Status.PENDING)
     created = models.PositiveIntegerField(default=0)
     duplicates = models.PositiveIntegerField(default=0)
-    errors = models.JSONField(default=list, blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-    # Who runs it (host:pid) and since when: a worker that starts finds a job whose holder died and runs it again.
-    worker = models.CharField(max_length=200, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
+    errors = models.JSONField(default=list, blank=True, help_text="The file's errors, by file and line.")
 
     def __str__(self) -> str:
         return f"Import #{self.pk} of {self.file_name}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -44,7 +45,6 @@ from qta.sample_files import (
     file_defaults,
     parse_records,
 )
-from qta.workers import worker_id
 
 BATCH = 1000
 logger = logging.getLogger(__name__)
@@ -161,6 +161,7 @@ def samples_import(
     skip_invalid: bool = False,
     user=None,
     progress: Progress | None = None,
+    parsed: Progress | None = None,
     defaults: FileDefaults = NO_DEFAULTS,
 ) -> ImportReport:
     """Validate the whole file, then store it in one transaction.
@@ -168,23 +169,28 @@ def samples_import(
     With errors and `skip_invalid` off, raises ImportRejected and stores nothing. Samples already stored (same
     content hash) are reported as duplicates and not stored again. `name` is the file as the user knows it (errors
     name it); `defaults` (from `formats.file_defaults`) fill the split, subset and source of rows that give none.
+    `parsed(n)` is told how many records the file holds, `progress(k)` each time k more are checked, and
+    `progress(0)` once more just before storing (the last moment at which raising stops the import with nothing
+    stored).
     """
     tick = progress or (lambda n: None)
     errors: list[RecordError] = []
     records: list[SampleRecord] = []
-    parsed = parse_records(
+    for item in parse_records(
         data, name=name, fmt=fmt, max_chars=settings.GUARDTRACE_MAX_TEXT_CHARS, defaults=defaults
-    )
-    for item in parsed:
+    ):
         if isinstance(item, RecordError):
             errors.append(item)
-            tick(1)
         else:
             records.append(item)
+    if parsed is not None:
+        parsed(len(records) + len(errors))
+    tick(len(errors))
     checked = _check_images(records, images, name, errors, tick)
     errors.sort(key=lambda e: e.line)
     if errors and not skip_invalid:
         raise ImportRejected(errors)
+    tick(0)
     retries = 2
     while True:
         unique, duplicates = _drop_duplicates(checked, name)
@@ -461,10 +467,10 @@ def _upload_name(upload) -> str:
 
 
 def import_jobs_resume(*, host: str | None = None) -> list[int]:
-    """Queue again the imports whose worker died (on this host: its process is gone; anywhere: running for longer
-    than GUARDTRACE_IMPORT_STALE_S), and the pending ones. An import stores everything in one transaction, so a
-    killed one left no rows; the image files it wrote are reused by content on the second run. Called when a
-    worker starts; returns the jobs queued."""
+    """Queue again the imports whose worker died (on this host: its process is gone; anywhere: no sign of life for
+    GUARDTRACE_IMPORT_STALE_S), and the pending ones. An import stores everything in one transaction, so a killed
+    one left no rows; the image files it wrote are reused by content on the second run. Called when a worker
+    starts; returns the jobs queued."""
     from annotation.tasks import import_job_run_task
 
     stale_before = timezone.now() - timedelta(seconds=settings.GUARDTRACE_IMPORT_STALE_S)
@@ -473,14 +479,44 @@ def import_jobs_resume(*, host: str | None = None) -> list[int]:
     )
 
 
+class ImportCancelled(Exception):
+    """The job was cancelled (or taken over) while its file was being checked: nothing was stored."""
+
+
+class _JobProgress:
+    """Reports an import's records checked, at most once a second, and stops it once cancelled."""
+
+    def __init__(self, job_id: int, every_s: float = 1.0) -> None:
+        self.job_id, self.every_s = job_id, every_s
+        self.done, self.last = 0, time.monotonic()
+
+    def parsed(self, total: int) -> None:
+        self._beat(total=total)
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        # Always asked just before storing (n == 0): a cancel until then stores nothing.
+        if n == 0 or time.monotonic() - self.last >= self.every_s:
+            self._beat(done=self.done)
+
+    def _beat(self, **fields) -> None:
+        self.last = time.monotonic()
+        if not ImportJob.beat(self.job_id, **fields):
+            raise ImportCancelled
+
+
+def import_job_cancel(job: ImportJob) -> bool:
+    """Stop an import: a queued one never starts; a running one stops before it stores anything (once storing has
+    begun, it finishes)."""
+    return ImportJob.cancel(job.pk)
+
+
 def import_job_run(*, job_id: int) -> bool:
     """Claim a pending job and run it; False when another worker has it or it already ran."""
-    claimed = ImportJob.objects.filter(pk=job_id, status=ImportJob.Status.PENDING).update(
-        status=ImportJob.Status.RUNNING, worker=worker_id(), started_at=timezone.now()
-    )
-    if not claimed:
+    if not ImportJob.take(job_id, done=0, total=0):
         return False
     job = ImportJob.objects.get(pk=job_id)
+    progress = _JobProgress(job_id)
     images: ImageSource | None = None
     archive: IO[bytes] | None = None
     try:
@@ -498,8 +534,12 @@ def import_job_run(*, job_id: int) -> bool:
             images=images,
             skip_invalid=job.skip_invalid,
             user=job.created_by,
+            progress=progress,
+            parsed=progress.parsed,
             defaults=FileDefaults(split=job.split, subset=job.subset, source_dataset=job.source_dataset),
         )
+    except ImportCancelled:
+        return True
     except ImportRejected as exc:
         job.status, job.errors = ImportJob.Status.FAILED, [str(e) for e in exc.errors]
     except ArchiveRejected as exc:
@@ -517,6 +557,14 @@ def import_job_run(*, job_id: int) -> bool:
             images.close()
         if archive is not None:
             archive.close()
-    job.finished_at = timezone.now()
-    job.save(update_fields=["status", "created", "duplicates", "errors", "finished_at"])
+    # Once stored, the import is over whatever came meanwhile (its rows are there, so it reports them); a failed one
+    # that was cancelled meanwhile stays cancelled.
+    now = timezone.now()
+    ours = [ImportJob.Status.RUNNING]
+    if job.status == ImportJob.Status.SUCCEEDED:
+        ours.append(ImportJob.Status.CANCELLED)
+    ImportJob.objects.filter(pk=job_id, worker=job.worker, status__in=ours).update(
+        status=job.status, created=job.created, duplicates=job.duplicates, errors=job.errors, done=progress.done,
+        finished_at=now, heartbeat_at=now,
+    )  # fmt: skip
     return True

@@ -1,5 +1,6 @@
 """Long work on Celery workers — imports, guard jobs, jury runs, generation runs, expansions, training rounds —
-shares one status set, one notion of "finished", one requeue of work whose worker died, and one place where a
+shares one abstract model (status, creator, times, holder and heartbeat, progress, error) with its claim, beat, end
+and cancel, one requeue of work whose worker died, one driver loop for work against a model, and one place where a
 starting worker resumes what each app left unfinished."""
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Any
 from celery.signals import worker_ready
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
+from django.utils import timezone
 
 from qta.engine import RetryPolicy
-from qta.workers import worker_gone
+from qta.workers import worker_gone, worker_id
 
 log = logging.getLogger(__name__)
 
@@ -38,30 +41,126 @@ FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 STATUS_LENGTH = 12
 
 
-class LongWork:
-    """For models of long work whose `status` is a JobStatus: whether it has finished."""
+class LongWork(models.Model):
+    """What every kind of long work records: its status, who asked for it and when, which worker holds it and when
+    that worker last showed life, how far it got (`done` of `total`), and why it failed.
 
-    status: str
+    A worker takes the work by conditional update (`take`), reports progress and life while it still holds it
+    (`beat`: False once it was cancelled or taken over, so stop), and records the end unless it lost the work
+    meanwhile (`end`). Anyone may `cancel` work not yet finished. `requeue_abandoned` hands back work whose worker
+    died."""
+
+    Status = JobStatus
+
+    status = models.CharField(
+        max_length=STATUS_LENGTH, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Who works it (host:pid) and when it last showed life: a worker that starts on the same host finds work whose
+    # process is gone at once; work anywhere whose heartbeat is older than its kind's limit is taken over.
+    worker = models.CharField(max_length=200, blank=True, help_text="Who works it (host:pid).")
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life from its worker.")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+        ordering = ["-created_at"]
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
 
+    @property
+    def percent(self) -> int:
+        return min(100, int(100 * self.done / self.total)) if self.total else 0
+
+    @classmethod
+    def take(
+        cls, pk: int, *, stale_before: datetime | None = None, also_running: bool = False, **fields
+    ) -> bool:
+        """Claim the work for this worker: when it is pending, or running with no heartbeat since `stale_before`
+        (its worker died elsewhere), or — `also_running` — running at all (its message was redelivered because its
+        worker died). `fields` are set with it. False: someone else has it, or it is over."""
+        Status = cls.Status
+        claimable = Q(status=Status.PENDING)
+        if also_running:
+            claimable |= Q(status=Status.RUNNING)
+        elif stale_before is not None:
+            claimable |= Q(status=Status.RUNNING) & (
+                Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True, started_at__lt=stale_before)
+            )
+        now = timezone.now()
+        return bool(
+            cls._default_manager.filter(claimable, pk=pk).update(
+                status=Status.RUNNING,
+                worker=worker_id(),
+                started_at=now,
+                heartbeat_at=now,
+                finished_at=None,
+                error="",
+                **fields,
+            )  # fmt: skip
+        )
+
+    @classmethod
+    def beat(cls, pk: int, **fields) -> bool:
+        """Record progress (`fields`, F() expressions welcome) and a sign of life while this worker still holds the
+        running work. False: it was cancelled or taken over — stop, writing nothing more."""
+        return bool(
+            cls._default_manager.filter(pk=pk, status=cls.Status.RUNNING, worker=worker_id()).update(
+                heartbeat_at=timezone.now(), **fields
+            )
+        )
+
+    @classmethod
+    def end(cls, pk: int, status: str, **fields) -> bool:
+        """Record how the work this worker holds ended; nothing changes when it was cancelled or taken over."""
+        now = timezone.now()
+        return bool(
+            cls._default_manager.filter(pk=pk, status=cls.Status.RUNNING, worker=worker_id()).update(
+                status=status, finished_at=now, heartbeat_at=now, **fields
+            )
+        )
+
+    @classmethod
+    def cancel(cls, pk: int) -> bool:
+        """Stop work not yet finished: pending work never starts, running work stops at its next `beat`."""
+        Status = cls.Status
+        return bool(
+            cls._default_manager.filter(
+                pk=pk, status__in=[Status.PENDING, Status.RUNNING, Status.INTERRUPTED]
+            ).update(status=Status.CANCELLED, finished_at=timezone.now())
+        )
+
 
 def requeue_abandoned(
-    model, *, enqueue: Callable[[int], object], host: str | None = None, stale_before: datetime | None = None
+    model: type[LongWork],
+    *,
+    enqueue: Callable[[int], object],
+    host: str | None = None,
+    stale_before: datetime | None = None,
 ) -> list[int]:
-    """Put back to pending the running rows of `model` (status, worker, started_at) whose worker died on this host,
-    or — with `stale_before` — started before it anywhere; then queue every pending row, whose message may be lost.
-    The row's claim makes a job queued twice run once. Returns the ids queued."""
+    """Put back to pending the running work of `model` whose worker died on this host, or — with `stale_before` —
+    whose worker anywhere showed no life since then; then queue every pending row, whose message may be lost.
+    `take` makes work queued twice run once. Returns the ids queued."""
     Status = model.Status
-    running = model.objects.filter(status=Status.RUNNING).exclude(worker="")
-    for pk, worker, started in running.values_list("pk", "worker", "started_at"):
-        if worker_gone(worker, host=host) or (stale_before and started and started < stale_before):
-            model.objects.filter(pk=pk, status=Status.RUNNING, worker=worker).update(
+    manager = model._default_manager
+    running = manager.filter(status=Status.RUNNING)
+    for pk, worker, beat, started in running.values_list("pk", "worker", "heartbeat_at", "started_at"):
+        last = beat or started
+        silent = stale_before is not None and (last is None or last < stale_before)
+        if (worker and worker_gone(worker, host=host)) or silent:
+            manager.filter(pk=pk, status=Status.RUNNING, worker=worker).update(
                 status=Status.PENDING, worker=""
             )
-    queued = list(model.objects.filter(status=Status.PENDING).values_list("pk", flat=True))
+    queued = list(manager.filter(status=Status.PENDING).values_list("pk", flat=True))
     for pk in queued:
         enqueue(pk)
     return queued

@@ -13,7 +13,7 @@ from django.db.models import Q
 
 from annotation.models import ImageAsset, InputVariant, RiskCategory
 from common.models import ModelEndpoint, has_base_url_when_served
-from common.work import STATUS_LENGTH, JobStatus, LongWork
+from common.work import STATUS_LENGTH, LongWork
 
 
 class SeedSet(models.Model):
@@ -97,42 +97,21 @@ class Variant(models.Model):
         return f"{self.get_kind_display()} of seed #{self.seed_id}"
 
 
-class Expansion(LongWork, models.Model):
+class Expansion(LongWork):
     """One expansion asked for in the admin, worked on a worker seed chunk by chunk (progress in `done`).
 
     Expanding is idempotent, so an expansion redelivered after a crash runs again and only adds what is missing."""
 
-    Status = JobStatus
-
     seed_sets = models.ManyToManyField(SeedSet, related_name="expansions")
     parameters = models.JSONField(default=dict, help_text="kinds, pools, rng seed, font size.")
-    status = models.CharField(
-        max_length=STATUS_LENGTH, choices=Status.choices, default=Status.PENDING, db_index=True
-    )
     total = models.PositiveIntegerField(default=0, help_text="Seeds to expand.")
     done = models.PositiveIntegerField(default=0, help_text="Seeds expanded so far.")
     created = models.PositiveIntegerField(default=0, help_text="Variants made.")
     kept = models.PositiveIntegerField(default=0, help_text="Variants already there from the same recipe.")
     by_kind = models.JSONField(default=dict, blank=True)
-    error = models.TextField(blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
-    # Who works it (host:pid) and since when: a worker that starts finds an expansion whose holder died and queues it
-    # again at once, instead of waiting out the lease.
-    worker = models.CharField(max_length=200, blank=True, help_text="Who works it (host:pid).")
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"Expansion #{self.pk}"
-
-    @property
-    def percent(self) -> int:
-        return round(100 * self.done / self.total) if self.total else 0
 
 
 class Generator(ModelEndpoint):
@@ -150,23 +129,20 @@ class Generator(ModelEndpoint):
         constraints = [has_base_url_when_served("openai_generator_has_base_url")]
 
 
-class GenerationRun(LongWork, models.Model):
-    Status = JobStatus
+class GenerationRun(LongWork):
+    """Replies asked of generators for variants, one task per reply; `done` of `total` tasks answered."""
 
     generators = models.ManyToManyField(Generator, related_name="runs")
     parameters = models.JSONField(default=dict, help_text="Per generator: max_tokens, temperature, samples.")
     split = models.CharField(max_length=5, default="train")
     subset = models.CharField(max_length=64, blank=True, help_text="Given to the samples made.")
+    # Driven by one driver per generator, each holding a lease; the run itself runs from the moment it is made.
     status = models.CharField(
-        max_length=STATUS_LENGTH, choices=Status.choices, default=Status.RUNNING, db_index=True
+        max_length=STATUS_LENGTH,
+        choices=LongWork.Status.choices,
+        default=LongWork.Status.RUNNING,
+        db_index=True,
     )
-    total = models.PositiveIntegerField(default=0)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"Generation run #{self.pk}"

@@ -20,7 +20,7 @@ from itertools import repeat
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from annotation.models import ImageAsset, InputVariant
@@ -38,7 +38,6 @@ from qta.typography import (
     render_typographic,
     resolve_font_path,
 )
-from qta.workers import worker_id
 
 EXPANSIONS = (InputVariant.TEXT_ONLY, InputVariant.IRRELEVANT_IMAGE, InputVariant.ALIGNED_IMAGE,
               InputVariant.TYPOGRAPHIC)  # fmt: skip
@@ -386,12 +385,9 @@ def expansion_work(expansion_id: int, *, chunk: int = EXPANSION_CHUNK) -> Expans
     )
     # Taken only when waiting, or when the worker on it has made no progress within the lease (it died); the holder
     # is recorded so that a worker starting on this host can tell at once that it died.
-    now = timezone.now()
-    taken = Expansion.objects.filter(
-        Q(status=JobStatus.PENDING) | Q(status=JobStatus.RUNNING, updated_at__lt=_stale()), pk=expansion_id
-    ).update(status=JobStatus.RUNNING, total=len(ids), done=0, created=0, kept=0, by_kind={}, error="",
-             worker=worker_id(), started_at=now, updated_at=now)  # fmt: skip
-    if not taken:
+    if not Expansion.take(
+        expansion_id, stale_before=_stale(), total=len(ids), done=0, created=0, kept=0, by_kind={}
+    ):
         return Expansion.objects.get(pk=expansion_id)
     drawing = None
     try:
@@ -400,15 +396,15 @@ def expansion_work(expansion_id: int, *, chunk: int = EXPANSION_CHUNK) -> Expans
             drawing = drawing_processes()  # started once for every chunk
         by_kind: dict[str, int] = {}
         for start in range(0, len(ids), chunk):
-            if Expansion.objects.filter(pk=expansion_id, status=JobStatus.CANCELLED).exists():
+            if not Expansion.beat(expansion_id):  # cancelled, or taken over
                 return Expansion.objects.get(pk=expansion_id)
             part = ids[start : start + chunk]
             report = expand(SeedQuery.objects.filter(pk__in=part).order_by("pk"), drawing=drawing, **options)
             for kind, n in report.by_kind.items():
                 by_kind[kind] = by_kind.get(kind, 0) + n
-            Expansion.objects.filter(pk=expansion_id).update(
-                done=F("done") + len(part), created=F("created") + report.created, kept=F("kept") + report.kept,
-                by_kind=by_kind, updated_at=timezone.now(),
+            Expansion.beat(
+                expansion_id, done=F("done") + len(part), created=F("created") + report.created,
+                kept=F("kept") + report.kept, by_kind=by_kind,
             )  # fmt: skip
     except ExpansionError as exc:
         _expansion_finish(expansion_id, JobStatus.FAILED, str(exc))
@@ -424,9 +420,7 @@ def expansion_work(expansion_id: int, *, chunk: int = EXPANSION_CHUNK) -> Expans
 
 
 def _expansion_finish(expansion_id: int, status: str, error: str = "") -> None:
-    Expansion.objects.filter(pk=expansion_id).exclude(status=JobStatus.CANCELLED).update(
-        status=status, error=error, finished_at=timezone.now()
-    )
+    Expansion.end(expansion_id, status, error=error)
 
 
 def _stale():
@@ -439,7 +433,4 @@ def expansions_resume(*, host: str | None = None) -> list[int]:
     message may be lost. A rerun starts over and keeps what the dead worker committed (expanding is idempotent).
     Called when a worker starts; returns the expansions queued."""
     # Progress, not the start, tells a live expansion from a dead one elsewhere: a large one runs past the lease.
-    Expansion.objects.filter(status=JobStatus.RUNNING, updated_at__lt=_stale()).update(
-        status=JobStatus.PENDING, worker=""
-    )
-    return requeue_abandoned(Expansion, enqueue=enqueue_expansion, host=host)
+    return requeue_abandoned(Expansion, enqueue=enqueue_expansion, host=host, stale_before=_stale())

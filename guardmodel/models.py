@@ -5,7 +5,7 @@ from django.db import models
 from django.db.models import Q
 
 from common.models import validate_base_url
-from common.work import STATUS_LENGTH, JobStatus, LongWork
+from common.work import LongWork
 
 
 class PromptTemplate(models.Model):
@@ -87,18 +87,12 @@ class GuardCheckpoint(models.Model):
         return self.name
 
 
-class GuardJob(LongWork, models.Model):
+class GuardJob(LongWork):
     """Judging a set of samples with one checkpoint, on the gpu queue. Re-running skips samples already judged."""
-
-    Status = JobStatus
 
     checkpoint = models.ForeignKey(GuardCheckpoint, on_delete=models.CASCADE, related_name="jobs")
     prompt_version = models.CharField(max_length=32)
     sample_ids = models.JSONField(default=list)
-    status = models.CharField(
-        max_length=STATUS_LENGTH, choices=Status.choices, default=Status.PENDING, db_index=True
-    )
-    total = models.PositiveIntegerField(default=0)
     done = models.PositiveIntegerField(default=0, help_text="Samples with a guard label, valid or not.")
     skipped = models.PositiveIntegerField(default=0, help_text="Already judged before this job ran.")
     invalid = models.PositiveIntegerField(default=0)
@@ -110,15 +104,6 @@ class GuardJob(LongWork, models.Model):
     evaluate_subsets = models.JSONField(
         default=list, blank=True, help_text="When set, an evaluation on these subsets is recorded at the end."
     )
-    error = models.TextField(blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-    worker = models.CharField(max_length=200, blank=True, help_text="Who runs it (host:pid).")
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"Guard job #{self.pk} ({self.checkpoint})"

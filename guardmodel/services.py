@@ -26,7 +26,6 @@ from qta import metrics
 from qta.engine import AuditInput, EngineOptions, Guard, OpenAIGuard, TransformersGuard, Verdict
 from qta.loading import CheckpointError, check_checkpoint_dir, is_local
 from qta.protocol import PROMPT_VERSION, RELEASE_GENERATION
-from qta.workers import worker_id
 
 log = logging.getLogger(__name__)
 CHUNK = 64  # samples per commit: a killed worker loses at most this much work
@@ -250,11 +249,7 @@ def guard_jobs_resume(*, host: str | None = None) -> list[int]:
 
 def guard_job_cancel(job: GuardJob) -> bool:
     """Stops a running job after its current chunk; a pending one never starts."""
-    return bool(
-        GuardJob.objects.filter(
-            pk=job.pk, status__in=[GuardJob.Status.PENDING, GuardJob.Status.RUNNING]
-        ).update(status=GuardJob.Status.CANCELLED, finished_at=timezone.now())
-    )
+    return GuardJob.cancel(job.pk)
 
 
 def _judged_ids(job: GuardJob, ids: list[int]) -> set[int]:
@@ -274,10 +269,7 @@ def guard_job_run(*, job_id: int, redelivered: bool = False) -> bool:
     A duplicated message finds the job claimed and does nothing; a redelivered one (the worker died) takes it over;
     either way the unique constraint on labels keeps one label per sample × checkpoint × prompt version.
     """
-    claimable = [GuardJob.Status.PENDING, *([GuardJob.Status.RUNNING] if redelivered else [])]
-    if not GuardJob.objects.filter(pk=job_id, status__in=claimable).update(
-        status=GuardJob.Status.RUNNING, started_at=timezone.now(), worker=worker_id()
-    ):
+    if not GuardJob.take(job_id, also_running=redelivered):
         return False
     job = GuardJob.objects.select_related("checkpoint").get(pk=job_id)
     try:
@@ -290,7 +282,7 @@ def guard_job_run(*, job_id: int, redelivered: bool = False) -> bool:
         todo = [i for i in ids if i not in done_before]
         GuardJob.objects.filter(pk=job.pk).update(skipped=len(done_before), done=0, invalid=0, failed=0)
         for start in range(0, len(todo), CHUNK):
-            if GuardJob.objects.filter(pk=job.pk, status=GuardJob.Status.CANCELLED).exists():
+            if not GuardJob.beat(job.pk):  # cancelled, or taken over
                 return True
             chunk_ids = todo[start : start + CHUNK]
             samples = list(Sample.objects.filter(pk__in=chunk_ids).select_related("image"))
@@ -303,7 +295,8 @@ def guard_job_run(*, job_id: int, redelivered: bool = False) -> bool:
             counts = Counter(v.status for v in verdicts)
             with transaction.atomic():
                 Label.objects.bulk_create(labels, ignore_conflicts=True)
-                GuardJob.objects.filter(pk=job.pk).update(
+                GuardJob.beat(
+                    job.pk,
                     done=F("done") + len(labels),
                     invalid=F("invalid") + counts["invalid"],
                     failed=F("failed") + counts["failed"],
@@ -316,15 +309,11 @@ def guard_job_run(*, job_id: int, redelivered: bool = False) -> bool:
             GuardJob.objects.filter(pk=job.pk).update(evaluation=evaluation)
     except Exception as exc:
         log.exception("guard job %s failed", job_id)
-        GuardJob.objects.filter(pk=job.pk).update(
-            status=GuardJob.Status.FAILED,
-            error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}",
-            finished_at=timezone.now(),
+        GuardJob.end(
+            job.pk, GuardJob.Status.FAILED, error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"
         )
         return True
-    GuardJob.objects.filter(pk=job.pk, status=GuardJob.Status.RUNNING).update(
-        status=GuardJob.Status.SUCCEEDED, finished_at=timezone.now()
-    )
+    GuardJob.end(job.pk, GuardJob.Status.SUCCEEDED)
     return True
 
 

@@ -7,11 +7,10 @@ task's new status, so a label is written once however often the work is delivere
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.db import models
 
 from common.models import ModelEndpoint, has_base_url_when_served
-from common.work import STATUS_LENGTH, JobStatus, LongWork
+from common.work import STATUS_LENGTH, LongWork
 from qta.protocol import PROMPT_VERSION
 
 
@@ -31,26 +30,22 @@ class Juror(ModelEndpoint):
         constraints = [has_base_url_when_served("openai_juror_has_base_url")]
 
 
-class JuryRun(LongWork, models.Model):
-    """One pass of the jury over a selection of samples."""
-
-    Status = JobStatus
+class JuryRun(LongWork):
+    """One pass of the jury over a selection of samples; `done` of `total` tasks labelled (or failed)."""
 
     selection = models.JSONField(default=dict, help_text="How the samples were chosen.")
     prompt_version = models.CharField(max_length=32, default=PROMPT_VERSION)
     jurors = models.ManyToManyField(Juror, related_name="runs")
+    # Driven by one driver per juror, each holding a lease; the run itself runs from the moment it is made.
     status = models.CharField(
-        max_length=STATUS_LENGTH, choices=Status.choices, default=Status.RUNNING, db_index=True
+        max_length=STATUS_LENGTH,
+        choices=LongWork.Status.choices,
+        default=LongWork.Status.RUNNING,
+        db_index=True,
     )
     samples = models.PositiveIntegerField(default=0)
     total = models.PositiveIntegerField(default=0, help_text="Tasks: samples × jurors still to label.")
     skipped = models.PositiveIntegerField(default=0, help_text="Sample × juror pairs already labelled.")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"Jury run #{self.pk}"

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from annotation import strata
@@ -101,7 +101,7 @@ def jury_run_create(
         raise JuryError("selection: no samples match")
     with transaction.atomic():
         run = JuryRun.objects.create(selection=selection, prompt_version=versions[0], samples=len(ids),
-                                     created_by=user)  # fmt: skip
+                                     created_by=user, started_at=timezone.now())  # fmt: skip
         run.jurors.set(jurors)
         total = 0
         for juror in jurors:
@@ -137,11 +137,7 @@ def enqueue_drivers(jurors) -> None:
 
 def jury_run_cancel(run: JuryRun) -> bool:
     """Stops claiming the run's tasks; calls already in flight finish and are written."""
-    return bool(
-        JuryRun.objects.filter(pk=run.pk, status=JuryRun.Status.RUNNING).update(
-            status=JuryRun.Status.CANCELLED, finished_at=timezone.now()
-        )
-    )
+    return JuryRun.cancel(run.pk)
 
 
 def jury_run_resume(run: JuryRun) -> bool:
@@ -408,6 +404,8 @@ class _Driver(Driver):
                 )
             if self.kind == Label.SourceKind.JUROR:
                 strata.stratify(sample_ids=sample_ids, prompt_version=juror.prompt_version)
+            for run_id, n in Counter(item.run_id for item, _ in rows).items():
+                JuryRun.objects.filter(pk=run_id).update(done=F("done") + n, heartbeat_at=now)
             _finish_runs({item.run_id for item, _ in rows})
         return len(rows)
 

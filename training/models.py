@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from common.work import STATUS_LENGTH, JobStatus, LongWork
+from common.work import LongWork
 
 
 class Stage(models.TextChoices):
@@ -48,17 +48,15 @@ class DatasetSnapshot(models.Model):
         return f"{self.get_stage_display()} snapshot {self.content_hash[:12]} ({self.records} records)"
 
 
-class TrainingRun(LongWork, models.Model):
+class TrainingRun(LongWork):
     """One round of guard training, run by the gpu worker in a child process."""
 
     Stage = Stage
 
-    Status = JobStatus
-
     stage = models.CharField(max_length=8, choices=Stage.choices)
-    status = models.CharField(
-        max_length=STATUS_LENGTH, choices=Status.choices, default=Status.PENDING, db_index=True
-    )
+    # Progress is counted in optimizer steps (`step` of `max_steps`), as the trainer reports it.
+    total = None  # type: ignore[assignment]
+    done = None  # type: ignore[assignment]
     phase = models.CharField(
         max_length=40, blank=True, help_text="What the run is doing: waiting for the GPU, mining, training…"
     )
@@ -101,21 +99,13 @@ class TrainingRun(LongWork, models.Model):
         "removed_max (reasoning tokens removed), longest_tokens and longest_record (before the cut).",
     )
     log_tail = models.TextField(blank=True)
-    error = models.TextField(blank=True)
     resumes = models.PositiveSmallIntegerField(default=0)
-    worker = models.CharField(max_length=200, blank=True, help_text="host:pid of the worker driving it.")
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
     evaluation = models.ForeignKey(
         "guardmodel.Evaluation", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     evaluation_error = models.TextField(blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
-        ordering = ["-created_at"]
+    class Meta(LongWork.Meta):
         constraints = [
             # Two rounds never train on one device at once: the second waits, queued.
             models.UniqueConstraint(

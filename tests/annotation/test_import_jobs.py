@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -208,3 +209,80 @@ def test_a_real_worker_runs_the_job_the_admin_form_queued(client_for, admin_user
         "Succeeded"
         in client.get(reverse("admin:annotation_importjob_change", args=[job.pk])).content.decode()
     )
+
+
+@pytest.mark.django_db
+def test_a_cancelled_import_stores_nothing_and_writes_no_image_file(
+    api_for, admin_user, monkeypatch, settings, django_capture_on_commit_callbacks
+):
+    api = api_for(admin_user)
+    upload = {
+        "file": SimpleUploadedFile("S-Eval_600.json", _release(*(_row(n, f"{n}.png") for n in range(6)))),
+        "images": SimpleUploadedFile("images.zip", _images_zip(*(f"{n}.png" for n in range(6)))),
+    }
+    with django_capture_on_commit_callbacks(execute=False):
+        job_id = api.post(reverse("api_import_create"), upload, format="multipart").json()["id"]
+    cancel = reverse("api_import_cancel", args=[job_id])
+
+    # The admin presses cancel while the worker is checking the third image.
+    real_inspect, seen = services.inspect_image, []
+
+    def inspect_then_cancel(data, **limits):
+        seen.append(1)
+        if len(seen) == 3:
+            assert api.post(cancel).json()["status"] == "cancelled"
+        return real_inspect(data, **limits)
+
+    monkeypatch.setattr(services, "inspect_image", inspect_then_cancel)
+    assert services.import_job_run(job_id=job_id) is True
+    job = ImportJob.objects.get(pk=job_id)
+    assert job.status == "cancelled" and job.total == 6 and job.finished_at is not None
+    assert not Sample.objects.exists()
+    assert not list(Path(settings.MEDIA_ROOT).rglob("*.png"))
+    # Over: a second cancel says why, by field; the queued message, delivered late, does nothing.
+    again = api.post(cancel)
+    assert again.status_code == 409 and again.json() == {
+        "status": [f"import #{job_id} is cancelled: nothing to cancel"]
+    }
+    assert services.import_job_run(job_id=job_id) is False and not Sample.objects.exists()
+    assert api.post(reverse("api_import_cancel", args=[job_id + 1000])).status_code == 404
+
+
+@pytest.mark.django_db
+def test_a_queued_import_cancelled_from_its_admin_page_never_runs(
+    client_for, admin_user, django_capture_on_commit_callbacks
+):
+    client = client_for(_superuser(admin_user))
+    with django_capture_on_commit_callbacks(execute=False):
+        client.post(
+            reverse("admin:annotation_importjob_add"),
+            {"data_file": SimpleUploadedFile("MMBench_500.json", _release(_row(1), _row(2)))},
+        )
+    job = ImportJob.objects.get()
+    page = client.get(reverse("admin:annotation_importjob_change", args=[job.pk])).content.decode()
+    assert "Cancel this import" in page
+    response = client.post(
+        reverse("admin:annotation_importjob_changelist"), {"action": "cancel", "_selected_action": [job.pk]}
+    )
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+    page = client.get(reverse("admin:annotation_importjob_change", args=[job.pk])).content.decode()
+    assert "Cancel this import" not in page and 'http-equiv="refresh"' not in page
+    assert services.import_job_run(job_id=job.pk) is False and not Sample.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_running_import_reports_its_progress(api_for, admin_user, django_capture_on_commit_callbacks):
+    api = api_for(admin_user)
+    with django_capture_on_commit_callbacks(execute=False):
+        body = api.post(
+            reverse("api_import_create"),
+            {"file": SimpleUploadedFile("S-Eval_600.json", _release(*(_row(n) for n in range(5))))},
+            format="multipart",
+        ).json()
+    assert (body["status"], body["total"], body["done"]) == ("pending", 0, 0)
+    assert services.import_job_run(job_id=body["id"]) is True
+    detail = api.get(reverse("api_import_detail", args=[body["id"]])).json()
+    assert (detail["status"], detail["total"], detail["done"], detail["created"]) == ("succeeded", 5, 5, 5)
+    assert detail["started_at"] <= detail["heartbeat_at"] <= detail["finished_at"]

@@ -163,7 +163,7 @@ def test_only_expansions_whose_worker_is_gone_or_silent_past_the_lease_are_queue
         made = Expansion.objects.create(parameters={"kinds": ["text_only"]}, total=1, status=status, worker=worker,
                                         started_at=now - timedelta(seconds=started_ago_s))  # fmt: skip
         made.seed_sets.set([seed_set])
-        Expansion.objects.filter(pk=made.pk).update(updated_at=now - timedelta(seconds=silent_s))
+        Expansion.objects.filter(pk=made.pk).update(heartbeat_at=now - timedelta(seconds=silent_s))
         return made
 
     host = worker_id().rpartition(":")[0]

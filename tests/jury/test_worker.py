@@ -59,4 +59,6 @@ def test_a_worker_killed_mid_run_loses_and_doubles_nothing_after_a_restart(make_
     assert len(per_pair) == 180 and {row["n"] for row in per_pair} == {1}
     assert {j.name for j in jurors} == set(Label.objects.values_list("source_name", flat=True))
     assert not run.tasks.exclude(status="valid").exists()
+    run.refresh_from_db()
+    assert run.done == run.total == 180  # counted once per task, across the kill
     assert Sample.objects.filter(stratum="incomplete").count() == 0
