@@ -43,14 +43,14 @@ def _serve(ready, stop, index: int) -> None:
         stop.wait()
 
 
-def _drive(run_id: int, generator_id: int, results) -> None:
+def _drive(generator_id: int, results) -> None:
     from django.db import connection
 
     from generation import runs
 
     connection.close()  # a connection of its own, not the parent's
     cpu = time.process_time()
-    made = runs.generation_drive(run_id, generator_id)
+    made = runs.generation_drive(generator_id).samples
     results.put({"made": made, "cpu_s": time.process_time() - cpu})
 
 
@@ -87,7 +87,7 @@ def main() -> None:
     ]  # fmt: skip
     run = runs.generation_run_create(variants=Variant.objects.all(), generators=generators, enqueue=False)
     connection.close()
-    reports, wall = run_drivers(ctx, _drive, [(run.pk, g.pk) for g in generators], results)
+    reports, wall = run_drivers(ctx, _drive, [(g.pk,) for g in generators], results)
     stop.set()
     for server in servers:
         server.join()

@@ -12,6 +12,7 @@ from django.utils.html import format_html
 
 from annotation.services import ImportRejected
 from common.adminforms import admin_form
+from common.roles import is_admin
 from common.work import JobStatus
 from generation import runs, services
 from generation.models import Expansion, GenerationRun, GenerationTask, Generator, ImagePool, SeedSet, Variant
@@ -299,7 +300,7 @@ class GenerationRunAdmin(admin.ModelAdmin):
     list_display = ["__str__", "status", "progress", "split", "subset", "created_by", "created_at"]
     list_filter = ["status"]
     readonly_fields = [f.name for f in GenerationRun._meta.fields] + ["generators"]
-    actions = ["send_to_jury"]
+    actions = ["send_to_jury", "cancel", "resume"]
 
     def get_queryset(self, request):
         # The progress column's counts come with the rows: no query per run.
@@ -324,6 +325,21 @@ class GenerationRunAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+    def has_admin_role_permission(self, request) -> bool:
+        return is_admin(request.user)
+
+    @admin.action(
+        description="Cancel the selected runs (samples made so far are kept)", permissions=["admin_role"]
+    )
+    def cancel(self, request, queryset):
+        n = sum(runs.generation_run_cancel(run=run) for run in queryset)
+        self.message_user(request, f"{n} run(s) cancelled; replies in flight finish and are kept.")
+
+    @admin.action(description="Resume the selected runs", permissions=["admin_role"])
+    def resume(self, request, queryset):
+        n = sum(runs.generation_run_resume(run=run) for run in queryset)
+        self.message_user(request, f"{n} run(s) resumed; replies already made are not asked again.")
 
     @admin.action(description="Send the samples made to the jury")
     def send_to_jury(self, request, queryset):

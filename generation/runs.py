@@ -2,33 +2,41 @@
 `Sample` with its provenance.
 
 Same rules as the jury: HTTP generators run on the `jury` queue with `max_concurrency` requests in flight, local
-ones on `gpu`; each call is retried with backoff on retryable errors (GUARDTRACE_JURY_ATTEMPTS); a task is claimed
-by conditional update with a token and its result written only by its claim's holder, so a redelivered message or a
-second driver never doubles a sample; claims older than GUARDTRACE_JURY_LEASE_S (a killed worker's) are taken over.
-Replies already made for the same variant, generator, reply number and parameters are not asked again; failed ones
-are.
+ones on `gpu`; each call is retried with backoff on retryable errors (GUARDTRACE_JURY_ATTEMPTS). A generator's tasks,
+in every running run, are driven by one process at a time: the holder of its lease (`common.models.Lease`, key
+`generator:<id>`, renewed while it works, taken over once GUARDTRACE_JURY_LEASE_S have passed without renewal), so
+its concurrency limit holds across workers and runs. A task is claimed by conditional update under the holder's
+token and its result written only while that claim stands; whoever takes the lease next gives every other token's
+claims back to pending (a killed worker's tasks are asked again once, and a late reply from a driver that lost its
+lease is refused), so a redelivered message or a second driver never doubles a sample. Replies already made for the
+same variant, generator, reply number and parameters are not asked again; failed ones are.
 """
 
 from __future__ import annotations
 
-import time
+import logging
 import uuid
-from datetime import timedelta
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from annotation.models import Sample
 from annotation.services import content_hash
 from common.errors import ApplicationError
+from common.models import lease_acquire, lease_release, lease_renew
 from common.work import Driver, JobStatus, retry_policy
 from generation.models import GenerationRun, GenerationTask, Generator, Variant
 from qta.generators import OpenAIGenerator, Trace, TransformersGenerator
 
+log = logging.getLogger(__name__)
 Status = GenerationTask.Status
 MADE = (Status.DONE, Status.FLAGGED)
+OPEN = (Status.PENDING, Status.CLAIMED)
 
 
 class GenerationError(ApplicationError):
@@ -54,18 +62,12 @@ def generation_run_create(
     if not variant_ids:
         raise GenerationError("variants: none selected — expand seed queries first")
     with transaction.atomic():
-        run = GenerationRun.objects.create(split=split, subset=subset[:64], created_by=user,
+        run = GenerationRun.objects.create(split=split, subset=subset[:64], created_by=user, started_at=timezone.now(),
                                            parameters={g.name: parameters(g) for g in generators})  # fmt: skip
         run.generators.set(generators)
         tasks = []
         for generator in generators:
-            # Made before with these parameters, or waiting in an unfinished run: not asked again.
-            taken = set(
-                GenerationTask.objects.filter(generator=generator, variant_id__in=variant_ids)
-                .filter(Q(status__in=MADE) | Q(run__status=JobStatus.RUNNING, status__in=[Status.PENDING, Status.CLAIMED]))
-                .filter(**{f"run__parameters__{generator.name}": parameters(generator)})
-                .values_list("variant_id", "sample_index")
-            )  # fmt: skip
+            taken = _taken(generator, variant_ids, parameters(generator))
             tasks += [
                 GenerationTask(run=run, variant_id=vid, generator=generator, sample_index=index)
                 for vid in variant_ids
@@ -78,15 +80,32 @@ def generation_run_create(
             run.status, run.finished_at = JobStatus.SUCCEEDED, timezone.now()
         run.save(update_fields=["total", "status", "finished_at"])
         if enqueue and tasks:
-            transaction.on_commit(lambda: _enqueue(run, generators))
+            transaction.on_commit(lambda: _enqueue(generators))
     return run
 
 
-def _enqueue(run: GenerationRun, generators: list[Generator]) -> None:
+def _taken(
+    generator: Generator,
+    variant_ids: Iterable[int] | QuerySet,
+    asked: dict,
+    exclude_run: GenerationRun | None = None,
+) -> set[tuple[int, int]]:
+    """The (variant, reply number) pairs the generator made before with the parameters `asked`, or that wait in a
+    running run: not asked again."""
+    tasks = GenerationTask.objects.filter(generator=generator, variant_id__in=variant_ids).filter(
+        Q(status__in=MADE) | Q(run__status=JobStatus.RUNNING, status__in=OPEN)
+    )
+    if exclude_run is not None:
+        tasks = tasks.exclude(run=exclude_run)
+    tasks = tasks.filter(**{f"run__parameters__{generator.name}": asked})
+    return set(tasks.values_list("variant_id", "sample_index"))
+
+
+def _enqueue(generators: list[Generator]) -> None:
     from generation.tasks import generation_drive_task
 
     for generator in generators:
-        generation_drive_task.apply_async(args=[run.pk, generator.pk], queue=generator.queue)
+        generation_drive_task.apply_async(args=[generator.pk], queue=generator.queue)
 
 
 def backend_for(generator: Generator) -> OpenAIGenerator | TransformersGenerator:
@@ -98,41 +117,145 @@ def backend_for(generator: Generator) -> OpenAIGenerator | TransformersGenerator
                            name=generator.name)  # fmt: skip
 
 
-def generation_drive(run_id: int, generator_id: int) -> int:
-    """Work the run's tasks for this generator until none is left; returns the samples made."""
-    run = GenerationRun.objects.filter(pk=run_id).first()
+# -- cancelling and resuming ----------------------------------------------------------------------------------------
+
+
+def generation_run_cancel(*, run: GenerationRun) -> bool:
+    """Stop asking the run's replies; calls already in flight finish and their samples are kept."""
+    return GenerationRun.cancel(run.pk)
+
+
+def generation_run_resume(*, run: GenerationRun) -> bool:
+    """Ask a cancelled run's remaining replies, or re-queue the drivers of a running one (its worker was lost).
+    Replies made since by another run, or waiting in one, are left to it and leave this run."""
+    with transaction.atomic():
+        if (
+            not GenerationRun.objects.filter(pk=run.pk)
+            .exclude(status=JobStatus.SUCCEEDED)
+            .update(status=JobStatus.RUNNING, finished_at=None)
+        ):
+            return False
+        run.refresh_from_db()
+        for generator in run.generators.all():
+            asked = run.parameters.get(generator.name, parameters(generator))
+            taken = _taken(generator, run.tasks.values("variant_id"), asked, exclude_run=run)
+            pending = run.tasks.filter(generator=generator, status=Status.PENDING)
+            gone = [
+                pk
+                for pk, *reply in pending.values_list("pk", "variant_id", "sample_index")
+                if tuple(reply) in taken
+            ]
+            if gone:
+                GenerationTask.objects.filter(pk__in=gone, status=Status.PENDING).delete()
+                GenerationRun.objects.filter(pk=run.pk).update(total=F("total") - len(gone))
+        generators = list(Generator.objects.filter(tasks__run=run, tasks__status__in=OPEN).distinct())
+        transaction.on_commit(lambda: _enqueue(generators))
+        _finish_runs([run.pk])
+    return True
+
+
+def resume_unfinished() -> int:
+    """Queue a driver for every generator with open tasks in running runs (a worker starting up calls this)."""
+    generators = list(
+        Generator.objects.filter(tasks__status__in=OPEN, tasks__run__status=JobStatus.RUNNING).distinct()
+    )
+    _enqueue(generators)
+    return len(generators)
+
+
+# -- driving a generator's work -------------------------------------------------------------------------------------
+
+
+@dataclass
+class DriveOutcome:
+    samples: int = 0
+    busy_for: float | None = None  # another driver holds the generator: try again after this many seconds
+
+
+def _lease_key(generator_id: int) -> str:
+    # One lease per generator (not per run): its max_concurrency then holds across workers and across runs.
+    return f"generator:{generator_id}"
+
+
+def _lease_s() -> float:
+    # Generators are driven like jurors: the same lease, renewed a third of the way through.
+    return settings.GUARDTRACE_JURY_LEASE_S
+
+
+def generation_drive(generator_id: int) -> DriveOutcome:
+    """Work the generator's open tasks in every running run until none is left (or the lease is lost)."""
+    outcome = DriveOutcome()
     generator = Generator.objects.filter(pk=generator_id).first()
-    if run is None or generator is None or run.finished:
-        return 0
-    token = uuid.uuid4().hex
-    _release_stale(run, generator)
+    if generator is None:  # deleted since the message was sent: nothing to do
+        return outcome
+    while True:
+        token = uuid.uuid4().hex
+        if (wait_s := lease_acquire(_lease_key(generator.pk), token, _lease_s())) is not None:
+            outcome.busy_for = wait_s
+            return outcome
+        try:
+            outcome.samples += _drive_holding_lease(generator, token)
+        finally:
+            lease_release(_lease_key(generator.pk), token)
+        # A run created while this driver was finishing found the lease held and left its work to us.
+        if not _open_tasks(generator).exists():
+            return outcome
+
+
+def _drive_holding_lease(generator: Generator, token: str) -> int:
+    if taken := _take_over(generator, token):
+        log.warning(
+            "generator %s: %d task(s) of a driver whose lease ran out asked again", generator.name, taken
+        )
     try:
         backend = backend_for(generator)
     except Exception as exc:  # a missing key, a model that cannot load: every task of this generator fails
-        GenerationTask.objects.filter(run=run, generator=generator, status=Status.PENDING).update(
+        pending = _open_tasks(generator).filter(status=Status.PENDING)
+        run_ids = set(pending.values_list("run_id", flat=True))
+        pending.update(
             status=Status.FAILED, error=f"{type(exc).__name__}: {exc}", completed_at=timezone.now()
         )
-        _finish_if_done(run)
+        _finish_runs(run_ids)
         return 0
-    made = _GenerationDriver(run, generator, backend, token).run()
-    _finish_if_done(run)
-    return made
+    # Loading a local model can outlast the lease: carry on only if no one took over meanwhile.
+    if not lease_renew(_lease_key(generator.pk), token, _lease_s()):
+        return 0
+    return _GenerationDriver(generator, backend, token).run()
+
+
+def _open_tasks(generator: Generator) -> QuerySet[GenerationTask]:
+    return GenerationTask.objects.filter(generator=generator, status__in=OPEN, run__status=JobStatus.RUNNING)
+
+
+def _take_over(generator: Generator, token: str) -> int:
+    """Give back to pending the generator's tasks claimed under any other token. Called by the lease's holder, the
+    only driver that may hold claims: another token's claims are a dead driver's, or one's that lost its lease
+    (its late results are refused, since they are written only under their claim)."""
+    return (
+        GenerationTask.objects.filter(generator=generator, status=Status.CLAIMED)
+        .exclude(claim_token=token)
+        .update(status=Status.PENDING, claim_token="")
+    )
 
 
 class _GenerationDriver(Driver):
-    """One generator's tasks in one run, `max_concurrency` calls in flight (one for a local model), a slot refilled
-    as soon as it frees (never a batch waiting on its slowest reply)."""
+    """One generator's tasks in every running run, `max_concurrency` calls in flight (one for a local model), a slot
+    refilled as soon as it frees (never a batch waiting on its slowest reply), under the generator's lease."""
 
-    def __init__(self, run: GenerationRun, generator: Generator, backend, token: str) -> None:
-        self.run_row, self.generator, self.backend, self.token = run, generator, backend, token
+    def __init__(self, generator: Generator, backend, token: str) -> None:
+        self.generator, self.backend, self.token = generator, backend, token
         self.workers = self.target = (
             max(1, generator.max_concurrency) if generator.backend == Generator.Backend.OPENAI else 1
         )
         self.refill_at = self.target - 1
+        self.renew_every_s = _lease_s() / 3
         self.name = f"generator-{generator.name}"
 
+    def renew(self) -> bool:
+        return lease_renew(_lease_key(self.generator.pk), self.token, _lease_s())
+
     def claim(self, want: int) -> list[tuple[list[GenerationTask], tuple]]:
-        tasks = _claim(self.run_row, self.generator, self.token, want)
+        tasks = _claim(self.generator, self.token, want)
         return [([task], (task.variant.text, _image_bytes(task.variant))) for task in tasks]
 
     def call(self, payload: tuple) -> list[Trace]:
@@ -141,73 +264,62 @@ class _GenerationDriver(Driver):
 
     def flush(self, done: list) -> int:
         with transaction.atomic():  # the replies that came back together, in one commit
-            return sum(_record(self.run_row, self.generator, task, trace, self.token) for task, trace in done)
+            made, answered = 0, Counter[int]()
+            for task, trace in done:
+                if (sample_made := _record(self.generator, task, trace, self.token)) is not None:
+                    made += sample_made
+                    answered[task.run_id] += 1
+            now = timezone.now()
+            for run_id, n in answered.items():
+                GenerationRun.objects.filter(pk=run_id).update(done=F("done") + n, heartbeat_at=now)
+            _finish_runs({task.run_id for task, _ in done})
+        return made
 
     def cancelled(self, items: list) -> set:
-        if GenerationRun.objects.filter(pk=self.run_row.pk, status=JobStatus.RUNNING).exists():
-            return set()
-        return set(items)
+        stopped = set(
+            GenerationRun.objects.filter(pk__in={task.run_id for task in items})
+            .exclude(status=JobStatus.RUNNING)
+            .values_list("pk", flat=True)
+        )
+        return {task for task in items if task.run_id in stopped}
+
+    def dropped(self, items: list) -> None:
+        self._give_back(GenerationTask.objects.filter(pk__in=[task.pk for task in items]))
 
     def more(self) -> bool:
-        # Tasks another driver claimed and never finished (it died) are taken over once their claim is older than
-        # the lease; a live driver finishes its own meanwhile.
-        return _wait_for_others(self.run_row, self.generator, self.token)
+        # Claims under another token while this driver holds the lease belong to one that lost it: take them over
+        # (after making sure the lease is still this driver's, or they might be its new holder's).
+        if not self.renew():
+            return False
+        return bool(_take_over(self.generator, self.token)) or _open_tasks(self.generator).exists()
 
     def release(self) -> None:
-        GenerationTask.objects.filter(
-            run=self.run_row, generator=self.generator, claim_token=self.token, status=Status.CLAIMED
-        ).update(status=Status.PENDING, claim_token="")
+        self._give_back(GenerationTask.objects.filter(generator=self.generator))
 
-
-def _release_stale(run: GenerationRun, generator: Generator) -> int:
-    stale = timezone.now() - timedelta(seconds=settings.GUARDTRACE_JURY_LEASE_S)
-    return GenerationTask.objects.filter(
-        run=run, generator=generator, status=Status.CLAIMED, claimed_at__lt=stale
-    ).update(status=Status.PENDING, claim_token="")
-
-
-def _wait_for_others(run: GenerationRun, generator: Generator, token: str) -> bool:
-    """Whether there is more to do after waiting out other drivers' claims (False: none are left)."""
-    others = GenerationTask.objects.filter(run=run, generator=generator, status=Status.CLAIMED).exclude(
-        claim_token=token
-    )
-    while others.exists():
-        if _release_stale(run, generator):
-            return True
-        time.sleep(min(1.0, settings.GUARDTRACE_JURY_LEASE_S / 4))
-    return GenerationTask.objects.filter(run=run, generator=generator, status=Status.PENDING).exists()
-
-
-def resume_unfinished() -> int:
-    """Queue the drivers of every unfinished run again (a worker starting after a crash calls it)."""
-    queued = 0
-    for run in GenerationRun.objects.filter(status=JobStatus.RUNNING):
-        open_generators = list(
-            Generator.objects.filter(
-                tasks__run=run, tasks__status__in=[Status.PENDING, Status.CLAIMED]
-            ).distinct()
+    def _give_back(self, tasks: QuerySet[GenerationTask]) -> None:
+        tasks.filter(claim_token=self.token, status=Status.CLAIMED).update(
+            status=Status.PENDING, claim_token=""
         )
-        if open_generators:
-            _enqueue(run, open_generators)
-            queued += 1
-    return queued
 
 
-def _claim(run: GenerationRun, generator: Generator, token: str, limit: int) -> list[GenerationTask]:
+def _claim(generator: Generator, token: str, limit: int) -> list[GenerationTask]:
     ids = list(
         GenerationTask.objects.filter(
-            run=run, generator=generator, status=Status.PENDING, run__status=JobStatus.RUNNING
-        ).order_by("pk").values_list("pk", flat=True)[:limit]
-    )  # fmt: skip
+            generator=generator, status=Status.PENDING, run__status=JobStatus.RUNNING
+        )
+        .order_by("run_id", "pk")
+        .values_list("pk", flat=True)[:limit]
+    )
     if not ids:
         return []
+    # claimed_at is for people reading the table; the lease, not its age, says whether the claim's driver lives.
     GenerationTask.objects.filter(pk__in=ids, status=Status.PENDING).update(
         status=Status.CLAIMED, claim_token=token, claimed_at=timezone.now()
     )
     claimed = GenerationTask.objects.filter(pk__in=ids, claim_token=token, status=Status.CLAIMED)
-    tasks = list(claimed.select_related("variant__seed__seed_set", "variant__image"))
+    tasks = list(claimed.select_related("run", "variant__seed__seed_set", "variant__image"))
     # Another driver took them all between the two queries: look again (more may be pending).
-    return tasks or _claim(run, generator, token, limit)
+    return tasks or _claim(generator, token, limit)
 
 
 def _image_bytes(variant: Variant) -> bytes | None:
@@ -217,13 +329,14 @@ def _image_bytes(variant: Variant) -> bytes | None:
         return handle.read()
 
 
-def _record(run: GenerationRun, generator: Generator, task: GenerationTask, trace: Trace, token: str) -> int:
-    """Write the task's outcome (and its sample) if this driver still holds its claim; 1 when a sample was made."""
+def _record(generator: Generator, task: GenerationTask, trace: Trace, token: str) -> int | None:
+    """Write the task's outcome (and its sample) if this driver still holds its claim: 1 when a sample was made, 0
+    when the call failed, None when the claim was taken over (nothing written)."""
     now = timezone.now()
     with transaction.atomic():
         sample = None
         if trace.status != "failed":
-            sample = _sample(run, generator, task, trace)
+            sample = _sample(task.run, generator, task, trace)
         status = {"ok": Status.DONE, "flagged": Status.FLAGGED}.get(trace.status, Status.FAILED)
         written = GenerationTask.objects.filter(pk=task.pk, claim_token=token, status=Status.CLAIMED).update(
             status=status, sample=sample, usage=trace.usage, error=trace.error, attempts=trace.attempts,
@@ -231,7 +344,7 @@ def _record(run: GenerationRun, generator: Generator, task: GenerationTask, trac
         )  # fmt: skip
         if not written:
             transaction.set_rollback(True)  # the claim was taken over: its new holder writes the result
-            return 0
+            return None
     return int(sample is not None)
 
 
@@ -262,12 +375,12 @@ def _sample(run: GenerationRun, generator: Generator, task: GenerationTask, trac
     return sample
 
 
-def _finish_if_done(run: GenerationRun) -> None:
-    open_tasks = GenerationTask.objects.filter(run=run, status__in=[Status.PENDING, Status.CLAIMED])
-    if not open_tasks.exists():
-        GenerationRun.objects.filter(pk=run.pk, status=JobStatus.RUNNING).update(
-            status=JobStatus.SUCCEEDED, finished_at=timezone.now()
-        )
+def _finish_runs(run_ids: Iterable[int]) -> None:
+    """The running runs among `run_ids` with no task left to ask have succeeded."""
+    open_tasks = GenerationTask.objects.filter(run=OuterRef("pk"), status__in=OPEN)
+    GenerationRun.objects.filter(pk__in=list(run_ids), status=JobStatus.RUNNING).exclude(
+        Exists(open_tasks)
+    ).update(status=JobStatus.SUCCEEDED, finished_at=timezone.now())
 
 
 def runs_progress(run_ids: list[int]) -> dict[int, dict[str, int]]:

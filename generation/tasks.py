@@ -6,10 +6,14 @@ from common.work import on_worker_start
 from generation import runs, services
 
 
-@shared_task(acks_late=True)
-def generation_drive_task(run_id: int, generator_id: int) -> int:
-    """Work one generator's tasks in a run; a redelivered message finds them claimed or done and does no harm."""
-    return runs.generation_drive(run_id, generator_id)
+@shared_task(bind=True, acks_late=True, max_retries=None)
+def generation_drive_task(self, generator_id: int) -> int:
+    """Work one generator's tasks in every running run. When another driver holds the generator, try again once its
+    lease could have run out: if that driver died, this one takes over; if it lives, it will have done the work."""
+    outcome = runs.generation_drive(generator_id)
+    if outcome.busy_for is not None:
+        raise self.retry(countdown=min(60.0, outcome.busy_for + 1.0))
+    return outcome.samples
 
 
 @shared_task(acks_late=True)

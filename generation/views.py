@@ -12,10 +12,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from common.http import HtmxHttpRequest, role_required, roles_required
 from common.roles import ADMIN
-from generation import services
+from generation import runs, services
 from generation.forms import SeedAttachForm
 from generation.models import Expansion, GenerationRun, GenerationTask, SeedQuery, SeedSet, Variant
-from generation.runs import run_progress, runs_progress
 
 PAGE = 50
 
@@ -77,7 +76,7 @@ def seed_attach(request: HtmxHttpRequest, seed_id: int):
 @role_required
 def run_list(request: HtmxHttpRequest):
     runs_ = list(GenerationRun.objects.prefetch_related("generators")[:100])
-    progress = runs_progress([run.pk for run in runs_])
+    progress = runs.runs_progress([run.pk for run in runs_])
     return render(request, "generation/run_list.html", {"runs": [(run, progress[run.pk]) for run in runs_]})
 
 
@@ -99,10 +98,34 @@ def run_detail(request: HtmxHttpRequest, run_id: int):
         for key in usage:
             usage[key] += int(item.get(key) or 0)
     failures = GenerationTask.objects.filter(run=run, status="failed").select_related("generator")[:20]
-    context = {"run": run, "progress": run_progress(run), "per_generator": per_generator, "usage": usage,
+    context = {"run": run, "progress": runs.run_progress(run), "per_generator": per_generator, "usage": usage,
                "failures": failures}  # fmt: skip
     if request.GET.get("format") == "json":
         return JsonResponse({"status": run.status, "total": run.total, "progress": context["progress"],
                              "per_generator": per_generator, "usage": usage})  # fmt: skip
     template = "generation/run_detail.html#live" if request.htmx else "generation/run_detail.html"
     return render(request, template, context)
+
+
+@require_POST
+@roles_required(ADMIN)
+def run_cancel(request: HtmxHttpRequest, run_id: int):
+    """Stop asking the run's replies (admins); calls in flight finish and their samples are kept."""
+    run = get_object_or_404(GenerationRun, pk=run_id)
+    if runs.generation_run_cancel(run=run):
+        messages.info(request, f"{run} cancelled; replies in flight finish and are kept.")
+    else:
+        messages.error(request, f"{run} is not running.")
+    return redirect("generation_run", run_id=run.pk)
+
+
+@require_POST
+@roles_required(ADMIN)
+def run_resume(request: HtmxHttpRequest, run_id: int):
+    """Ask a cancelled run's remaining replies (admins); what was made is not asked again."""
+    run = get_object_or_404(GenerationRun, pk=run_id)
+    if runs.generation_run_resume(run=run):
+        messages.info(request, f"{run} resumed; replies already made are not asked again.")
+    else:
+        messages.error(request, f"{run} has finished: nothing is left to ask.")
+    return redirect("generation_run", run_id=run.pk)

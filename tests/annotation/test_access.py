@@ -144,9 +144,18 @@ def test_only_admins_reach_the_import_forms_and_jobs(
         assert client_for(admin_user).get(url).status_code == 200, url
     detail = reverse("api_import_detail", args=[job.pk])
     assert api_for(None).get(detail).status_code == 401
+    cancel = reverse("api_import_cancel", args=[job.pk])
+    assert api_for(None).post(cancel).status_code == 401
     for user in (expert_user, reviewer_user, outsider):
         assert api_for(user).get(detail).status_code == 403
         assert api_for(user).post(reverse("api_import_create"), {}).status_code == 403
+        assert api_for(user).post(cancel).status_code == 403
+    # Staff without the admin role are not offered the cancel action, and posting it changes nothing.
+    changelist = reverse("admin:annotation_importjob_changelist")
+    staff_client = client_for(staff)
+    assert "Cancel the selected imports" not in staff_client.get(changelist).content.decode()
+    staff_client.post(changelist, {"action": "cancel", "_selected_action": [job.pk]})
+    assert ImportJob.objects.get(pk=job.pk).status == "pending"
     assert api_for(admin_user).get(detail).json()["original_name"] == "S-Eval_600.json"
 
 
@@ -200,3 +209,53 @@ def test_the_unversioned_api_paths_redirect_without_content_and_keep_method_and_
         assert detail["Location"] == reverse("api_sample_detail", args=[sample.pk])
         assert client.get("/api/nothing-here/").status_code == 404
     assert api_for(outsider).get(reverse("api_sample_list"), {"subset": "MM-Eval"}).status_code == 403
+
+
+def test_only_admins_cancel_and_resume_generation_runs(
+    client, client_for, admin_user, expert_user, reviewer_user, outsider
+):
+    from django.contrib.auth.models import Group
+
+    from generation.models import GenerationRun
+
+    auditor = User.objects.create_user(username="audrey")
+    auditor.groups.add(Group.objects.get_or_create(name="auditor")[0])
+    running = GenerationRun.objects.create(status="running")
+    cancelled = GenerationRun.objects.create(status="cancelled")
+    actions = [
+        (reverse("generation_run_cancel", args=[running.pk]), running),
+        (reverse("generation_run_resume", args=[cancelled.pk]), cancelled),
+    ]
+    for url, run in actions:
+        response = client.post(url)
+        assert response.status_code == 302 and response["Location"].startswith(reverse("login")), url
+        for user in (outsider, expert_user, reviewer_user, auditor):
+            assert client_for(user).post(url).status_code == 403, (url, user.username)
+            client.logout()
+        assert GenerationRun.objects.get(pk=run.pk).status == run.status, url
+    # Staff with every generation permission, but without the admin role, are not offered the admin actions.
+    staff = User.objects.create_user(username="sam", is_staff=True)
+    staff.user_permissions.set(Permission.objects.filter(content_type__app_label="generation"))
+    changelist = reverse("admin:generation_generationrun_changelist")
+    listing = client_for(staff).get(changelist).content.decode()
+    assert (
+        'value="send_to_jury"' in listing
+        and 'value="cancel"' not in listing
+        and 'value="resume"' not in listing
+    )
+    client_for(staff).post(changelist, {"action": "cancel", "_selected_action": [running.pk]})
+    assert GenerationRun.objects.get(pk=running.pk).status == "running"
+    client.logout()
+
+    admin = client_for(admin_user)
+    assert admin.get(actions[0][0]).status_code == 405
+    for url, _ in actions:
+        assert admin.post(url).status_code == 302, url
+    assert GenerationRun.objects.get(pk=running.pk).status == "cancelled"
+    assert (
+        GenerationRun.objects.get(pk=cancelled.pk).status == "succeeded"
+    )  # resumed: nothing was left to ask
+    admin_user.is_superuser = True
+    admin_user.save()
+    listing = client_for(admin_user).get(changelist).content.decode()
+    assert 'value="cancel"' in listing and 'value="resume"' in listing

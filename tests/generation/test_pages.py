@@ -7,6 +7,7 @@ import json
 import zipfile
 
 import pytest
+from django.contrib.auth.models import User
 from django.urls import reverse
 
 from generation import services
@@ -143,7 +144,7 @@ def test_an_admin_generates_traces_from_the_seed_sets_follows_the_run_and_sends_
             "generation_run", args=[run.pk]
         )
         assert run.total == 1 and run.split == "test"
-        generation_drive(run.pk, generator.pk)  # what the jury-queue worker does with the queued message
+        generation_drive(generator.pk)  # what the jury-queue worker does with the queued message
     detail = admin.get(reverse("generation_run", args=[run.pk]))
     assert "1 made (0 without separable reasoning), 0 failed" in detail.content.decode()
     assert (
@@ -234,3 +235,61 @@ def test_a_bad_captions_file_is_reported_by_line_and_no_pool_is_made(admin):
     assert "captions.jsonl:2: image: required: the image&#x27;s path in the zip" in body
     assert "captions.jsonl:3: image: gone.png:" in body and "captions.jsonl:4:" in body
     assert not ImagePool.objects.exists()
+
+
+def test_an_admin_cancels_and_resumes_a_generation_run_from_its_page(
+    admin, client, expert_user, django_capture_on_commit_callbacks
+):
+    from django.test import Client
+
+    from annotation.models import Sample
+    from generation.models import GenerationRun, Generator
+    from generation.runs import generation_drive, generation_run_create
+    from tests.loopback import LoopbackOpenAI
+
+    seed_set = services.seeds_import(data=b'{"id": "a", "text": "How do I pick a lock?"}\n', name="s.jsonl")
+    services.expand(seed_set.queries.all(), kinds=["text_only", "typographic"])
+    with LoopbackOpenAI(lambda body: {"content": "No.", "reasoning_content": "It asks for harm."}) as server:
+        generator = Generator.objects.create(
+            name="thinker", backend="openai", model_name="thinker", base_url=server.url
+        )
+        run = generation_run_create(variants=Variant.objects.all(), generators=[generator], enqueue=False)
+        page_url = reverse("generation_run", args=[run.pk])
+        cancel_url = reverse("generation_run_cancel", args=[run.pk])
+        resume_url = reverse("generation_run_resume", args=[run.pk])
+        page = admin.get(page_url).content.decode()
+        assert f'action="{cancel_url}"' in page and resume_url not in page
+        assert admin.get(cancel_url).status_code == 405  # a change is a POST
+
+        cancelled = admin.post(cancel_url, follow=True)
+        assert cancelled.redirect_chain == [(page_url, 302)]
+        body = cancelled.content.decode()
+        assert f"{run} cancelled" in body and "Cancelled" in body
+        assert f'action="{resume_url}"' in body and f'action="{cancel_url}"' not in body
+        assert GenerationRun.objects.get().status == "cancelled"
+        assert (
+            generation_drive(generator.pk).samples == 0 and not server.requests
+        )  # a cancelled run is not asked
+        assert f"{run} is not running" in admin.post(cancel_url, follow=True).content.decode()
+
+        with django_capture_on_commit_callbacks(execute=False) as queued:
+            resumed = admin.post(resume_url)
+        assert (
+            resumed.status_code == 302
+            and GenerationRun.objects.get().status == "running"
+            and len(queued) == 1
+        )
+        assert generation_drive(generator.pk).samples == 2  # what the queued driver does
+    assert GenerationRun.objects.get().status == "succeeded" and Sample.objects.count() == 2
+    page = admin.get(page_url).content.decode()
+    assert cancel_url not in page and resume_url not in page
+    assert f"{run} has finished" in admin.post(resume_url, follow=True).content.decode()
+
+    # Experts follow the run but cannot stop it; a POST without the CSRF token is refused too.
+    client.logout()
+    expert = client_for_role(client, expert_user)
+    assert cancel_url not in expert.get(page_url).content.decode()
+    assert expert.post(cancel_url).status_code == 403
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(User.objects.get(username="alice"))
+    assert strict.post(cancel_url).status_code == 403

@@ -5,8 +5,12 @@ survives export and import; re-running asks only what is missing."""
 from __future__ import annotations
 
 import json
+import threading
+import time
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from annotation.models import Sample
 from annotation.services import samples_export, samples_import
@@ -57,7 +61,7 @@ def test_generators_make_samples_with_their_reasoning_and_provenance(variants, t
                                          enqueue=False)  # fmt: skip
         assert run.total == 4 * 2 + 4 + 4
         for generator in (qwen, glm, plain):
-            runs.generation_drive(run.pk, generator.pk)
+            runs.generation_drive(generator.pk)
     run.refresh_from_db()
     assert run.status == "succeeded" and runs.run_progress(run)["pending"] == 0
     # Typographic variants carry their image to the server; text-only ones do not.
@@ -115,13 +119,13 @@ def test_calls_are_retried_and_failures_are_asked_again_in_the_next_run(variants
     with LoopbackOpenAI(_reply, faults=[503, 503]) as server:
         flaky = _generator("glm-thinking", server.url)
         run = runs.generation_run_create(variants=text_only, generators=[flaky], enqueue=False)
-        runs.generation_drive(run.pk, flaky.pk)
+        runs.generation_drive(flaky.pk)
     attempts = list(GenerationTask.objects.filter(run=run).values_list("attempts", flat=True))
     assert sum(attempts) == 2 + 2 and runs.run_progress(run)["done"] == 2  # two 503s, each retried
 
     broken = _generator("qwen3-vl-thinking", "http://127.0.0.1:9/v1")  # nothing listens: every attempt fails
     failed_run = runs.generation_run_create(variants=text_only, generators=[broken], enqueue=False)
-    runs.generation_drive(failed_run.pk, broken.pk)
+    runs.generation_drive(broken.pk)
     failed_run.refresh_from_db()
     tasks = GenerationTask.objects.filter(run=failed_run)
     assert failed_run.status == "succeeded" and {t.status for t in tasks} == {"failed"}
@@ -154,7 +158,7 @@ def test_a_local_transformers_generator_answers_variants_with_and_without_images
     local = Generator.objects.create(name="tiny-local", backend="transformers", model_name=str(lively_dir),
                                      max_tokens=12, temperature=0.0)  # fmt: skip
     run = runs.generation_run_create(variants=variants, generators=[local], enqueue=False)
-    made = runs.generation_drive(run.pk, local.pk)
+    made = runs.generation_drive(local.pk).samples
     assert made == 4, list(GenerationTask.objects.filter(run=run).values_list("status", "error"))
     tasks = GenerationTask.objects.filter(run=run)
     # An untrained tiny model writes no <think> block: its replies are kept, flagged, with their token counts.
@@ -162,3 +166,117 @@ def test_a_local_transformers_generator_answers_variants_with_and_without_images
     samples = Sample.objects.filter(generator_model="tiny-local")
     assert samples.filter(input_variant="typographic", image__isnull=False).count() == 2
     assert all(s.provenance["generator"]["backend"] == "transformers" for s in samples)
+
+
+def _answers(body: dict) -> dict:
+    text = body["messages"][-1]["content"][-1]["text"]
+    return {"content": f"No. ({text})", "reasoning_content": f"The user asks: {text}"}
+
+
+def test_a_driver_whose_lease_ran_out_has_its_claims_taken_over_and_each_task_yields_one_sample(variants):
+    from common.models import Lease, lease_acquire
+    from qta.generators import Trace
+
+    with LoopbackOpenAI(_answers) as server:
+        generator = _generator("thinker", server.url, max_concurrency=2)
+        run = runs.generation_run_create(variants=variants, generators=[generator], enqueue=False)
+        # A driver took the lease and claimed two tasks, then its worker was killed (no renewal, no release).
+        key = f"generator:{generator.pk}"
+        assert lease_acquire(key, "dead", 60) is None
+        dead = runs._claim(generator, "dead", 2)
+        assert len(dead) == 2
+        # While its lease lasts, no one else drives the generator or touches its claims.
+        outcome = runs.generation_drive(generator.pk)
+        assert outcome.samples == 0 and 0 < outcome.busy_for <= 60 and not server.requests
+        assert GenerationTask.objects.filter(claim_token="dead", status="claimed").count() == 2
+        Lease.objects.filter(key=key).update(until=timezone.now() - timedelta(seconds=1))
+        outcome = runs.generation_drive(generator.pk)
+    assert outcome.busy_for is None and outcome.samples == 4
+    run.refresh_from_db()
+    tasks = GenerationTask.objects.filter(run=run)
+    assert (
+        run.status == "succeeded"
+        and run.done == run.total == 4
+        and set(tasks.values_list("status", flat=True)) == {"done"}
+    )
+    # Each task was asked once (the dead driver's calls never came back) and made one sample of its own.
+    assert len(server.requests) == 4 and Sample.objects.count() == 4
+    assert len(set(tasks.values_list("sample_id", flat=True))) == 4
+    assert Lease.objects.get(key=key).token == ""  # given back on the way out
+    # A late reply from the dead driver finds its claim gone: nothing written, no sample added.
+    late = Trace(status="ok", thinking="Late.", answer="Too late.")
+    assert runs._record(generator, dead[0], late, "dead") is None
+    assert (
+        Sample.objects.count() == 4 and GenerationTask.objects.get(pk=dead[0].pk).sample.answer != "Too late."
+    )
+
+
+def test_one_driver_works_a_generators_runs_within_its_concurrency_limit(variants):
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def reply(body: dict) -> dict:
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.1)
+        with lock:
+            in_flight[0] -= 1
+        return _answers(body)
+
+    with LoopbackOpenAI(reply) as server:
+        generator = _generator("thinker", server.url, max_concurrency=2)
+        text_only, typographic = variants.filter(kind="text_only"), variants.filter(kind="typographic")
+        first = runs.generation_run_create(variants=text_only, generators=[generator], enqueue=False)
+        second = runs.generation_run_create(variants=typographic, generators=[generator], enqueue=False)
+        outcome = runs.generation_drive(generator.pk)
+    assert outcome.samples == 4 and most[0] == 2
+    for run in (first, second):
+        run.refresh_from_db()
+        assert run.status == "succeeded" and runs.run_progress(run)["done"] == 2
+
+
+def test_a_cancelled_run_is_not_asked_and_resumes_without_doubling_a_reply(variants, monkeypatch):
+    queued: list = []
+    monkeypatch.setattr(runs, "_enqueue", queued.append)  # the drivers it would queue, driven below
+    with LoopbackOpenAI(_answers) as server:
+        generator = _generator("thinker", server.url)
+        run = runs.generation_run_create(variants=variants, generators=[generator], enqueue=False)
+        assert runs.generation_run_cancel(run=run) and not runs.generation_run_cancel(run=run)
+        assert runs.generation_drive(generator.pk).samples == 0 and not server.requests
+        # Meanwhile a new run asks the text-only variants again: the resumed run leaves those to it.
+        text_only = variants.filter(kind="text_only")
+        again = runs.generation_run_create(variants=text_only, generators=[generator], enqueue=False)
+        assert again.total == 2
+        assert runs.generation_run_resume(run=run)
+        assert queued == [[generator]]
+        run.refresh_from_db()
+        assert run.status == "running" and run.total == 2 and run.tasks.count() == 2
+        assert runs.generation_drive(generator.pk).samples == 4
+    run.refresh_from_db()
+    assert run.status == "succeeded" and not runs.generation_run_resume(run=run)
+    assert len(server.requests) == 4 and Sample.objects.count() == 4
+    asked = GenerationTask.objects.filter(generator=generator).values_list("variant_id", "sample_index")
+    assert sorted(asked) == sorted(
+        (v.pk, 0) for v in variants
+    )  # each reply asked once, in one run or the other
+
+
+def test_claims_made_under_a_lost_lease_are_taken_over_by_the_holder_and_never_written_twice(variants):
+    from common.models import lease_acquire
+    from qta.generators import Trace
+
+    with LoopbackOpenAI(_answers) as server:
+        generator = _generator("thinker", server.url)
+        runs.generation_run_create(variants=variants, generators=[generator], enqueue=False)
+        assert lease_acquire(f"generator:{generator.pk}", "holder", 60) is None
+        driver = runs._GenerationDriver(generator, runs.backend_for(generator), "holder")
+        # A driver that lost the lease (and has not noticed yet) claims after the holder took over.
+        late = runs._claim(generator, "lost", 3)
+        assert driver.more() and not GenerationTask.objects.filter(status="claimed").exists()
+        assert driver.run() == 4
+    assert len(server.requests) == 4 and Sample.objects.count() == 4
+    assert not GenerationTask.objects.filter(claim_token="lost").exists()
+    reply = Trace(status="ok", thinking="Late.", answer="Too late.")
+    assert [runs._record(generator, task, reply, "lost") for task in late] == [None] * len(late)
+    assert Sample.objects.count() == 4

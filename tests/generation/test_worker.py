@@ -8,6 +8,7 @@ import json
 import pytest
 
 from annotation.models import Sample
+from common.models import Lease
 from generation import runs, services
 from generation.models import GenerationRun, GenerationTask, Generator, Variant
 from tests.conftest import REDIS_URL
@@ -44,8 +45,8 @@ def test_a_worker_killed_mid_run_loses_and_doubles_no_sample(settings):
             kill_worker(first)
         made_before_restart = Sample.objects.count()
         assert 10 <= made_before_restart < 40
-        # The killed worker's message is never acknowledged; the new worker re-queues the unfinished run and takes
-        # over the dead driver's claims once they are older than the lease.
+        # The killed worker's message is never acknowledged; the new worker re-queues the generator's driver, which
+        # waits out the dead driver's lease (it holds the generator's) and then takes over its claims.
         with worker(*broker, settings.MEDIA_ROOT, queues="jury", extra_env=WORKER_ENV) as second:
             wait_for(
                 lambda: GenerationRun.objects.get(pk=run.pk).status == "succeeded",
@@ -57,4 +58,6 @@ def test_a_worker_killed_mid_run_loses_and_doubles_no_sample(settings):
     tasks = GenerationTask.objects.filter(run=run)
     assert tasks.count() == 40 and set(tasks.values_list("status", flat=True)) == {"done"}
     assert len(set(tasks.values_list("sample_id", flat=True))) == 40
+    assert GenerationRun.objects.get(pk=run.pk).done == 40  # counted once per task, across the kill
     assert len(server.requests) <= 40 + 4  # at most the calls in flight when the worker died are asked twice
+    assert Lease.objects.get(key=f"generator:{generator.pk}").token == ""  # the second driver gave it back
