@@ -109,3 +109,74 @@ def test_pairs_and_lineage_survive_the_moves_both_ways():
     assert item_permission.content_type.app_label == "annotation"
     assert back.get_model("jury", "JurorLease").objects.get(juror_id=juror.pk).token == "held"
     _migrate(latest)
+
+
+BEFORE_LONG_WORK = [
+    ("annotation", "0012_expert_models_move_to_experts"),
+    ("generation", "0005_expansion_worker"),
+    ("guardmodel", "0008_guard_job_evaluation"),
+    ("jury", "0006_one_lease_table"),
+    ("training", "0005_output_checkpoint_copied"),
+]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_long_work_keeps_its_rows_progress_and_signs_of_life_on_the_shared_model_both_ways():
+    latest = _latest()
+    old = _migrate(BEFORE_LONG_WORK)
+    User = old.get_model("auth", "User")
+    admin = User.objects.create(username="admin-x")
+    Sample = old.get_model("annotation", "Sample")
+    samples = [Sample.objects.create(question="q", thinking="t", answer="a", content_hash=c * 64) for c in "fed"]
+    juror = old.get_model("jury", "Juror").objects.create(
+        name="juror-y", backend="transformers", model_name="/m"
+    )
+    jury_run = old.get_model("jury", "JuryRun").objects.create(status="running", total=3, created_by=admin)
+    JuryTask = old.get_model("jury", "JuryTask")
+    for sample, status in zip(samples, ("valid", "failed", "pending"), strict=True):
+        JuryTask.objects.create(run=jury_run, sample=sample, juror=juror, status=status)
+    seed = old.get_model("generation", "SeedQuery").objects.create(
+        seed_set=old.get_model("generation", "SeedSet").objects.create(name="s"), text="How?", line=1
+    )
+    variant = old.get_model("generation", "Variant").objects.create(seed=seed, kind="text_only", key="k")
+    generator = old.get_model("generation", "Generator").objects.create(
+        name="gen-y", backend="transformers", model_name="/m"
+    )
+    generation_run = old.get_model("generation", "GenerationRun").objects.create(total=2)
+    GenerationTask = old.get_model("generation", "GenerationTask")
+    for index, status in enumerate(("flagged", "claimed")):
+        GenerationTask.objects.create(
+            run=generation_run, variant=variant, generator=generator, sample_index=index, status=status
+        )
+    expansion = old.get_model("generation", "Expansion").objects.create(
+        status="running", total=4, done=2, worker="host-y:7"
+    )
+    last_progress = old.get_model("generation", "Expansion").objects.get().updated_at
+    import_job = old.get_model("annotation", "ImportJob").objects.create(
+        data_file="imports/r.json", format="guardtrace", status="running", worker="host-y:8",
+        started_at=timezone.now(), created_by=admin,
+    )  # fmt: skip
+
+    new = _migrate(latest)
+    moved_run = new.get_model("jury", "JuryRun").objects.get(pk=jury_run.pk)
+    assert (moved_run.done, moved_run.total, moved_run.created_by_id) == (2, 3, admin.pk)
+    assert moved_run.started_at == moved_run.created_at
+    moved_generation = new.get_model("generation", "GenerationRun").objects.get(pk=generation_run.pk)
+    assert (moved_generation.done, moved_generation.total) == (1, 2)
+    moved_expansion = new.get_model("generation", "Expansion").objects.get(pk=expansion.pk)
+    assert (moved_expansion.heartbeat_at, moved_expansion.done, moved_expansion.worker) == (
+        last_progress, 2, "host-y:7"
+    )  # fmt: skip
+    moved_import = new.get_model("annotation", "ImportJob").objects.get(pk=import_job.pk)
+    assert (moved_import.status, moved_import.worker, moved_import.created_by_id) == (
+        "running",
+        "host-y:8",
+        admin.pk,
+    )
+    assert (moved_import.done, moved_import.total, moved_import.error) == (0, 0, "")
+
+    back = _migrate(BEFORE_LONG_WORK)
+    assert back.get_model("generation", "Expansion").objects.get(pk=expansion.pk).updated_at == last_progress
+    assert back.get_model("jury", "JuryTask").objects.filter(run_id=jury_run.pk).count() == 3
+    assert back.get_model("annotation", "ImportJob").objects.get(pk=import_job.pk).worker == "host-y:8"
+    _migrate(latest)
