@@ -243,7 +243,8 @@ GUARDTRACE_TRAIN_WAIT_S = env_float("GUARDTRACE_TRAIN_WAIT_S", 10.0, minimum=0.1
 GUARDTRACE_TRAIN_POLL_S = env_float("GUARDTRACE_TRAIN_POLL_S", 0.5, minimum=0.05)
 # A running round whose driver has not reported for this long is shown as stalled and can be resumed.
 GUARDTRACE_TRAIN_STALE_S = env_int("GUARDTRACE_TRAIN_STALE_S", 60, minimum=5)
-# An import running longer than this is dead (its task's hard time limit is 3,600 s): the next worker runs it again.
+# An import silent this long is dead (it beats while checking, not while storing; its task's hard time limit is
+# 3,600 s): the next worker runs it again.
 GUARDTRACE_IMPORT_STALE_S = env_int("GUARDTRACE_IMPORT_STALE_S", 3700, minimum=60)
 
 LOGGING = {
