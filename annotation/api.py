@@ -11,7 +11,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.http import FileResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.generics import ListAPIView
@@ -122,6 +122,7 @@ class SampleBulkCreateApi(APIView):
 
     permission_classes = [IsAdminRole]
 
+    @extend_schema_serializer(component_name="SampleBulkInput")
     class InputSerializer(serializers.Serializer):
         samples = serializers.ListField(child=serializers.DictField(), allow_empty=False, max_length=10_000)
         images = serializers.DictField(child=serializers.CharField(), required=False, default=dict)
@@ -173,6 +174,7 @@ class LabelListCreateApi(ListAPIView):
 
     serializer_class = LabelOutputSerializer
 
+    @extend_schema_serializer(component_name="LabelInput")
     class InputSerializer(serializers.Serializer):
         sample = serializers.IntegerField()
         source_kind = serializers.ChoiceField(choices=SOURCE_KINDS)
@@ -292,6 +294,7 @@ class ImportJobCreateApi(APIView):
     permission_classes = [IsAdminRole]
     parser_classes = [MultiPartParser]
 
+    @extend_schema_serializer(component_name="ImportJobInput")
     class InputSerializer(serializers.Serializer):
         file = serializers.FileField()
         images = serializers.FileField(required=False)
@@ -337,11 +340,31 @@ class ImportJobDetailApi(APIView):
 
     @extend_schema(responses=ImportJobOutputSerializer)
     def get(self, request, job_id: int) -> Response:
-        try:
-            job = ImportJob.objects.get(pk=job_id)
-        except ImportJob.DoesNotExist:
-            raise NotFound(f"no import job #{job_id}") from None
-        return Response(ImportJobOutputSerializer(job).data)
+        return Response(ImportJobOutputSerializer(_import_job(job_id)).data)
+
+
+class ImportJobResumeApi(APIView):
+    """Queue a cancelled, failed or interrupted import again, from the start. 409 when it is queued, running or
+    has succeeded."""
+
+    permission_classes = [IsAdminRole]
+
+    @extend_schema(request=None, responses={202: ImportJobOutputSerializer})
+    def post(self, request, job_id: int) -> Response:
+        job = _import_job(job_id)
+        if not services.import_job_resume(job):
+            raise Conflict(
+                f"import #{job_id} is {job.get_status_display().lower()}: nothing to resume", "status"
+            )
+        job.refresh_from_db()
+        return Response(ImportJobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+def _import_job(job_id: int) -> ImportJob:
+    try:
+        return ImportJob.objects.get(pk=job_id)
+    except ImportJob.DoesNotExist:
+        raise NotFound(f"no import job #{job_id}") from None
 
 
 class ImportJobCancelApi(APIView):
@@ -352,10 +375,7 @@ class ImportJobCancelApi(APIView):
 
     @extend_schema(request=None, responses={200: ImportJobOutputSerializer})
     def post(self, request, job_id: int) -> Response:
-        try:
-            job = ImportJob.objects.get(pk=job_id)
-        except ImportJob.DoesNotExist:
-            raise NotFound(f"no import job #{job_id}") from None
+        job = _import_job(job_id)
         if not services.import_job_cancel(job):
             raise Conflict(
                 f"import #{job_id} is {job.get_status_display().lower()}: nothing to cancel", "status"

@@ -442,8 +442,6 @@ def import_job_create(
 
     The uploads' own names are kept for the errors; the file-wide split, subset and source dataset are checked here
     (DefaultsRejected names the field)."""
-    from annotation.tasks import import_job_run_task
-
     defaults = file_defaults(split=split, subset=subset, source_dataset=source_dataset)
     job = ImportJob.objects.create(
         data_file=data_file,
@@ -457,8 +455,14 @@ def import_job_create(
         source_dataset=defaults.source_dataset,
         created_by=user,
     )
-    transaction.on_commit(lambda: import_job_run_task.delay(job.pk))
+    _enqueue(job.pk)
     return job
+
+
+def _enqueue(job_id: int) -> None:
+    from annotation.tasks import import_job_run_task  # the tasks module imports this one
+
+    transaction.on_commit(lambda: import_job_run_task.delay(job_id))
 
 
 def _upload_name(upload) -> str:
@@ -509,6 +513,19 @@ def import_job_cancel(job: ImportJob) -> bool:
     """Stop an import: a queued one never starts; a running one stops before it stores anything (once storing has
     begun, it finishes)."""
     return ImportJob.cancel(job.pk)
+
+
+def import_job_resume(job: ImportJob) -> bool:
+    """Queue a cancelled, failed or interrupted import again, from the start (it stored nothing, or — failed with
+    rows skipped — what it stored is found as duplicates). False when it is queued, running or succeeded."""
+    resumable = [ImportJob.Status.CANCELLED, ImportJob.Status.FAILED, ImportJob.Status.INTERRUPTED]
+    if not ImportJob.objects.filter(pk=job.pk, status__in=resumable).update(
+        status=ImportJob.Status.PENDING, worker="", errors=[], error="", created=0, duplicates=0, done=0, total=0,
+        finished_at=None,
+    ):  # fmt: skip
+        return False
+    _enqueue(job.pk)
+    return True
 
 
 def import_job_run(*, job_id: int) -> bool:

@@ -18,4 +18,5 @@ urlpatterns = [
     path("api/v1/imports", api.ImportJobCreateApi.as_view(), name="api_import_create"),
     path("api/v1/imports/<int:job_id>", api.ImportJobDetailApi.as_view(), name="api_import_detail"),
     path("api/v1/imports/<int:job_id>/cancel", api.ImportJobCancelApi.as_view(), name="api_import_cancel"),
+    path("api/v1/imports/<int:job_id>/resume", api.ImportJobResumeApi.as_view(), name="api_import_resume"),
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -51,6 +51,7 @@ class JuryRunCreateApi(APIView):
 
     permission_classes = [IsAdminRole]
 
+    @extend_schema_serializer(component_name="JuryRunInput")
     class InputSerializer(serializers.Serializer):
         sample_ids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False,
                                            max_length=1_000_000)  # fmt: skip

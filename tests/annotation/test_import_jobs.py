@@ -286,3 +286,35 @@ def test_a_running_import_reports_its_progress(api_for, admin_user, django_captu
     detail = api.get(reverse("api_import_detail", args=[body["id"]])).json()
     assert (detail["status"], detail["total"], detail["done"], detail["created"]) == ("succeeded", 5, 5, 5)
     assert detail["started_at"] <= detail["heartbeat_at"] <= detail["finished_at"]
+
+
+@pytest.mark.django_db
+def test_a_cancelled_import_resumes_from_the_start_and_stores_its_rows_once(
+    api_for, admin_user, django_capture_on_commit_callbacks
+):
+    api = api_for(admin_user)
+    with django_capture_on_commit_callbacks(execute=False):
+        job_id = api.post(
+            reverse("api_import_create"),
+            {"file": SimpleUploadedFile("S-Eval_600.json", _release(_row(1), _row(2)))},
+            format="multipart",
+        ).json()["id"]
+    resume = reverse("api_import_resume", args=[job_id])
+    queued = api.post(resume)  # queued, not stopped: nothing to resume
+    assert queued.status_code == 409 and queued.json() == {
+        "status": [f"import #{job_id} is queued: nothing to resume"]
+    }
+    assert api.post(reverse("api_import_cancel", args=[job_id])).json()["status"] == "cancelled"
+    with django_capture_on_commit_callbacks(execute=False) as again:
+        response = api.post(resume)
+    assert response.status_code == 202 and response.json()["status"] == "pending" and len(again) == 1
+    assert services.import_job_run(job_id=job_id) is True
+    assert services.import_job_run(job_id=job_id) is False  # a second delivery of the message
+    job = ImportJob.objects.get(pk=job_id)
+    assert (job.status, job.created, job.done, job.total) == (
+        "succeeded",
+        2,
+        2,
+        2,
+    ) and Sample.objects.count() == 2
+    assert api.post(resume).status_code == 409  # succeeded
