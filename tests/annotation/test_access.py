@@ -146,10 +146,12 @@ def test_only_admins_reach_the_import_forms_and_jobs(
     assert api_for(None).get(detail).status_code == 401
     cancel = reverse("api_import_cancel", args=[job.pk])
     assert api_for(None).post(cancel).status_code == 401
+    assert api_for(None).post(reverse("api_import_resume", args=[job.pk])).status_code == 401
     for user in (expert_user, reviewer_user, outsider):
         assert api_for(user).get(detail).status_code == 403
         assert api_for(user).post(reverse("api_import_create"), {}).status_code == 403
         assert api_for(user).post(cancel).status_code == 403
+        assert api_for(user).post(reverse("api_import_resume", args=[job.pk])).status_code == 403
     # Staff without the admin role are not offered the cancel action, and posting it changes nothing.
     changelist = reverse("admin:annotation_importjob_changelist")
     staff_client = client_for(staff)
