@@ -8,6 +8,8 @@ POST /api/v1/expert/slots/<id>/renew           → 200 the new expiry, 409
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import BasePermission
@@ -117,14 +119,21 @@ class ExpertSkipApi(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+class SlotLeaseOutputSerializer(serializers.Serializer):
+    """The claim's new expiry after a renewal."""
+
+    # In UTC whatever TIME_ZONE says ("…Z"), as this endpoint always answered: clients parse it as they did.
+    lease_expires_at = serializers.DateTimeField(default_timezone=UTC)
+
+
 class ExpertRenewApi(APIView):
     permission_classes = [IsExpert]
 
-    @extend_schema(request=_TokenInput, responses={200: None, 409: None})
+    @extend_schema(request=_TokenInput, responses={200: SlotLeaseOutputSerializer, 409: None})
     def post(self, request, slot_id: int) -> Response:
         body = _TokenInput(data=request.data)
         body.is_valid(raise_exception=True)
         until = review.expert_slot_renew(
             slot_id=slot_id, user=request.user, token=body.validated_data["token"]
         )
-        return Response({"lease_expires_at": until})
+        return Response(SlotLeaseOutputSerializer({"lease_expires_at": until}).data)

@@ -254,11 +254,12 @@ class _GenerationDriver(Driver):
     def renew(self) -> bool:
         return lease_renew(_lease_key(self.generator.pk), self.token, _lease_s())
 
-    def claim(self, want: int) -> list[tuple[list[GenerationTask], tuple]]:
-        tasks = _claim(self.generator, self.token, want)
-        return [([task], (task.variant.text, _image_bytes(task.variant))) for task in tasks]
+    def claim(self, want: int) -> list[tuple[list[GenerationTask], tuple | Trace]]:
+        return [([task], _task_input(task)) for task in _claim(self.generator, self.token, want)]
 
-    def call(self, payload: tuple) -> list[Trace]:
+    def call(self, payload: tuple | Trace) -> list[Trace]:
+        if isinstance(payload, Trace):  # its input could not be built: the failure is the task's answer
+            return [payload]
         text, image = payload
         return [self.backend.generate(text, image)]
 
@@ -320,6 +321,19 @@ def _claim(generator: Generator, token: str, limit: int) -> list[GenerationTask]
     tasks = list(claimed.select_related("run", "variant__seed__seed_set", "variant__image"))
     # Another driver took them all between the two queries: look again (more may be pending).
     return tasks or _claim(generator, token, limit)
+
+
+def _task_input(task: GenerationTask) -> tuple[str, bytes | None] | Trace:
+    """What the generator is asked for the task, or — when its variant's image cannot be read — a failed trace, so
+    this task alone fails (as the jury fails one unreadable sample) and the driver goes on with the others."""
+    variant = task.variant
+    try:
+        return variant.text, _image_bytes(variant)
+    except Exception as exc:  # an image file missing from storage, or unreadable
+        image = variant.image.file.name if variant.image else ""
+        error = f"variant {variant.pk}: image {image} could not be read: {type(exc).__name__}: {exc}"
+        log.warning("generator task %s: %s", task.pk, error)
+        return Trace(status="failed", error=error)
 
 
 def _image_bytes(variant: Variant) -> bytes | None:

@@ -127,7 +127,9 @@ def test_long_work_keeps_its_rows_progress_and_signs_of_life_on_the_shared_model
     User = old.get_model("auth", "User")
     admin = User.objects.create(username="admin-x")
     Sample = old.get_model("annotation", "Sample")
-    samples = [Sample.objects.create(question="q", thinking="t", answer="a", content_hash=c * 64) for c in "fed"]
+    samples = [
+        Sample.objects.create(question="q", thinking="t", answer="a", content_hash=c * 64) for c in "fed"
+    ]
     juror = old.get_model("jury", "Juror").objects.create(
         name="juror-y", backend="transformers", model_name="/m"
     )

@@ -280,3 +280,23 @@ def test_claims_made_under_a_lost_lease_are_taken_over_by_the_holder_and_never_w
     reply = Trace(status="ok", thinking="Late.", answer="Too late.")
     assert [runs._record(generator, task, reply, "lost") for task in late] == [None] * len(late)
     assert Sample.objects.count() == 4
+
+
+def test_a_variant_whose_image_is_missing_fails_its_task_alone_and_the_run_finishes(variants):
+    broken = variants.filter(kind="typographic").first()
+    lost_file = broken.image.file.name
+    broken.image.file.storage.delete(lost_file)
+    with LoopbackOpenAI(_answers) as server:
+        generator = _generator("thinker", server.url, max_concurrency=2)
+        run = runs.generation_run_create(variants=variants, generators=[generator], enqueue=False)
+        outcome = runs.generation_drive(generator.pk)
+    assert outcome.samples == 3 and len(server.requests) == 3  # the broken variant was never sent
+    run.refresh_from_db()
+    assert run.status == "succeeded" and run.done == run.total == 4
+    failed = GenerationTask.objects.get(run=run, variant=broken)
+    assert failed.status == "failed" and failed.sample_id is None
+    assert f"variant {broken.pk}" in failed.error and lost_file in failed.error
+    assert "FileNotFoundError" in failed.error
+    others = GenerationTask.objects.filter(run=run).exclude(pk=failed.pk)
+    assert set(others.values_list("status", flat=True)) == {"done"} and all(t.sample_id for t in others)
+    assert Sample.objects.filter(generator_model="thinker").count() == 3
