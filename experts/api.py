@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
@@ -76,6 +76,7 @@ class ExpertClaimApi(APIView):
         return Response(SlotOutputSerializer(slot).data)
 
 
+@extend_schema_serializer(component_name="ExpertSlotToken")
 class _TokenInput(serializers.Serializer):
     token = serializers.CharField(max_length=32)
 
@@ -83,6 +84,7 @@ class _TokenInput(serializers.Serializer):
 class ExpertSubmitApi(APIView):
     permission_classes = [IsExpert]
 
+    @extend_schema_serializer(component_name="ExpertSubmitInput")
     class InputSerializer(_TokenInput):
         judgment = serializers.ChoiceField(choices=[0, 0.5, 1])
         analysis = serializers.CharField(max_length=100_000)
