@@ -18,8 +18,7 @@ from annotation.models import (
     PreferencePair,
     Sample,
 )
-from common.adminforms import MAX_ERRORS_SHOWN, admin_form
-from common.roles import is_admin
+from common.adminforms import MAX_ERRORS_SHOWN, AdminRoleModelAdmin, admin_form
 from qta.sample_files import FORMATS, SPLITS, DefaultsRejected, file_defaults, guess_format
 
 
@@ -32,7 +31,7 @@ class LabelInline(admin.TabularInline):
 
 
 @admin.register(Sample)
-class SampleAdmin(admin.ModelAdmin):
+class SampleAdmin(AdminRoleModelAdmin):
     list_display = [
         "id",
         "subset",
@@ -49,9 +48,9 @@ class SampleAdmin(admin.ModelAdmin):
     raw_id_fields = ["image"]
     inlines = [LabelInline]
     show_full_result_count = False
-    actions = ["restratify"]  # the guard and the jury add theirs
+    actions = ["restratify"]  # the guard and the jury add theirs, with permissions=["admin_role"] too
 
-    @admin.action(description="Re-stratify the selected samples")
+    @admin.action(description="Re-stratify the selected samples", permissions=["admin_role"])
     def restratify(self, request, queryset):
         report = strata.stratify(sample_ids=queryset.values_list("pk", flat=True))
         self.message_user(
@@ -62,7 +61,7 @@ class SampleAdmin(admin.ModelAdmin):
 
 
 @admin.register(Label)
-class LabelAdmin(admin.ModelAdmin):
+class LabelAdmin(AdminRoleModelAdmin):
     list_display = ["id", "sample_id", "source_kind", "source_name", "prompt_version", "judgment", "status"]
     list_filter = ["source_kind", "status", "prompt_version"]
     raw_id_fields = ["sample", "created_by"]
@@ -74,7 +73,7 @@ class LabelAdmin(admin.ModelAdmin):
 
 
 @admin.register(PreferencePair)
-class PreferencePairAdmin(admin.ModelAdmin):
+class PreferencePairAdmin(AdminRoleModelAdmin):
     list_display = ["sample_id", "prompt_version", "chosen_from", "rejected_from", "created_at"]
     raw_id_fields = ["sample", "chosen", "rejected"]
     list_select_related = ["chosen", "rejected"]
@@ -93,7 +92,7 @@ class PreferencePairAdmin(admin.ModelAdmin):
 
 
 @admin.register(ImageAsset)
-class ImageAssetAdmin(admin.ModelAdmin):
+class ImageAssetAdmin(AdminRoleModelAdmin):
     list_display = ["sha256", "width", "height", "format", "size_bytes", "created_at"]
     readonly_fields = ["sha256", "file", "width", "height", "format", "size_bytes"]
 
@@ -173,7 +172,7 @@ _JOB_FIELDS = (
 
 
 @admin.register(ImportJob)
-class ImportJobAdmin(admin.ModelAdmin):
+class ImportJobAdmin(AdminRoleModelAdmin):
     """Add = upload a file and queue its import on the worker; a job's page shows its status and every error."""
 
     list_display = [
@@ -191,12 +190,9 @@ class ImportJobAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status", "format"]
     fields = readonly_fields = _JOB_FIELDS
-    actions = ["cancel"]
+    actions = ["cancel", "queue_again"]
     change_list_template = "admin/annotation/importjob/change_list.html"
     change_form_template = "admin/annotation/importjob/change_form.html"
-
-    def has_add_permission(self, request) -> bool:
-        return super().has_add_permission(request) and is_admin(request.user)
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # what was imported is in the samples; a job is only its record
@@ -209,16 +205,21 @@ class ImportJobAdmin(admin.ModelAdmin):
     def progress(self, job: ImportJob) -> str:
         return f"{job.done:,} of {job.total:,}" if job.total else "—"
 
-    def has_cancel_permission(self, request) -> bool:
-        return is_admin(request.user)
-
-    @admin.action(description="Cancel the selected imports", permissions=["cancel"])
+    @admin.action(description="Cancel the selected imports", permissions=["admin_role"])
     def cancel(self, request, queryset):
         count = sum(services.import_job_cancel(job) for job in queryset)
         self.message_user(
             request,
             f"{count} import(s) cancelled; one already storing its rows finishes, and nothing else changes.",
         )
+
+    @admin.action(
+        description="Queue the selected imports again (cancelled, failed or interrupted; from the start)",
+        permissions=["admin_role"],
+    )
+    def queue_again(self, request, queryset):
+        count = sum(services.import_job_resume(job) for job in queryset)
+        self.message_user(request, f"{count} import(s) queued again.")
 
     @admin.display(description="errors")
     def error_list(self, job: ImportJob):
@@ -233,7 +234,7 @@ class ImportJobAdmin(admin.ModelAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         job = self.get_object(request, object_id)
         waiting = job is not None and job.status in (ImportJob.Status.PENDING, ImportJob.Status.RUNNING)
-        context = {"refresh": waiting, "can_cancel": waiting and self.has_cancel_permission(request)}
+        context = {"refresh": waiting, "can_cancel": waiting and self.has_admin_role_permission(request)}
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), **context})
 
     def add_view(self, request, form_url="", extra_context=None):
@@ -263,7 +264,7 @@ class ImportJobAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(AdminRoleModelAdmin):
     list_display = ["at", "user", "action", "sample_id", "label_id", "image_id"]
     list_filter = ["action"]
     raw_id_fields = ["user", "sample", "image", "label"]

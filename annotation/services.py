@@ -518,11 +518,7 @@ def import_job_cancel(job: ImportJob) -> bool:
 def import_job_resume(job: ImportJob) -> bool:
     """Queue a cancelled, failed or interrupted import again, from the start (it stored nothing, or — failed with
     rows skipped — what it stored is found as duplicates). False when it is queued, running or succeeded."""
-    resumable = [ImportJob.Status.CANCELLED, ImportJob.Status.FAILED, ImportJob.Status.INTERRUPTED]
-    if not ImportJob.objects.filter(pk=job.pk, status__in=resumable).update(
-        status=ImportJob.Status.PENDING, worker="", errors=[], error="", created=0, duplicates=0, done=0, total=0,
-        finished_at=None,
-    ):  # fmt: skip
+    if not ImportJob.requeue(job.pk, errors=[], created=0, duplicates=0, done=0, total=0):
         return False
     _enqueue(job.pk)
     return True

@@ -1,12 +1,51 @@
-"""One admin page shape for the app's own admin forms (imports, expansions): intro, file:line errors, fields."""
+"""The app's admin plumbing: who may change anything (the admin role), and one page shape for the app's own admin
+forms (imports, expansions): intro, file:line errors, fields."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from django import forms
+from django.contrib import admin
+from django.contrib.admin import helpers
+from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
+from common.roles import is_admin
+
 MAX_ERRORS_SHOWN = 200
+
+
+class AdminRoleModelAdmin(admin.ModelAdmin):
+    """Only the admin role changes anything: adds, edits, deletes, and runs the actions that say
+    `permissions=["admin_role"]` (Django offers and runs an action only when `has_<name>_permission` is true).
+    Other staff, whatever their model permissions, only look."""
+
+    def has_admin_role_permission(self, request: HttpRequest) -> bool:
+        return is_admin(request.user)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return super().has_add_permission(request) and self.has_admin_role_permission(request)
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return super().has_change_permission(request, obj) and self.has_admin_role_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return super().has_delete_permission(request, obj) and self.has_admin_role_permission(request)
+
+
+class SelectionForm(forms.Form):
+    """A changelist's selection, carried in hidden fields through an action's own page so that the page's answer
+    runs the action again on the same rows (Django's delete page carries the ids the same way)."""
+
+    select_across = forms.BooleanField(required=False, widget=forms.HiddenInput)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Named as the changelist's checkboxes, a name no class attribute may have.
+        self.fields[helpers.ACTION_CHECKBOX_NAME] = forms.Field(
+            required=False, widget=forms.MultipleHiddenInput
+        )
 
 
 def admin_form(modeladmin, request, form, title: str, *, errors: Sequence[str] = (), intro: str = "",

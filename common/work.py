@@ -47,8 +47,8 @@ class LongWork(models.Model):
 
     A worker takes the work by conditional update (`take`), reports progress and life while it still holds it
     (`beat`: False once it was cancelled or taken over, so stop), and records the end unless it lost the work
-    meanwhile (`end`). Anyone may `cancel` work not yet finished. `requeue_abandoned` hands back work whose worker
-    died."""
+    meanwhile (`end`). Anyone may `cancel` work not yet finished, and `requeue` work that stopped.
+    `requeue_abandoned` hands back work whose worker died."""
 
     Status = JobStatus
 
@@ -127,6 +127,17 @@ class LongWork(models.Model):
             cls._default_manager.filter(pk=pk, status=cls.Status.RUNNING, worker=worker_id()).update(
                 status=status, finished_at=now, heartbeat_at=now, **fields
             )
+        )
+
+    @classmethod
+    def requeue(cls, pk: int, **fields) -> bool:
+        """Put stopped work (failed, cancelled, interrupted) back in the queue, with `fields` reset; the caller sends
+        its message once this commits. False when it is queued, running or has succeeded."""
+        Status = cls.Status
+        return bool(
+            cls._default_manager.filter(
+                pk=pk, status__in=[Status.FAILED, Status.CANCELLED, Status.INTERRUPTED]
+            ).update(status=Status.PENDING, worker="", error="", finished_at=None, **fields)
         )
 
     @classmethod

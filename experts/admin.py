@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from common.adminforms import AdminRoleModelAdmin
 from experts.models import ExpertQueueItem, ExpertSlot, ReviewDecision
 
 
@@ -17,7 +18,7 @@ class ExpertSlotInline(admin.TabularInline):
 
 
 @admin.register(ExpertQueueItem)
-class ExpertQueueItemAdmin(admin.ModelAdmin):
+class ExpertQueueItemAdmin(AdminRoleModelAdmin):
     """Read-only: claims, labels and decisions go through the expert pages (experts.services)."""
 
     list_display = ["id", "sample_id", "reason", "status", "round", "labels_needed", "decision", "decided_by"]
@@ -35,7 +36,7 @@ class ExpertQueueItemAdmin(admin.ModelAdmin):
 
 
 @admin.register(ReviewDecision)
-class ReviewDecisionAdmin(admin.ModelAdmin):
+class ReviewDecisionAdmin(AdminRoleModelAdmin):
     list_display = [
         "at",
         "sample_id",

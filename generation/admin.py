@@ -1,19 +1,15 @@
 from __future__ import annotations
 
-from functools import partial
-
 from django import forms
 from django.contrib import admin, messages
-from django.db import transaction
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q
 from django.shortcuts import redirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
 from annotation.services import ImportRejected
-from common.adminforms import admin_form
-from common.roles import is_admin
-from common.work import JobStatus
+from common.adminforms import AdminRoleModelAdmin, admin_form
 from generation import runs, services
 from generation.models import Expansion, GenerationRun, GenerationTask, Generator, ImagePool, SeedSet, Variant
 from qta.images import ArchiveRejected, ZipImageSource
@@ -48,7 +44,7 @@ class ExpandForm(forms.Form):
 
 
 @admin.register(SeedSet)
-class SeedSetAdmin(admin.ModelAdmin):
+class SeedSetAdmin(AdminRoleModelAdmin):
     list_display = ["name", "queries_count", "variants_count", "source_file", "created_by", "created_at"]
     readonly_fields = ["name", "source_file", "created_by", "created_at"]
     actions = ["expand", "generate"]
@@ -82,6 +78,8 @@ class SeedSetAdmin(admin.ModelAdmin):
 
     def add_view(self, request, form_url="", extra_context=None):
         """Import a file of text seed queries; every row is checked and nothing is stored unless all are good."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
         form = SeedImportForm(request.POST or None, request.FILES or None)
         errors: list[str] = []
         if request.method == "POST" and form.is_valid():
@@ -107,17 +105,23 @@ class SeedSetAdmin(admin.ModelAdmin):
                     images.close()
         return admin_form(self, request, form, "Import seed queries", errors=errors)
 
-    @admin.action(description="Expand the selected seed sets into image+text variants …")
+    @admin.action(
+        description="Expand the selected seed sets into image+text variants …", permissions=["admin_role"]
+    )
     def expand(self, request, queryset):
         ids = ",".join(str(pk) for pk in queryset.values_list("pk", flat=True))
         return redirect(f"{reverse('admin:generation_seedset_expand')}?ids={ids}")
 
-    @admin.action(description="Generate traces for the selected seed sets' variants …")
+    @admin.action(
+        description="Generate traces for the selected seed sets' variants …", permissions=["admin_role"]
+    )
     def generate(self, request, queryset):
         ids = ",".join(str(pk) for pk in queryset.values_list("pk", flat=True))
         return redirect(f"{reverse('admin:generation_seedset_generate')}?ids={ids}")
 
     def expand_view(self, request):
+        if not self.has_admin_role_permission(request):
+            raise PermissionDenied  # the page the "expand" action opens: the same gate
         ids = [int(x) for x in request.GET.get("ids", "").split(",") if x.isdigit()]
         sets = list(SeedSet.objects.filter(pk__in=ids))
         form = ExpandForm(request.POST or None)
@@ -154,10 +158,12 @@ class PoolImportForm(forms.Form):
 
 
 @admin.register(ImagePool)
-class ImagePoolAdmin(admin.ModelAdmin):
+class ImagePoolAdmin(AdminRoleModelAdmin):
     list_display = ["name", "description", "created_at"]
 
     def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
         form = PoolImportForm(request.POST or None, request.FILES or None)
         errors: list[str] = []
         if request.method == "POST" and form.is_valid():
@@ -186,7 +192,7 @@ class ImagePoolAdmin(admin.ModelAdmin):
 
 
 @admin.register(Variant)
-class VariantAdmin(admin.ModelAdmin):
+class VariantAdmin(AdminRoleModelAdmin):
     list_display = ["__str__", "kind", "seed_text", "has_image", "created_at"]
     list_filter = ["kind", "seed__seed_set"]
     readonly_fields = ["seed", "kind", "text", "image", "derivation", "key", "created_at"]
@@ -208,7 +214,7 @@ class VariantAdmin(admin.ModelAdmin):
 
 
 @admin.register(Generator)
-class GeneratorAdmin(admin.ModelAdmin):
+class GeneratorAdmin(AdminRoleModelAdmin):
     list_display = ["name", "backend", "model_name", "base_url", "max_concurrency", "max_tokens", "temperature",
                     "samples_per_variant", "enabled"]  # fmt: skip
     list_filter = ["backend", "enabled"]
@@ -237,6 +243,8 @@ class GenerateForm(forms.Form):
 
 def generate_view(modeladmin, request):
     """Answer the variants of the seed sets in ?ids= with the chosen generators, as a generation run."""
+    if not modeladmin.has_admin_role_permission(request):
+        raise PermissionDenied  # the page the "generate" action opens: the same gate
     ids = [int(x) for x in request.GET.get("ids", "").split(",") if x.isdigit()]
     form = GenerateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -262,7 +270,7 @@ def generate_view(modeladmin, request):
 
 
 @admin.register(Expansion)
-class ExpansionAdmin(admin.ModelAdmin):
+class ExpansionAdmin(AdminRoleModelAdmin):
     list_display = ["__str__", "status", "progress", "created", "kept", "created_by", "created_at"]
     list_filter = ["status"]
     readonly_fields = [f.name for f in Expansion._meta.fields] + ["seed_sets"]
@@ -278,25 +286,25 @@ class ExpansionAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
-    @admin.action(description="Cancel the selected expansions (variants made so far are kept)")
+    @admin.action(
+        description="Cancel the selected expansions (variants made so far are kept)",
+        permissions=["admin_role"],
+    )
     def cancel(self, request, queryset):
-        n = queryset.filter(status__in=[JobStatus.PENDING, JobStatus.RUNNING]).update(
-            status=JobStatus.CANCELLED
-        )
+        n = sum(services.expansion_cancel(expansion) for expansion in queryset)
         self.message_user(request, f"{n} expansion(s) cancelled.")
 
-    @admin.action(description="Queue the selected expansions again (what is there already is kept)")
+    @admin.action(
+        description="Queue the selected expansions again (what is there already is kept)",
+        permissions=["admin_role"],
+    )
     def queue_again(self, request, queryset):
-        n = queryset.exclude(status__in=[JobStatus.PENDING, JobStatus.RUNNING]).update(
-            status=JobStatus.PENDING, error="", finished_at=None
-        )
-        for expansion_id in queryset.filter(status=JobStatus.PENDING).values_list("pk", flat=True):
-            transaction.on_commit(partial(services.enqueue_expansion, expansion_id))
+        n = sum(services.expansion_requeue(expansion) for expansion in queryset)
         self.message_user(request, f"{n} expansion(s) queued again.")
 
 
 @admin.register(GenerationRun)
-class GenerationRunAdmin(admin.ModelAdmin):
+class GenerationRunAdmin(AdminRoleModelAdmin):
     list_display = ["__str__", "status", "progress", "split", "subset", "created_by", "created_at"]
     list_filter = ["status"]
     readonly_fields = [f.name for f in GenerationRun._meta.fields] + ["generators"]
@@ -326,9 +334,6 @@ class GenerationRunAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
-    def has_admin_role_permission(self, request) -> bool:
-        return is_admin(request.user)
-
     @admin.action(
         description="Cancel the selected runs (samples made so far are kept)", permissions=["admin_role"]
     )
@@ -341,7 +346,7 @@ class GenerationRunAdmin(admin.ModelAdmin):
         n = sum(runs.generation_run_resume(run=run) for run in queryset)
         self.message_user(request, f"{n} run(s) resumed; replies already made are not asked again.")
 
-    @admin.action(description="Send the samples made to the jury")
+    @admin.action(description="Send the samples made to the jury", permissions=["admin_role"])
     def send_to_jury(self, request, queryset):
         from jury.services import JuryError, jury_run_create
 

@@ -368,6 +368,19 @@ def expansion_create(
     return expansion
 
 
+def expansion_cancel(expansion: Expansion) -> bool:
+    """Stop an expansion after its current chunk (a queued one never starts); the variants made so far are kept."""
+    return Expansion.cancel(expansion.pk)
+
+
+def expansion_requeue(expansion: Expansion) -> bool:
+    """Queue a stopped expansion again; it starts over and keeps what is there already (expanding is idempotent)."""
+    if not Expansion.requeue(expansion.pk):
+        return False
+    transaction.on_commit(lambda: enqueue_expansion(expansion.pk))
+    return True
+
+
 def enqueue_expansion(expansion_id: int) -> None:
     from generation.tasks import expansion_task
 

@@ -2,15 +2,15 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin import helpers
 from django.db.models import QuerySet
-from django.shortcuts import redirect, render
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
 from annotation.admin import SampleAdmin
 from annotation.models import Sample
-from common.roles import is_admin
+from common.adminforms import AdminRoleModelAdmin, SelectionForm
 from guardmodel import services
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob, PromptTemplate
 from guardmodel.prompts import (
@@ -65,7 +65,7 @@ class PromptTemplateForm(forms.ModelForm):
 
 
 @admin.register(PromptTemplate)
-class PromptTemplateAdmin(admin.ModelAdmin):
+class PromptTemplateAdmin(AdminRoleModelAdmin):
     form = PromptTemplateForm
     list_display = ["version", "layout", "variant", "source_file", "created_by", "created_at"]
     readonly_fields = ["version", "content_hash", "source_file", "created_by", "created_at"]
@@ -75,9 +75,6 @@ class PromptTemplateAdmin(admin.ModelAdmin):
             return ["name", "variant", "layout", "system_prompt_file", "system_prompt"]
         return ["version", "name", "variant", "layout", "system_prompt", "source_file", "content_hash",
                 "created_by", "created_at"]  # fmt: skip
-
-    def has_add_permission(self, request) -> bool:
-        return super().has_add_permission(request) and is_admin(request.user)
 
     def has_change_permission(self, request, obj=None) -> bool:
         # A version names its content: a change would be a new template.
@@ -102,8 +99,9 @@ class PromptTemplateAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         # Only an admin, and never a template a checkpoint or a juror is asked with (its labels would lose it).
-        allowed = super().has_delete_permission(request, obj) and is_admin(request.user)
-        return allowed and (obj is None or not _template_users(obj.version))
+        return super().has_delete_permission(request, obj) and (
+            obj is None or not _template_users(obj.version)
+        )
 
     def delete_queryset(self, request, queryset):
         in_use = [str(obj) for obj in queryset if _template_users(obj.version)]
@@ -151,7 +149,7 @@ class GuardCheckpointForm(forms.ModelForm):
 
 
 @admin.register(GuardCheckpoint)
-class GuardCheckpointAdmin(admin.ModelAdmin):
+class GuardCheckpointAdmin(AdminRoleModelAdmin):
     form = GuardCheckpointForm
     list_display = [
         "name", "is_active", "path", "endpoint", "prompt_version", "base_model", "created_at"
@@ -175,7 +173,7 @@ class GuardCheckpointAdmin(admin.ModelAdmin):
                 messages.warning(request, f"{obj.name}: {exc}")
         super().save_model(request, obj, form, change)
 
-    @admin.action(description="Make the selected checkpoint the active guard")
+    @admin.action(description="Make the selected checkpoint the active guard", permissions=["admin_role"])
     def make_active(self, request, queryset: QuerySet[GuardCheckpoint]):
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one checkpoint to activate.", messages.ERROR)
@@ -184,7 +182,7 @@ class GuardCheckpointAdmin(admin.ModelAdmin):
         services.checkpoint_activate(checkpoint)
         self.message_user(request, f"{checkpoint} is now the active guard.")
 
-    @admin.action(description="Judge the test subsets and evaluate")
+    @admin.action(description="Judge the test subsets and evaluate", permissions=["admin_role"])
     def judge_test_subsets(self, request, queryset: QuerySet[GuardCheckpoint]):
         subsets = services.test_subsets()
         if not subsets:
@@ -199,45 +197,53 @@ class GuardCheckpointAdmin(admin.ModelAdmin):
         return redirect("admin:guardmodel_guardjob_changelist")
 
 
-def judge_samples_action(modeladmin, request, queryset: QuerySet[Sample]):
-    """Sample admin action: pick a checkpoint on an intermediate page, then queue a guard job."""
-    checkpoints = GuardCheckpoint.objects.all()
-    if request.POST.get("apply"):
-        checkpoint = checkpoints.filter(pk=request.POST.get("checkpoint") or 0).first()
-        if checkpoint is None:
-            modeladmin.message_user(request, "Choose a checkpoint.", messages.ERROR)
-        else:
-            job = services.guard_job_create(
-                checkpoint=checkpoint, sample_ids=queryset.values_list("pk", flat=True), user=request.user
-            )
-            modeladmin.message_user(request, f"{job} queued for {job.total} samples.")
-            return redirect(reverse("guard_job", args=[job.pk]))
-    if not checkpoints.exists():
-        modeladmin.message_user(request, "Register a guard checkpoint first.", messages.ERROR)
-        return None
-    return render(
-        request,
-        "admin/guardmodel/judge_samples.html",
-        {
-            **modeladmin.admin_site.each_context(request),
-            "title": "Judge selected samples with a guard checkpoint",
-            "checkpoints": checkpoints,
-            "count": queryset.count(),
-            "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
-            "select_across": request.POST.get("select_across", "0"),
-            "opts": modeladmin.model._meta,
-        },
+class CheckpointChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj) -> str:
+        active = " (active)" if obj.is_active else ""
+        return f"{obj.name}{active} — {obj.endpoint or obj.path}"
+
+
+class JudgeSamplesForm(forms.Form):
+    checkpoint = CheckpointChoiceField(
+        GuardCheckpoint.objects.all(), widget=forms.RadioSelect, empty_label=None
     )
 
 
-judge_samples_action.short_description = "Judge selected samples with checkpoint …"  # type: ignore[attr-defined]
+# Run from the Samples list, whose admin checks has_admin_role_permission (AdminRoleModelAdmin).
+@admin.action(description="Judge selected samples with checkpoint …", permissions=["admin_role"])
+def judge_samples_action(modeladmin, request, queryset: QuerySet[Sample]):
+    """Sample admin action: pick a checkpoint on an intermediate page, then queue a guard job."""
+    active = GuardCheckpoint.objects.filter(is_active=True).first()
+    # The page's own answer carries "apply"; the Samples list's post only opens the page.
+    form = JudgeSamplesForm(request.POST if "apply" in request.POST else None, initial={"checkpoint": active})
+    if form.is_valid():
+        job = services.guard_job_create(
+            checkpoint=form.cleaned_data["checkpoint"],
+            sample_ids=queryset.values_list("pk", flat=True),
+            user=request.user,
+        )
+        modeladmin.message_user(request, f"{job} queued for {job.total} samples.")
+        return redirect(reverse("guard_job", args=[job.pk]))
+    if not GuardCheckpoint.objects.exists():
+        modeladmin.message_user(request, "Register a guard checkpoint first.", messages.ERROR)
+        return None
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": "Judge selected samples with a guard checkpoint",
+        "form": form,
+        "selection": SelectionForm(request.POST),
+        "count": queryset.count(),
+        "opts": modeladmin.model._meta,
+    }
+    return TemplateResponse(request, "admin/guardmodel/judge_samples.html", context)
+
 
 # The guard extends the Samples list with its action (annotation does not import the guard).
 SampleAdmin.actions = [judge_samples_action, *SampleAdmin.actions]
 
 
 @admin.register(GuardJob)
-class GuardJobAdmin(admin.ModelAdmin):
+class GuardJobAdmin(AdminRoleModelAdmin):
     list_display = ["id", "checkpoint", "status", "progress", "invalid", "failed", "created_by", "created_at"]
     list_filter = ["status", "checkpoint"]
     readonly_fields = [f.name for f in GuardJob._meta.fields if f.name != "sample_ids"]
@@ -255,19 +261,19 @@ class GuardJobAdmin(admin.ModelAdmin):
             job.percent, job.done + job.skipped, job.total, url,
         )  # fmt: skip
 
-    @admin.action(description="Cancel the selected jobs")
+    @admin.action(description="Cancel the selected jobs", permissions=["admin_role"])
     def cancel(self, request, queryset):
         count = sum(services.guard_job_cancel(job) for job in queryset)
         self.message_user(request, f"{count} job(s) cancelled.")
 
-    @admin.action(description="Resume the selected jobs (skips what is judged)")
+    @admin.action(description="Resume the selected jobs (skips what is judged)", permissions=["admin_role"])
     def resume(self, request, queryset):
         count = sum(services.guard_job_resume(job) for job in queryset)
         self.message_user(request, f"{count} job(s) queued again.")
 
 
 @admin.register(Evaluation)
-class EvaluationAdmin(admin.ModelAdmin):
+class EvaluationAdmin(AdminRoleModelAdmin):
     list_display = ["id", "source_kind", "source_name", "truth", "subset_list", "average_f1", "created_at"]
     list_filter = ["source_kind", "truth"]
     readonly_fields = [f.name for f in Evaluation._meta.fields]

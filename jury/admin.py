@@ -7,6 +7,7 @@ from pathlib import Path
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -15,6 +16,7 @@ from django.utils.html import format_html
 
 from annotation.admin import SampleAdmin
 from annotation.models import Sample, Split, Stratum
+from common.adminforms import AdminRoleModelAdmin
 from guardmodel.prompts import version_choices
 from jury import services
 from jury.models import Juror, JuryRun
@@ -61,7 +63,7 @@ class JurorForm(forms.ModelForm):
 
 
 @admin.register(Juror)
-class JurorAdmin(admin.ModelAdmin):
+class JurorAdmin(AdminRoleModelAdmin):
     form = JurorForm
     list_display = [
         "name",
@@ -93,7 +95,7 @@ class JuryRunForm(forms.Form):
 
 
 @admin.register(JuryRun)
-class JuryRunAdmin(admin.ModelAdmin):
+class JuryRunAdmin(AdminRoleModelAdmin):
     list_display = [
         "id",
         "status",
@@ -127,6 +129,8 @@ class JuryRunAdmin(admin.ModelAdmin):
 
     def add_view(self, request, form_url="", extra_context=None):
         """The run form: pick the samples by subset / split / stratum / unlabelled and the jurors."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
         form = JuryRunForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
@@ -148,17 +152,19 @@ class JuryRunAdmin(admin.ModelAdmin):
                    "opts": self.model._meta, "jurors": services.sitting_jurors()}  # fmt: skip
         return TemplateResponse(request, "admin/jury/run_form.html", context)
 
-    @admin.action(description="Cancel the selected runs")
+    @admin.action(description="Cancel the selected runs", permissions=["admin_role"])
     def cancel(self, request, queryset: QuerySet[JuryRun]):
         n = sum(services.jury_run_cancel(run) for run in queryset)
         self.message_user(request, f"{n} run(s) cancelled; calls in flight finish and are kept.")
 
-    @admin.action(description="Resume the selected runs")
+    @admin.action(description="Resume the selected runs", permissions=["admin_role"])
     def resume(self, request, queryset: QuerySet[JuryRun]):
         n = sum(services.jury_run_resume(run) for run in queryset)
         self.message_user(request, f"{n} run(s) resumed; what is labelled is not asked again.")
 
 
+# Run from the Samples list, whose admin checks has_admin_role_permission (AdminRoleModelAdmin).
+@admin.action(description="Run the jury on the selected samples", permissions=["admin_role"])
 def run_jury_action(modeladmin, request, queryset: QuerySet[Sample]):
     """Sample admin action: one label per enabled juror on each selected sample."""
     try:
@@ -170,9 +176,6 @@ def run_jury_action(modeladmin, request, queryset: QuerySet[Sample]):
         return None
     modeladmin.message_user(request, f"{run} started: {run.total} labels to ask for.")
     return redirect("jury_run", run_id=run.pk)
-
-
-run_jury_action.short_description = "Run the jury on the selected samples"  # type: ignore[attr-defined]
 
 
 # The jury extends the Samples list with its actions (annotation does not import the jury).

@@ -13,8 +13,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from annotation.services import ImportRejected
-from common.adminforms import admin_form
-from common.roles import is_admin
+from common.adminforms import AdminRoleModelAdmin, admin_form
 from guardmodel.models import GuardCheckpoint
 from guardmodel.services import checkpoint_activate
 from qta.hyper import STAGE_DEFAULTS, TINY, Hyperparameters, for_stage
@@ -75,7 +74,7 @@ class RoundForm(forms.Form):
 
 
 @admin.register(TrainingRun)
-class TrainingRunAdmin(admin.ModelAdmin):
+class TrainingRunAdmin(AdminRoleModelAdmin):
     list_display = ["__str__", "stage", "status", "phase", "progress", "loss", "average_f1", "output", "created_by",
                     "created_at"]  # fmt: skip
     list_filter = ["stage", "status"]
@@ -113,9 +112,6 @@ class TrainingRunAdmin(admin.ModelAdmin):
         return format_html(
             '<a href="{}">{}</a>', reverse("checkpoint_lineage", args=[checkpoint.pk]), checkpoint.name
         )
-
-    def has_add_permission(self, request) -> bool:
-        return super().has_add_permission(request) and is_admin(request.user)
 
     def add_view(self, request, form_url="", extra_context=None):
         """New SFT / DPO / OGDPO round: the snapshot preview, the hyperparameters with their reasons, launch."""
@@ -182,20 +178,22 @@ class TrainingRunAdmin(admin.ModelAdmin):
         url = reverse("admin:training_trainingrun_add")
         return redirect(f"{url}?stage={stage}&parent={queryset.get().pk}")
 
-    @admin.action(description="New DPO round from run …")
+    @admin.action(description="New DPO round from run …", permissions=["admin_role"])
     def new_dpo_round(self, request, queryset):
         return self._from_one(request, queryset, Stage.DPO)
 
-    @admin.action(description="New OGDPO round from run …")
+    @admin.action(description="New OGDPO round from run …", permissions=["admin_role"])
     def new_ogdpo_round(self, request, queryset):
         return self._from_one(request, queryset, Stage.OGDPO)
 
-    @admin.action(description="Cancel the selected runs")
+    @admin.action(description="Cancel the selected runs", permissions=["admin_role"])
     def cancel(self, request, queryset):
         count = sum(services.training_run_cancel(run) for run in queryset)
         self.message_user(request, f"{count} run(s) cancelled; a running one stops within seconds.")
 
-    @admin.action(description="Resume the selected runs from their last checkpoint")
+    @admin.action(
+        description="Resume the selected runs from their last checkpoint", permissions=["admin_role"]
+    )
     def resume(self, request, queryset):
         for run in queryset:
             try:
@@ -207,7 +205,9 @@ class TrainingRunAdmin(admin.ModelAdmin):
                     request, f"{run} queued again; it continues from its last saved checkpoint."
                 )
 
-    @admin.action(description="Make the selected run's checkpoint the active guard")
+    @admin.action(
+        description="Make the selected run's checkpoint the active guard", permissions=["admin_role"]
+    )
     def activate_output(self, request, queryset):
         if queryset.count() != 1 or queryset.get().output_checkpoint is None:
             self.message_user(request, "Select exactly one finished run with a checkpoint.", messages.ERROR)
@@ -236,16 +236,13 @@ class ImportForm(forms.Form):
 
 
 @admin.register(DatasetSnapshot)
-class DatasetSnapshotAdmin(admin.ModelAdmin):
+class DatasetSnapshotAdmin(AdminRoleModelAdmin):
     list_display = ["__str__", "stage", "records", "prompt_version", "source", "created_at"]
     list_filter = ["stage", "source"]
     readonly_fields = [f.name for f in DatasetSnapshot._meta.fields]
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # immutable
-
-    def has_add_permission(self, request) -> bool:
-        return super().has_add_permission(request) and is_admin(request.user)
 
     def add_view(self, request, form_url="", extra_context=None):
         """Import a training set made elsewhere as a snapshot (rounds otherwise take theirs when they launch)."""

@@ -270,6 +270,14 @@ def test_a_queued_import_cancelled_from_its_admin_page_never_runs(
     page = client.get(reverse("admin:annotation_importjob_change", args=[job.pk])).content.decode()
     assert "Cancel this import" not in page and 'http-equiv="refresh"' not in page
     assert services.import_job_run(job_id=job.pk) is False and not Sample.objects.exists()
+    # Queued again from the list: it runs from the start, once.
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        client.post(
+            reverse("admin:annotation_importjob_changelist"),
+            {"action": "queue_again", "_selected_action": [job.pk]},
+        )
+    assert len(queued) == 1 and ImportJob.objects.get(pk=job.pk).status == "pending"
+    assert services.import_job_run(job_id=job.pk) is True and Sample.objects.count() == 2
 
 
 @pytest.mark.django_db
