@@ -4,7 +4,7 @@ import zipfile
 
 from django import forms
 from django.conf import settings
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect
 from django.utils.html import format_html, format_html_join
@@ -208,10 +208,12 @@ class ImportJobAdmin(AdminRoleModelAdmin):
     @admin.action(description="Cancel the selected imports", permissions=["admin_role"])
     def cancel(self, request, queryset):
         count = sum(services.import_job_cancel(job) for job in queryset)
-        self.message_user(
-            request,
-            f"{count} import(s) cancelled; one already storing its rows finishes, and nothing else changes.",
-        )
+        if count:
+            self.message_user(request, f"{count} import(s) cancelled; one already storing its rows finishes.")
+        else:
+            self.message_user(
+                request, "Nothing cancelled: the selected imports had already finished.", messages.WARNING
+            )
 
     @admin.action(
         description="Queue the selected imports again (cancelled, failed or interrupted; from the start)",
@@ -219,7 +221,13 @@ class ImportJobAdmin(AdminRoleModelAdmin):
     )
     def queue_again(self, request, queryset):
         count = sum(services.import_job_resume(job) for job in queryset)
-        self.message_user(request, f"{count} import(s) queued again.")
+        if count:
+            self.message_user(request, f"{count} import(s) queued again.")
+        else:
+            self.message_user(
+                request, "Nothing queued: only cancelled, failed or interrupted imports can be queued again.",
+                messages.WARNING,
+            )  # fmt: skip
 
     @admin.display(description="errors")
     def error_list(self, job: ImportJob):

@@ -353,9 +353,7 @@ class ImportJobResumeApi(APIView):
     def post(self, request, job_id: int) -> Response:
         job = _import_job(job_id)
         if not services.import_job_resume(job):
-            raise Conflict(
-                f"import #{job_id} is {job.get_status_display().lower()}: nothing to resume", "status"
-            )
+            raise Conflict(f"import #{job_id} {job.state}: nothing to resume", "status")
         job.refresh_from_db()
         return Response(ImportJobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
@@ -377,9 +375,7 @@ class ImportJobCancelApi(APIView):
     def post(self, request, job_id: int) -> Response:
         job = _import_job(job_id)
         if not services.import_job_cancel(job):
-            raise Conflict(
-                f"import #{job_id} is {job.get_status_display().lower()}: nothing to cancel", "status"
-            )
+            raise Conflict(f"import #{job_id} {job.state}: nothing to cancel", "status")
         job.refresh_from_db()
         return Response(ImportJobOutputSerializer(job).data)
 

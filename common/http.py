@@ -7,6 +7,7 @@ from functools import wraps
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponsePermanentRedirect
 from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt
 from django_htmx.middleware import HtmxDetails
 
 from common.roles import ROLES, user_roles
@@ -45,6 +46,9 @@ def moved_permanently(*, unversioned: tuple[str, ...]):
     """A view answering `/api/<rest>` with 308 to `/api/v1/<rest>` (no trailing slash) for the endpoints that
     lived there before the API had one prefix; anything else under /api/ stays a 404."""
 
+    # It only redirects (the target checks CSRF and authentication): a token client's POST must get its 308, not a
+    # CSRF refusal meant for browser sessions.
+    @csrf_exempt
     def view(request: HttpRequest, rest: str) -> HttpResponse:
         if rest.split("/", 1)[0] not in unversioned:
             raise Http404("no such API endpoint")

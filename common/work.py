@@ -5,11 +5,13 @@ starting worker resumes what each app left unfinished."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from celery.signals import worker_ready
@@ -18,7 +20,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from qta.engine import RetryPolicy
+from qta import endpoint
+from qta.endpoint import RetryPolicy
 from qta.workers import worker_gone, worker_id
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,14 @@ class JobStatus(models.TextChoices):
 
 # The statuses after which long work does no more (interrupted work can still be resumed).
 FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+_STATE: dict[str, str] = {
+    JobStatus.PENDING: "is queued",
+    JobStatus.RUNNING: "is running",
+    JobStatus.SUCCEEDED: "has succeeded",
+    JobStatus.FAILED: "has failed",
+    JobStatus.CANCELLED: "was cancelled",
+    JobStatus.INTERRUPTED: "was interrupted",
+}
 STATUS_LENGTH = 12
 
 
@@ -76,6 +87,11 @@ class LongWork(models.Model):
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
+
+    @property
+    def state(self) -> str:
+        """Where it stands, as a sentence says it: "is queued", "has succeeded", "was cancelled"…"""
+        return _STATE[self.status]
 
     @property
     def percent(self) -> int:
@@ -137,7 +153,15 @@ class LongWork(models.Model):
         return bool(
             cls._default_manager.filter(
                 pk=pk, status__in=[Status.FAILED, Status.CANCELLED, Status.INTERRUPTED]
-            ).update(status=Status.PENDING, worker="", error="", finished_at=None, **fields)
+            ).update(
+                status=Status.PENDING,
+                worker="",
+                error="",
+                started_at=None,
+                heartbeat_at=None,
+                finished_at=None,
+                **fields,
+            )
         )
 
     @classmethod
@@ -190,13 +214,14 @@ class Driver:
     """The one loop that works claimed items against a model: claim → call with N in flight → flush the results it
     still owns → renew its hold → stop on cancel; whatever it claimed and did not write goes back on the way out.
 
-    Subclasses say how: `claim(want)` returns units of (items, payload) taken by conditional update; `call(payload)`
-    runs on a pool thread, touches no database, and returns one result per item (never raising); `flush(done)`
-    writes the (item, result) pairs the driver still owns, in one transaction, and returns how many it wrote;
-    `renew()` keeps its lease (False: another driver took over, so stop); `cancelled(items)` names in-flight items
-    whose work was cancelled; `more()` is asked when nothing is left to claim (True: look again — a dead driver's
-    claims came free); `release()` gives back what is still claimed. The database is touched from the driving
-    thread only."""
+    Subclasses say how: `claim(want)` returns units of (items, payload) taken by conditional update; the call runs
+    either as `acall(payload)`, a coroutine on the process's event loop (`asynchronous = True`: model servers over
+    HTTP, thousands in flight for the cost of sockets), or as `call(payload)` on a pool thread (local models);
+    either touches no database and returns one result per item (never raising). `flush(done)` writes the (item,
+    result) pairs the driver still owns, in one transaction, and returns how many it wrote; `renew()` keeps its
+    lease (False: another driver took over, so stop); `cancelled(items)` names in-flight items whose work was
+    cancelled; `more()` is asked when nothing is left to claim (True: look again — a dead driver's claims came
+    free); `release()` gives back what is still claimed. The database is touched from the driving thread only."""
 
     workers = 1  # calls in flight
     target = 1  # items held at once (in flight and waiting for a thread)
@@ -206,12 +231,16 @@ class Driver:
     renew_every_s: float | None = None
     cancel_every_s = 1.0
     idle_poll_s = 1.0  # with work in flight and nothing to claim, look again this often
+    asynchronous = False  # calls are `acall` coroutines on the event loop, not `call` on threads
     name = "driver"
 
     def claim(self, want: int) -> Sequence[tuple[Sequence[Hashable], Any]]:
         raise NotImplementedError
 
     def call(self, payload: Any) -> Sequence[Any]:
+        raise NotImplementedError
+
+    async def acall(self, payload: Any) -> Sequence[Any]:
         raise NotImplementedError
 
     def flush(self, done: list[tuple[Hashable, Any]]) -> int:
@@ -235,10 +264,37 @@ class Driver:
     def run(self) -> int:
         refill_at = self.target // 2 if self.refill_at is None else self.refill_at
         inflight: dict[Future, Sequence[Hashable]] = {}
+        completed: SimpleQueue[Future] = SimpleQueue()  # futures as they finish: no scan of all in flight
         buffer: list[tuple[Hashable, Any]] = []
         written = 0
         last_beat = last_flush = last_cancel_check = next_claim = time.monotonic()
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix=self.name)
+        pool = None if self.asynchronous else ThreadPoolExecutor(self.workers, thread_name_prefix=self.name)
+        gate = asyncio.Semaphore(self.workers)
+        started: set[int] = (
+            set()
+        )  # ids of async calls past the gate (the rest can still be dropped untouched)
+
+        async def gated(payload: Any, key: int) -> Sequence[Any]:
+            async with gate:
+                started.add(key)
+                try:
+                    return await self.acall(payload)
+                finally:
+                    started.discard(key)
+
+        def launch(items: Sequence[Hashable], payload: Any) -> None:
+            if pool is not None:
+                future = pool.submit(self.call, payload)
+            else:
+                key = id(items)
+                future = endpoint.submit(gated(payload, key))
+                future.key = key  # type: ignore[attr-defined]
+            inflight[future] = items
+            future.add_done_callback(completed.put)
+
+        def not_started(future: Future) -> bool:
+            return pool is not None or getattr(future, "key", None) not in started
+
         try:
             while True:
                 now = time.monotonic()
@@ -252,7 +308,7 @@ class Driver:
                 if held <= refill_at and (now >= next_claim or not inflight):
                     units = self.claim(self.target - held)
                     for items, payload in units:
-                        inflight[pool.submit(self.call, payload)] = items
+                        launch(items, payload)
                     if not units:
                         claimed_nothing = True
                         next_claim = (
@@ -264,9 +320,18 @@ class Driver:
                         continue
                     return written
                 if inflight:
-                    done, _ = wait(list(inflight), timeout=0.1, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        buffer.extend(zip(inflight.pop(future), future.result(), strict=True))
+                    try:
+                        finished = [completed.get(timeout=0.1)]
+                    except Empty:
+                        finished = []
+                    while not completed.empty():
+                        finished.append(completed.get_nowait())
+                    for future in finished:
+                        items = inflight.pop(future, ())
+                        if (
+                            items is not None and not future.cancelled()
+                        ):  # dropped ones were taken out already
+                            buffer.extend(zip(items, future.result(), strict=True))
                 now = time.monotonic()
                 if buffer and (
                     len(buffer) >= self.flush_every or now - last_flush >= self.flush_after_s or not inflight
@@ -277,14 +342,17 @@ class Driver:
                     stopped = self.cancelled([item for items in inflight.values() for item in items])
                     dropped: list[Hashable] = []
                     for future, items in list(inflight.items()):
-                        if stopped and items[0] in stopped and future.cancel():
+                        if stopped and items[0] in stopped and not_started(future) and future.cancel():
                             dropped.extend(items)
                             del inflight[future]
                     if dropped:
                         self.dropped(dropped)
                     last_cancel_check = now
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+            for future in inflight:
+                future.cancel()  # async calls still in flight stop; their items go back with release()
             self.release()
 
 

@@ -114,7 +114,7 @@ def backend_for(generator: Generator) -> OpenAIGenerator | TransformersGenerator
                                      temperature=generator.temperature, name=generator.name)  # fmt: skip
     return OpenAIGenerator(generator.base_url, generator.model_name, api_key=generator.api_key(), timeout_s=generator.timeout_s,
                            max_tokens=generator.max_tokens, temperature=generator.temperature, retry=retry_policy(),
-                           name=generator.name)  # fmt: skip
+                           name=generator.name, max_concurrency=generator.max_concurrency)  # fmt: skip
 
 
 # -- cancelling and resuming ----------------------------------------------------------------------------------------
@@ -240,14 +240,15 @@ def _take_over(generator: Generator, token: str) -> int:
 
 class _GenerationDriver(Driver):
     """One generator's tasks in every running run, `max_concurrency` calls in flight (one for a local model), a slot
-    refilled as soon as it frees (never a batch waiting on its slowest reply), under the generator's lease."""
+    refilled as soon as it frees (never a batch waiting on its slowest reply), under the generator's lease. A served
+    generator's calls are coroutines on the event loop, with as many tasks again claimed and waiting for a slot."""
 
     def __init__(self, generator: Generator, backend, token: str) -> None:
         self.generator, self.backend, self.token = generator, backend, token
-        self.workers = self.target = (
-            max(1, generator.max_concurrency) if generator.backend == Generator.Backend.OPENAI else 1
-        )
-        self.refill_at = self.target - 1
+        self.asynchronous = isinstance(backend, OpenAIGenerator)
+        self.workers = max(1, generator.max_concurrency) if self.asynchronous else 1
+        self.target = 2 * self.workers if self.asynchronous else 1
+        self.refill_at = self.workers if self.asynchronous else 0
         self.renew_every_s = _lease_s() / 3
         self.name = f"generator-{generator.name}"
 
@@ -262,6 +263,12 @@ class _GenerationDriver(Driver):
             return [payload]
         text, image = payload
         return [self.backend.generate(text, image)]
+
+    async def acall(self, payload: tuple | Trace) -> list[Trace]:
+        if isinstance(payload, Trace):
+            return [payload]
+        text, image = payload
+        return [await self.backend.agenerate(text, image)]
 
     def flush(self, done: list) -> int:
         with transaction.atomic():  # the replies that came back together, in one commit

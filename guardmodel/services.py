@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from annotation.models import Label, Sample, Split
 from annotation.strata import jury_prompt_version, majority
 from common.errors import ApplicationError, MissingApiKey
 from common.models import api_key, validate_base_url
-from common.work import requeue_abandoned
+from common.work import Driver, requeue_abandoned
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob
 from guardmodel.prompts import TemplateError, template_for
 from qta import metrics
@@ -281,26 +281,10 @@ def guard_job_run(*, job_id: int, redelivered: bool = False) -> bool:
         done_before = _judged_ids(job, ids)
         todo = [i for i in ids if i not in done_before]
         GuardJob.objects.filter(pk=job.pk).update(skipped=len(done_before), done=0, invalid=0, failed=0)
-        for start in range(0, len(todo), CHUNK):
-            if not GuardJob.beat(job.pk):  # cancelled, or taken over
-                return True
-            chunk_ids = todo[start : start + CHUNK]
-            samples = list(Sample.objects.filter(pk__in=chunk_ids).select_related("image"))
-            verdicts = backend.judge([sample_input(s) for s in samples])
-            labels = [
-                verdict_label(v, sample_id=s.pk, kind=Label.SourceKind.GUARD, name=job.checkpoint.name,
-                              prompt_version=job.prompt_version)
-                for s, v in zip(samples, verdicts, strict=True)
-            ]  # fmt: skip
-            counts = Counter(v.status for v in verdicts)
-            with transaction.atomic():
-                Label.objects.bulk_create(labels, ignore_conflicts=True)
-                GuardJob.beat(
-                    job.pk,
-                    done=F("done") + len(labels),
-                    invalid=F("invalid") + counts["invalid"],
-                    failed=F("failed") + counts["failed"],
-                )
+        driver = _GuardJobDriver(job, backend, todo)
+        driver.run()
+        if driver.stopped:  # cancelled, or taken over
+            return True
         if job.evaluate_subsets:
             evaluation = evaluation_run(
                 source_kind=Evaluation.SourceKind.GUARD, source_name=job.checkpoint.name,
@@ -315,6 +299,88 @@ def guard_job_run(*, job_id: int, redelivered: bool = False) -> bool:
         return True
     GuardJob.end(job.pk, GuardJob.Status.SUCCEEDED)
     return True
+
+
+class _GuardJobDriver(Driver):
+    """A job's samples through the work engine: a served guard's calls are coroutines on the event loop, up to its
+    concurrency in flight and refilled as each returns; a local model judges a chunk at a time on a thread. Labels
+    are written every CHUNK results (a killed worker loses at most that much work); the job's heartbeat is its
+    lease, and a cancelled job stops at the next one."""
+
+    flush_every = CHUNK
+    renew_every_s = 1.0
+
+    def __init__(self, job: GuardJob, backend: Guard, todo: list[int]) -> None:
+        self.job, self.backend, self.todo = job, backend, deque(todo)
+        self.asynchronous = isinstance(backend, OpenAIGuard)
+        self.unit = 1 if self.asynchronous else CHUNK
+        self.workers = backend.max_concurrency if isinstance(backend, OpenAIGuard) else 1
+        self.target = 2 * self.workers * self.unit
+        self.refill_at = self.workers * self.unit
+        self.name = f"guard-job-{job.pk}"
+        self.stopped = False
+
+    def renew(self) -> bool:
+        self.stopped = not GuardJob.beat(self.job.pk)
+        return not self.stopped
+
+    def claim(self, want: int) -> list[tuple[list[int], list]]:
+        ids = [self.todo.popleft() for _ in range(min(want, len(self.todo)))]
+        samples = Sample.objects.select_related("image").in_bulk(ids)
+        inputs: list[AuditInput | Exception] = []
+        for pk in ids:
+            try:
+                inputs.append(sample_input(samples[pk]))
+            except Exception as exc:  # an image file missing from storage fails this sample only
+                inputs.append(exc)
+        return [(ids[i : i + self.unit], inputs[i : i + self.unit]) for i in range(0, len(ids), self.unit)]
+
+    def call(self, payload: list) -> list[Verdict]:
+        good = [x for x in payload if not isinstance(x, Exception)]
+        try:
+            results = self.backend.judge(good) if good else []
+        except Exception as exc:
+            log.exception("guard job %s: a chunk failed", self.job.pk)
+            results = [Verdict(status="failed", error=f"{type(exc).__name__}: {exc}") for _ in good]
+        return with_unreadable_failed(payload, results)
+
+    async def acall(self, payload: list) -> list[Verdict]:
+        assert isinstance(self.backend, OpenAIGuard)
+        good = [x for x in payload if not isinstance(x, Exception)]
+        return with_unreadable_failed(payload, await self.backend.ajudge(good) if good else [])
+
+    def flush(self, done: list) -> int:
+        job = self.job
+        labels = [
+            verdict_label(verdict, sample_id=pk, kind=Label.SourceKind.GUARD, name=job.checkpoint.name,
+                          prompt_version=job.prompt_version)
+            for pk, verdict in done
+        ]  # fmt: skip
+        counts = Counter(verdict.status for _, verdict in done)
+        with transaction.atomic():
+            if not GuardJob.beat(
+                job.pk, done=F("done") + len(labels), invalid=F("invalid") + counts["invalid"],
+                failed=F("failed") + counts["failed"],
+            ):  # fmt: skip
+                self.stopped = True
+                transaction.set_rollback(True)
+                return 0
+            Label.objects.bulk_create(labels, ignore_conflicts=True)
+        return len(labels)
+
+    def more(self) -> bool:
+        return bool(self.todo) and not self.stopped
+
+
+def with_unreadable_failed(inputs: list, results: list[Verdict]) -> list[Verdict]:
+    """One verdict per input: the guard's for the samples that could be read, a failed one for the others."""
+    answers = iter(results)
+    return [
+        Verdict(status="failed", error=f"sample could not be read: {type(x).__name__}: {x}", attempts=0)
+        if isinstance(x, Exception)
+        else next(answers)
+        for x in inputs
+    ]
 
 
 # -- evaluation ---------------------------------------------------------------------------------------------------

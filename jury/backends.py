@@ -24,12 +24,19 @@ class JurorBackend:
     guard: OpenAIGuard | TransformersGuard | None = None
     error: str = ""  # set when the backend could not be made: every unit then fails with it
 
+    @property
+    def asynchronous(self) -> bool:
+        """Served: its calls are coroutines on the event loop (`ajudge`); else `judge` on a pool thread."""
+        return isinstance(self.guard, OpenAIGuard)
+
     def judge(self, items: Sequence[AuditInput]) -> list[Verdict]:
         if self.guard is None:
             return [Verdict(status="failed", error=self.error, attempts=0) for _ in items]
-        if isinstance(self.guard, OpenAIGuard):
-            return [self.guard.judge_one(item) for item in items]
         return self.guard.judge(items)
+
+    async def ajudge(self, items: Sequence[AuditInput]) -> list[Verdict]:
+        assert isinstance(self.guard, OpenAIGuard)
+        return await self.guard.ajudge(items)
 
 
 def _config(juror: Juror) -> tuple:

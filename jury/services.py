@@ -31,7 +31,7 @@ from annotation.models import Label, Sample, Split, Stratum
 from common.errors import ApplicationError
 from common.models import lease_acquire, lease_release, lease_renew
 from common.work import Driver
-from guardmodel.services import sample_input, verdict_label
+from guardmodel.services import sample_input, verdict_label, with_unreadable_failed
 from jury.backends import backend_for_juror
 from jury.models import Juror, JuryRun, JuryTask
 from qta.engine import AuditInput, Verdict
@@ -305,6 +305,7 @@ class _Driver(Driver):
         if not self.juror.enabled:
             return 0
         self.backend = backend_for_juror(self.juror)
+        self.asynchronous = self.backend.asynchronous
         self.workers = self.backend.workers
         self.target = max(2 * self.backend.unit, 4 * self.backend.unit * self.backend.workers)
         return super().run()
@@ -319,6 +320,9 @@ class _Driver(Driver):
 
     def call(self, payload: list) -> list[Verdict]:
         return _judge(self.backend, payload)
+
+    async def acall(self, payload: list) -> list[Verdict]:
+        return await _ajudge(self.backend, payload)
 
     def cancelled(self, items: list) -> set:
         stopped = set(
@@ -411,19 +415,23 @@ class _Driver(Driver):
 
 
 def _judge(backend, inputs: list) -> list[Verdict]:
-    """One unit of work on a pool thread: never raises, so one bad sample or call never stops the driver."""
-    verdicts: list[Verdict | None] = [None] * len(inputs)
-    good = [(i, x) for i, x in enumerate(inputs) if not isinstance(x, Exception)]
-    for i, x in enumerate(inputs):
-        if isinstance(x, Exception):
-            verdicts[i] = Verdict(
-                status="failed", error=f"sample could not be read: {type(x).__name__}: {x}", attempts=0
-            )
+    """One unit of work on a pool thread (a local model): never raises, so one bad sample or call never stops the
+    driver."""
+    good = [x for x in inputs if not isinstance(x, Exception)]
     try:
-        results = backend.judge([x for _, x in good]) if good else []
+        results = backend.judge(good) if good else []
     except Exception as exc:
         log.exception("juror %s: a unit of work failed", backend.name)
         results = [Verdict(status="failed", error=f"{type(exc).__name__}: {exc}") for _ in good]
-    for (i, _), verdict in zip(good, results, strict=True):
-        verdicts[i] = verdict
-    return [v for v in verdicts if v is not None]
+    return with_unreadable_failed(inputs, results)
+
+
+async def _ajudge(backend, inputs: list) -> list[Verdict]:
+    """One unit of work on the event loop (a served model): never raises either."""
+    good = [x for x in inputs if not isinstance(x, Exception)]
+    try:
+        results = await backend.ajudge(good) if good else []
+    except Exception as exc:
+        log.exception("juror %s: a unit of work failed", backend.name)
+        results = [Verdict(status="failed", error=f"{type(exc).__name__}: {exc}") for _ in good]
+    return with_unreadable_failed(inputs, results)

@@ -7,18 +7,18 @@ goes on. Outputs are read with the protocol's parser, so an unreadable output is
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from qta import protocol
+from qta.endpoint import ChatEndpoint, EndpointError, RetryPolicy, wait
 
 log = logging.getLogger(__name__)
 
@@ -343,59 +343,9 @@ def openai_messages(item: AuditInput, template: protocol.Template = protocol.QTA
     return converted
 
 
-RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-
-
-@dataclass
-class RetryPolicy:
-    attempts: int = 4
-    base_delay_s: float = 0.5
-    max_delay_s: float = 20.0
-    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
-
-    def delay(self, attempt: int) -> float:
-        """Exponential backoff with full jitter."""
-        return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1)))
-
-
-def is_retryable(exc: BaseException) -> bool:
-    import openai
-
-    if isinstance(exc, openai.APIConnectionError | openai.APITimeoutError):
-        return True
-    return isinstance(exc, openai.APIStatusError) and exc.status_code in RETRYABLE_STATUS
-
-
-def post_chat(client: Any, body: dict, retry: RetryPolicy, log_: list[dict], name: str) -> dict:
-    """One chat completion, retried with backoff and jitter on retryable errors; each attempt goes in `log_`.
-    Raises the last error when the attempts are spent or the error is not retryable."""
-    while True:
-        attempt = len(log_) + 1
-        started = time.perf_counter()
-        try:
-            # The client's documented `post` for custom requests: its auth, timeouts and error types, without the
-            # parameter transformation and response models of `chat.completions.create`, which cost more CPU than
-            # the rest of the call (the body is plain JSON already; the reply is read as JSON).
-            response = client.post("/chat/completions", body=body, cast_to=object)
-            if not isinstance(response, dict) or not isinstance(response.get("choices", []), list):
-                raise ValueError(f"not a chat completion: {str(response)[:200]!r}")
-        except Exception as exc:
-            log_.append({"attempt": attempt, "outcome": f"{type(exc).__name__}: {exc}",
-                         "ms": round((time.perf_counter() - started) * 1000, 1)})  # fmt: skip
-            again = is_retryable(exc) and attempt < retry.attempts
-            log.warning("%s attempt %d failed: %s%s", name, attempt, exc, "; retrying" if again else "")
-            if not again:
-                raise
-            retry.sleep(retry.delay(attempt))
-            continue
-        log_.append(
-            {"attempt": attempt, "outcome": "ok", "ms": round((time.perf_counter() - started) * 1000, 1)}
-        )
-        return response
-
-
 class OpenAIGuard:
-    """A guard served by vLLM, SGLang or any OpenAI-compatible server; many requests in flight from a thread pool."""
+    """A guard served by vLLM, SGLang or any OpenAI-compatible server: its calls are coroutines on the process's
+    event loop (`qta.endpoint`), up to `max_concurrency` in flight."""
 
     def __init__(
         self,
@@ -413,8 +363,6 @@ class OpenAIGuard:
         greedy: bool = True,
         reask: bool = False,
     ):
-        import openai
-
         self.name = name or model
         self.model = model
         self.max_tokens = max_tokens
@@ -424,21 +372,11 @@ class OpenAIGuard:
         self.variant: protocol.Variant = self.template.variant
         self.greedy = greedy
         self.reask = reask  # re-ask once with the format reminder when the output cannot be read
-        # The client's own retries are off: ours log each attempt and end in a failed verdict, not an exception.
-        self.client = openai.OpenAI(
-            base_url=base_url, api_key=api_key or "unused", timeout=timeout_s, max_retries=0
+        self.endpoint = ChatEndpoint(
+            base_url, api_key=api_key, timeout_s=timeout_s, max_connections=self.max_concurrency
         )
 
-    def _request(self, messages: list[dict], log_: list[dict]) -> Any:
-        body = {
-            "model": self.model,
-            "messages": messages,
-            "temperature": 0 if self.greedy else 1.0,
-            "max_tokens": self.max_tokens,
-        }
-        return post_chat(self.client, body, self.retry, log_, self.name)
-
-    def judge_one(self, item: AuditInput) -> Verdict:
+    async def ajudge_one(self, item: AuditInput) -> Verdict:
         """One sample: retried calls, then (with `reask`) one re-ask with the format reminder if unreadable."""
         try:
             messages = openai_messages(item, self.template)
@@ -452,9 +390,15 @@ class OpenAIGuard:
         )
         prompt_tokens = completion_tokens = 0
         while True:
+            body = {
+                "model": self.model,
+                "messages": messages,
+                "temperature": 0 if self.greedy else 1.0,
+                "max_tokens": self.max_tokens,
+            }
             try:
-                response = self._request(messages, attempts)
-            except Exception as exc:
+                response = await self.endpoint.chat(body, self.retry, attempts, self.name)
+            except EndpointError as exc:
                 return Verdict(
                     status="failed", error=f"{type(exc).__name__}: {exc}", attempts=len(attempts),
                     latency_ms=(time.perf_counter() - started) * 1000, attempt_log=attempts,
@@ -483,14 +427,12 @@ class OpenAIGuard:
             first_output, reasked = text, True
             messages = protocol.reask_messages(messages, text)
 
-    def judge(
-        self, items: Sequence[AuditInput], progress: Callable[[int], None] | None = None
-    ) -> list[Verdict]:
-        def one(item: AuditInput) -> Verdict:
-            verdict = self.judge_one(item)
-            if progress:
-                progress(1)
-            return verdict
+    async def ajudge(self, items: Sequence[AuditInput]) -> list[Verdict]:
+        return list(await asyncio.gather(*(self.ajudge_one(item) for item in items)))
 
-        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
-            return list(pool.map(one, items))
+    def judge_one(self, item: AuditInput) -> Verdict:
+        return wait(self.ajudge_one(item))
+
+    def judge(self, items: Sequence[AuditInput]) -> list[Verdict]:
+        """Every item's verdict, in order, up to `max_concurrency` calls in flight (the endpoint's connections)."""
+        return wait(self.ajudge(items))

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from qta.engine import RetryPolicy, image_data_url, post_chat
+from qta.endpoint import ChatEndpoint, EndpointError, RetryPolicy, wait
+from qta.engine import image_data_url
 
 _THINK = re.compile(r"^\s*(?:<think>)?(.*?)</think>(.*)$", re.DOTALL)
 
@@ -66,30 +67,32 @@ def user_messages(text: str, image: bytes | None) -> list[dict]:
 
 
 class OpenAIGenerator:
-    """A reasoning model behind an OpenAI-compatible server (vLLM, SGLang, a hosted API)."""
+    """A reasoning model behind an OpenAI-compatible server (vLLM, SGLang, a hosted API); its calls are coroutines
+    on the process's event loop (`qta.endpoint`), up to `max_concurrency` in flight."""
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 600.0,
                  max_tokens: int = 4096, temperature: float = 0.7, retry: RetryPolicy | None = None,
-                 name: str = ""):  # fmt: skip
-        import openai
-
+                 name: str = "", max_concurrency: int = 8):  # fmt: skip
         self.model, self.name = model, name or model
         self.max_tokens, self.temperature = max_tokens, temperature
         self.retry = retry or RetryPolicy()
-        self.client = openai.OpenAI(
-            base_url=base_url, api_key=api_key or "unused", timeout=timeout_s, max_retries=0
+        self.endpoint = ChatEndpoint(
+            base_url, api_key=api_key, timeout_s=timeout_s, max_connections=max_concurrency
         )
 
     def generate(self, text: str, image: bytes | None) -> Trace:
+        return wait(self.agenerate(text, image))
+
+    async def agenerate(self, text: str, image: bytes | None) -> Trace:
         body = {"model": self.model, "messages": user_messages(text, image), "max_tokens": self.max_tokens,
                 "temperature": self.temperature}  # fmt: skip
         attempts: list[dict] = []
         started = time.perf_counter()
         try:
-            response = post_chat(self.client, body, self.retry, attempts, self.name)
+            response = await self.endpoint.chat(body, self.retry, attempts, self.name)
             choice = response["choices"][0]
             message = choice["message"]
-        except Exception as exc:
+        except (EndpointError, LookupError, TypeError) as exc:
             return Trace(status="failed", error=f"{type(exc).__name__}: {exc}", attempts=len(attempts),
                          attempt_log=attempts, latency_ms=(time.perf_counter() - started) * 1000)  # fmt: skip
         usage = {k: v for k, v in (response.get("usage") or {}).items() if isinstance(v, int | float | dict)}

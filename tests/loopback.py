@@ -45,6 +45,13 @@ def by_model(answers: dict[str, str | Callable[[dict], str]]) -> Callable[[dict]
     return respond
 
 
+class _Server(ThreadingHTTPServer):
+    # A model server accepts many connections at once (vLLM's listen backlog is in the thousands); the standard
+    # library's 5 would reset a client that opens its 32 connections together.
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 class LoopbackOpenAI:
     def __init__(
         self, respond: Callable[[dict], str] = keyword_judge, *, faults: list[Fault] | None = None,
@@ -115,8 +122,7 @@ class LoopbackOpenAI:
                     "usage": {"prompt_tokens": 100, "completion_tokens": 12, "total_tokens": 112},
                 })  # fmt: skip
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
         # A client that gave up on a "timeout" fault has closed its socket: nothing to report.
         self.httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"

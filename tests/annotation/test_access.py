@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.core.files.base import ContentFile
+from django.test import Client
 from django.urls import reverse
 
 from annotation.models import AuditEvent, ImportJob
@@ -211,6 +212,12 @@ def test_the_unversioned_api_paths_redirect_without_content_and_keep_method_and_
         assert detail["Location"] == reverse("api_sample_detail", args=[sample.pk])
         assert client.get("/api/nothing-here/").status_code == 404
     assert api_for(outsider).get(reverse("api_sample_list"), {"subset": "MM-Eval"}).status_code == 403
+    # As a browser session does it, with CSRF checked: the redirect itself changes nothing, so it never asks for a
+    # CSRF token (the target does, for sessions).
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(outsider)
+    posted = browser.post("/api/imports/6/cancel", {})
+    assert posted.status_code == 308 and posted["Location"] == "/api/v1/imports/6/cancel"
 
 
 def test_only_admins_cancel_and_resume_generation_runs(

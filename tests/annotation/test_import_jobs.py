@@ -242,7 +242,7 @@ def test_a_cancelled_import_stores_nothing_and_writes_no_image_file(
     # Over: a second cancel says why, by field; the queued message, delivered late, does nothing.
     again = api.post(cancel)
     assert again.status_code == 409 and again.json() == {
-        "status": [f"import #{job_id} is cancelled: nothing to cancel"]
+        "status": [f"import #{job_id} was cancelled: nothing to cancel"]
     }
     assert services.import_job_run(job_id=job_id) is False and not Sample.objects.exists()
     assert api.post(reverse("api_import_cancel", args=[job_id + 1000])).status_code == 404

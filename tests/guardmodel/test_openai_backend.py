@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from qta.engine import AuditInput, OpenAIGuard, RetryPolicy
+from qta.endpoint import RetryPolicy
+from qta.engine import AuditInput, OpenAIGuard
 from tests.conftest import png_bytes
 from tests.loopback import LoopbackOpenAI, closed_port_url
 
@@ -59,7 +60,7 @@ def test_an_unreachable_endpoint_fails_after_the_retries_without_losing_the_batc
     verdicts = _guard(closed_port_url()).judge(items)
     assert len(verdicts) == 3
     assert all(v.status == "failed" and v.attempts == FAST.attempts for v in verdicts)
-    assert "APIConnectionError" in verdicts[0].error
+    assert "Unreachable" in verdicts[0].error
 
 
 def test_unreadable_output_is_invalid_with_the_raw_text_kept():
