@@ -1,13 +1,16 @@
 """Jury orchestration efficiency: 3 jurors against OpenAI-compatible servers on loopback answering in 200 ms.
 
 Run: DATABASE_URL=postgres://postgres@127.0.0.1:5432/test .venv/bin/python bench/jury.py [--quick]
-(3,000 samples × 3 jurors, 32 requests in flight per juror; --quick: 300 samples). Each juror's driver
+(3,000 samples × 3 jurors, 32 requests in flight per juror, then 128; --quick: 300 samples). Each juror's driver
 (`jury.services.juror_drive`, what the Celery task runs) works in its own process, as on a prefork worker; the
-three servers run in three more processes, through the real `openai` client over HTTP. Two passes: clean, then with 10%
-of responses failing (half 500s, half timeouts past the juror's 1 s timeout). Fresh database
-`guardtrace_bench_jury`.
+three servers run in three more processes, reached over HTTP on the event loop of `qta.endpoint`. Three passes:
+clean, with 10% of responses failing (half 500s, half timeouts past the juror's 1 s timeout), and clean with 128 in
+flight (about 1,900 calls/s: past what two cores can serve and send). Fresh database `guardtrace_bench_jury`.
 
-Ideal time = samples × 0.2 s / 32 (the three jurors work in parallel); efficiency = ideal / measured.
+Ideal time = samples × 0.2 s / in flight (the three jurors work in parallel); efficiency = ideal / measured. From
+the clean pass it projects the paper's 30,000 samples × 3 jurors against servers answering in 1 s with 64 in flight
+(the ideal plus the overhead per round of calls measured here), and the call rate at which our side's CPU would
+fill one core.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def _drive(juror_id: int, results) -> None:
     results.put({"labels": labels, "cpu_s": time.process_time() - cpu, **counts})
 
 
-def _pass(samples: int, fault_rate: float) -> dict:
+def _pass(samples: int, fault_rate: float, concurrency: int = CONCURRENCY) -> dict:
     from django.db import connection
     from django.db.models import Count
 
@@ -91,7 +94,7 @@ def _pass(samples: int, fault_rate: float) -> dict:
             model_name=name,
             base_url=url,
             timeout_s=1,
-            max_concurrency=CONCURRENCY,
+            max_concurrency=concurrency,
         )  # fmt: skip
         for name, url in zip(NAMES, urls, strict=True)
     ]
@@ -108,7 +111,9 @@ def _pass(samples: int, fault_rate: float) -> dict:
     written = sum(r["labels"] for r in reports)
     return {
         "wall_s": wall,
-        "ideal_s": samples * DELAY_S / CONCURRENCY,
+        "ideal_s": samples * DELAY_S / concurrency,
+        "concurrency": concurrency,
+        "calls_per_s": written / wall,
         "labels": labels.count(),
         "missing": samples * len(NAMES) - pairs.count(),
         "duplicated": labels.count() - pairs.count(),
@@ -140,21 +145,42 @@ def main() -> None:
     )  # fmt: skip
     clean = _pass(samples, 0.0)
     faulty = _pass(samples, 0.10)
+    wide = _pass(samples, 0.0, concurrency=128)
     print(f"machine: {machine()} · database: {database}")
     print(f"{samples} samples × {len(NAMES)} jurors, servers answering in {DELAY_S * 1000:.0f} ms, "
           f"{CONCURRENCY} in flight per juror")  # fmt: skip
-    header = ("pass", "measured s", "ideal s", "efficiency", "labels", "missing", "doubled", "failed",
-              "cpu ms/label", "writes/label", "statements/label", "machine CPU busy")  # fmt: skip
+    header = ("pass", "in flight", "measured s", "ideal s", "efficiency", "calls/s", "labels", "missing", "doubled",
+              "failed", "cpu ms/label", "writes/label", "statements/label", "machine CPU busy")  # fmt: skip
     print(" | ".join(header))
-    for name, r in (("clean", clean), ("10% faults", faulty)):
-        print(f"{name} | {r['wall_s']:.1f} | {r['ideal_s']:.1f} | {r['ideal_s'] / r['wall_s']:.3f} | {r['labels']} | "
-              f"{r['missing']} | {r['duplicated']} | {r['failed']} | {r['cpu_ms_per_label']:.2f} | "
-              f"{r['writes_per_label']:.3f} | {r['statements_per_label']:.3f} | {100 * r['cpu_busy']:.0f}%")  # fmt: skip
+    for name, r in (("clean", clean), ("10% faults", faulty), ("clean, wide", wide)):
+        print(f"{name} | {r['concurrency']} | {r['wall_s']:.1f} | {r['ideal_s']:.1f} | {r['ideal_s'] / r['wall_s']:.3f} | "
+              f"{r['calls_per_s']:.0f} | {r['labels']} | {r['missing']} | {r['duplicated']} | {r['failed']} | "
+              f"{r['cpu_ms_per_label']:.2f} | {r['writes_per_label']:.3f} | {r['statements_per_label']:.3f} | "
+              f"{100 * r['cpu_busy']:.0f}%")  # fmt: skip
+    # The paper's jury: 30,000 samples × 3 jurors, servers answering in 1 s, 64 in flight per juror. Each juror's
+    # driver pays the overhead per round of calls measured in the clean pass on top of the servers' time.
+    rounds = samples / CONCURRENCY
+    overhead_s = max(0.0, clean["wall_s"] - clean["ideal_s"]) / rounds
+    paper_rounds = 30_000 / 64
+    projected = paper_rounds * (1.0 + overhead_s)
+    saturates = 1000 / clean["cpu_ms_per_label"]
+    print(
+        f"paper's jury (30,000 × 3 calls, 1 s each, 64 in flight): ideal {paper_rounds:.0f} s, projected "
+        f"{projected:.0f} s ({overhead_s * 1000:.1f} ms of overhead per round of calls)"
+    )
+    print(
+        f"our CPU fills one core at {saturates:,.0f} calls/s ({clean['cpu_ms_per_label']:.2f} ms a call); the wide "
+        f"pass reached {wide['calls_per_s']:,.0f} calls/s with the servers on the same two cores"
+    )
     print(f"figure efficiency = {clean['ideal_s'] / clean['wall_s']:.3f} ratio")
     print(f"figure efficiency_under_faults = {faulty['ideal_s'] / faulty['wall_s']:.3f} ratio")
     print(f"figure labels_missing_under_faults = {faulty['missing']} labels")
     print(f"figure labels_duplicated_under_faults = {faulty['duplicated']} labels")
     print(f"figure cpu_ms_per_label = {clean['cpu_ms_per_label']:.2f} ms")
+    print(f"figure efficiency_128_in_flight = {wide['ideal_s'] / wide['wall_s']:.3f} ratio")
+    print(f"figure calls_per_s_128_in_flight = {wide['calls_per_s']:.0f} calls/s")
+    print(f"figure calls_per_s_one_core = {saturates:.0f} calls/s")
+    print(f"figure paper_jury_projected_s = {projected:.0f} s")
     print(f"figure db_writes_per_label = {clean['writes_per_label']:.3f} statements")
 
 

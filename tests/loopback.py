@@ -72,6 +72,9 @@ class LoopbackOpenAI:
             protocol_version = (
                 "HTTP/1.1"  # keep-alive: one connection per client thread, as with a real server
             )
+            # Headers and body go out as two writes; with Nagle's algorithm on, the body would wait for the client's
+            # delayed ACK (~40 ms a reply). Real servers (uvicorn under vLLM) set TCP_NODELAY, so this one does too.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args) -> None:
                 pass
