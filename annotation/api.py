@@ -21,10 +21,9 @@ from rest_framework.views import APIView
 
 from annotation import selectors, services
 from annotation.models import ImportJob, Label, Sample
-from annotation.strata import expert_desk
 from common.errors import Conflict
 from common.permissions import IsAdminRole
-from common.roles import is_admin, is_expert
+from common.roles import is_admin
 from qta.images import ImageRejected, ImageSource
 from qta.sample_files import FORMATS, SOURCE_KINDS, DefaultsRejected, guess_format
 
@@ -170,7 +169,9 @@ class SampleBulkCreateApi(APIView):
 
 
 class LabelListCreateApi(ListAPIView):
-    """List labels (filter by sample, source_kind, source_name); experts add their own, admins any."""
+    """List labels (filter by sample, source_kind, source_name); admins add any. Experts label through the expert
+    queue only (`/api/v1/expert/claim`): a label posted here would become a sample's training label on one person's
+    word, outside the blind, K-vote queue."""
 
     serializer_class = LabelOutputSerializer
 
@@ -211,30 +212,15 @@ class LabelListCreateApi(ListAPIView):
         body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        if is_admin(request.user):
-            source_name = data.get("source_name") or request.user.get_username()
-        elif is_expert(request.user) and data["source_kind"] == Label.SourceKind.EXPERT:
-            # Experts write only as themselves.
-            source_name = request.user.get_username()
-        else:
+        if not is_admin(request.user):
             raise PermissionDenied(
-                "Experts may add only their own expert labels; other labels need an admin."
+                "Only admins write labels here; experts label through the expert queue (POST /api/v1/expert/claim)."
             )
+        source_name = data.get("source_name") or request.user.get_username()
         try:
             sample = Sample.objects.get(pk=data["sample"])
         except Sample.DoesNotExist:
             raise NotFound(f"no sample #{data['sample']}") from None
-        if (
-            data["source_kind"] == Label.SourceKind.EXPERT
-            and not is_admin(request.user)
-            and expert_desk().holds(sample.pk)
-        ):
-            return Response(
-                {
-                    "detail": f"sample #{sample.pk} is in the expert queue: label it through /api/v1/expert/claim"
-                },
-                status=status.HTTP_409_CONFLICT,
-            )
         judgment = None if data["judgment"] is None else float(data["judgment"])
         label = services.label_record(
             sample=sample,

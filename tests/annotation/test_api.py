@@ -51,26 +51,36 @@ def test_bulk_create_with_a_bad_record_stores_nothing(api_for, admin_user):
     assert Sample.objects.count() == 0
 
 
-def test_experts_write_their_own_labels_once(api_for, expert_user):
+def test_experts_never_write_a_training_label_around_the_queue(api_for, expert_user, admin_user):
+    """A D3:0 sample: the jury agrees on 0. One expert posting 1 — under any prompt version, any number of times —
+    must not become its training label (only the blind, K-vote expert queue decides for experts)."""
     sample = SampleFactory()
-    api = api_for(expert_user)
-    body = {"sample": sample.pk, "source_kind": "expert", "source_name": "someone-else", "judgment": 0.5,
-            "analysis": "Hints at the method."}  # fmt: skip
-    response = api.post(reverse("api_label_list"), body, format="json")
-    assert response.status_code == 201, response.json()
-    assert response.json()["source_name"] == "erin"
+    admin = api_for(admin_user)
+    for name in ("a", "b", "c"):
+        body = {"sample": sample.pk, "source_kind": "juror", "source_name": name, "prompt_version": "qta-v1",
+                "judgment": 0}  # fmt: skip
+        assert admin.post(reverse("api_label_list"), body, format="json").status_code == 201
     sample.refresh_from_db()
-    assert (sample.final_label, sample.final_label_origin) == (0.5, "expert")
-    assert AuditEvent.objects.filter(action="label_write", user=expert_user, sample=sample).count() == 1
-    again = api.post(reverse("api_label_list"), body, format="json")
-    assert again.status_code == 409 and "already has a expert label" in again.json()["detail"]
+    before = (sample.stratum, sample.final_label, sample.final_label_origin)
+    assert before[:2] == ("d3_0", 0.0)
+    api = api_for(expert_user)
+    for version in ("", "qta-v1", "other-v2", "third"):
+        body = {"sample": sample.pk, "source_kind": "expert", "prompt_version": version, "judgment": 1,
+                "analysis": "Hints at the method."}  # fmt: skip
+        response = api.post(reverse("api_label_list"), body, format="json")
+        assert response.status_code == 403 and "/api/v1/expert/claim" in response.json()["detail"]
     assert (
         api.post(reverse("api_label_list"), dict(body, source_kind="juror"), format="json").status_code == 403
     )
-    assert api.post(reverse("api_label_list"), dict(body, judgment=0.7), format="json").status_code == 400
-    assert Label.objects.count() == 1
+    sample.refresh_from_db()
+    assert (sample.stratum, sample.final_label, sample.final_label_origin) == before
+    assert not Label.objects.filter(source_kind="expert").exists()
+    assert not AuditEvent.objects.filter(action="label_write", user=expert_user).exists()
+    # Admins still write any label; a bad judgment is a 400 naming the field.
+    bad = admin.post(reverse("api_label_list"), dict(body, judgment=0.7), format="json")
+    assert bad.status_code == 400 and "judgment" in bad.json()
     listed = api.get(reverse("api_label_list"), {"sample": sample.pk}).json()
-    assert [label["judgment"] for label in listed["results"]] == [0.5]
+    assert [label["judgment"] for label in listed["results"]] == [0.0, 0.0, 0.0]
 
 
 def test_stratum_counts(api_for, reviewer_user):

@@ -197,7 +197,7 @@ def test_experts_are_blind_to_other_experts_on_pages_and_in_the_api(client, api_
         {"sample": item.sample_id, "source_kind": "expert", "judgment": 0, "analysis": "x"},
         format="json",
     )
-    assert response.status_code == 409 and "expert queue" in response.json()["detail"]
+    assert response.status_code == 403 and "expert queue" in response.json()["detail"]
 
 
 def test_the_expert_api_claims_submits_skips_and_renews(api_for, settings):
