@@ -109,19 +109,26 @@ class AgreementReport:
 
 
 def _expert_units() -> tuple[dict[tuple[int, int], list[float]], dict[int, tuple[str, int]], set[int]]:
-    """Expert judgments per (item, round), each item's (reason, K), and the experts seen."""
+    """Expert judgments per (item, round) of rounds that are over — the item was decided, or moved on to a later
+    round — each item's (reason, K), and the experts seen. A round still open is left out: its statistics would tell
+    an expert who already voted whether the others agreed, and bias the votes still to come."""
     units: dict[tuple[int, int], list[float]] = defaultdict(list)
     experts: set[int] = set()
     rows = Label.objects.filter(
         source_kind=Label.SourceKind.EXPERT, status=Label.Status.VALID, expert_slot__isnull=False
     ).values_list("expert_slot__item_id", "expert_slot__round", "judgment", "created_by_id")
-    for item_id, review_round, judgment, user_id in rows.iterator(chunk_size=5000):
-        units[(item_id, review_round)].append(cast(float, judgment))  # valid labels always have one
-        experts.add(user_id)
-    items = {
-        pk: (reason, needed)
-        for pk, reason, needed in ExpertQueueItem.objects.values_list("pk", "reason", "labels_needed")
+    state = {
+        pk: (reason, needed, current, bool(decided_by))
+        for pk, reason, needed, current, decided_by in ExpertQueueItem.objects.values_list(
+            "pk", "reason", "labels_needed", "round", "decided_by"
+        )
     }
+    for item_id, review_round, judgment, user_id in rows.iterator(chunk_size=5000):
+        _, _, current, decided = state[item_id]
+        if decided or review_round < current:
+            units[(item_id, review_round)].append(cast(float, judgment))  # valid labels always have one
+            experts.add(user_id)
+    items = {pk: (reason, needed) for pk, (reason, needed, _, _) in state.items()}
     return units, items, experts
 
 

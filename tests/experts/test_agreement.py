@@ -92,3 +92,20 @@ def test_the_report_scores_experts_jurors_and_the_jury_majority(admin_user):
     assert report.reliability["f1"] == pytest.approx(2 / 3)  # tp 1, fn 1, fp 0
     assert report.reliability_exact == pytest.approx(0.5)
     assert agreement_report(n=1, seed=3).reliability_n == 1
+
+
+@pytest.mark.django_db
+def test_an_open_round_stays_out_of_the_statistics_so_a_voter_learns_nothing():
+    """K = 3: after two of three experts voted, the first must not see a unit appear (or α move) and so learn
+    whether the second agreed; once the third vote decides the item, it counts."""
+    (item,) = split_items(1)
+    e = experts(3)
+    label_next(e[0], 1.0)
+    label_next(e[1], 0.0)
+    open_round = agreement_report()
+    assert (open_round.units, open_round.experts, open_round.krippendorff_alpha) == (0, 0, None)
+    label_next(e[2], 0.0)
+    item.refresh_from_db()
+    assert item.decided_by == "majority"
+    decided = agreement_report()
+    assert (decided.units, decided.complete_units, decided.experts) == (1, 1, 3)
