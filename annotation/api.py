@@ -13,7 +13,7 @@ from django.conf import settings
 from django.http import FileResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.generics import ListAPIView
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 from annotation import selectors, services
 from annotation.models import ImportJob, Label, Sample
 from common.errors import Conflict
+from common.http import parse_id
 from common.permissions import IsAdminRole
 from common.roles import is_admin
 from qta.images import ImageRejected, ImageSource
@@ -200,8 +201,10 @@ class LabelListCreateApi(ListAPIView):
     def get_queryset(self):
         labels = Label.objects.order_by("id")
         params = self.request.query_params
-        if params.get("sample", "").isdigit():
-            labels = labels.filter(sample_id=int(params["sample"]))
+        if params.get("sample"):
+            if (sample_id := parse_id(params["sample"])) is None:
+                raise ValidationError({"sample": [f"{params['sample'][:40]!r} is not a sample id"]})
+            labels = labels.filter(sample_id=sample_id)
         for key in ("source_kind", "source_name"):
             if params.get(key):
                 labels = labels.filter(**{key: params[key]})

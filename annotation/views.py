@@ -13,7 +13,7 @@ from PIL import Image, ImageFilter
 
 from annotation import selectors, services
 from annotation.models import ImageAsset, Sample
-from common.http import HtmxHttpRequest, role_required
+from common.http import HtmxHttpRequest, parse_id, role_required
 
 PAGE_SIZE = 50
 
@@ -79,9 +79,8 @@ def image_view(request: HtmxHttpRequest, sha256: str) -> FileResponse:
     """Image bytes for logged-in users with a role; each view is written to the audit log."""
     asset = get_object_or_404(ImageAsset, sha256=sha256)
     sample = None
-    sample_id = request.GET.get("sample", "")
-    if sample_id.isdigit():
-        sample = Sample.objects.filter(pk=int(sample_id), image=asset).first()
+    if (sample_id := parse_id(request.GET.get("sample", ""))) is not None:
+        sample = Sample.objects.filter(pk=sample_id, image=asset).first()
     services.image_view_record(user=request.user, image=asset, sample=sample)
     content_type = {"JPEG": "image/jpeg"}.get(asset.format, f"image/{asset.format.lower()}")
     response = FileResponse(asset.file.open("rb"), content_type=content_type)

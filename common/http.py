@@ -38,6 +38,23 @@ def roles_required(*allowed: str):
 role_required = roles_required(*ROLES)
 
 
+MAX_ID = 2**63 - 1  # the largest primary key PostgreSQL's bigint holds
+
+
+def parse_id(text: str) -> int | None:
+    """A database id given as text (a query parameter, a list of ids): ASCII digits only — "²" passes
+    `str.isdigit()` but not `int()` — within the bigint range; None for anything else."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+        return None
+    value = int(text)
+    return value if 0 < value <= MAX_ID else None
+
+
+def parse_ids(texts) -> list[int]:
+    """The valid ids among `texts` (bad ones are dropped)."""
+    return [value for text in texts if (value := parse_id(text)) is not None]
+
+
 class _PermanentRedirectKeepingMethod(HttpResponsePermanentRedirect):
     status_code = 308
 

@@ -10,6 +10,7 @@ from django.utils.html import format_html
 
 from annotation.services import ImportRejected
 from common.adminforms import AdminRoleModelAdmin, admin_form
+from common.http import parse_ids
 from generation import runs, services
 from generation.models import Expansion, GenerationRun, GenerationTask, Generator, ImagePool, SeedSet, Variant
 from qta.images import ArchiveRejected, ZipImageSource
@@ -122,7 +123,7 @@ class SeedSetAdmin(AdminRoleModelAdmin):
     def expand_view(self, request):
         if not self.has_admin_role_permission(request):
             raise PermissionDenied  # the page the "expand" action opens: the same gate
-        ids = [int(x) for x in request.GET.get("ids", "").split(",") if x.isdigit()]
+        ids = parse_ids(request.GET.get("ids", "").split(","))
         sets = list(SeedSet.objects.filter(pk__in=ids))
         form = ExpandForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
@@ -245,7 +246,7 @@ def generate_view(modeladmin, request):
     """Answer the variants of the seed sets in ?ids= with the chosen generators, as a generation run."""
     if not modeladmin.has_admin_role_permission(request):
         raise PermissionDenied  # the page the "generate" action opens: the same gate
-    ids = [int(x) for x in request.GET.get("ids", "").split(",") if x.isdigit()]
+    ids = parse_ids(request.GET.get("ids", "").split(","))
     form = GenerateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         variants = Variant.objects.filter(seed__seed_set__in=ids)

@@ -6,7 +6,7 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
-from common.http import HtmxHttpRequest, role_required
+from common.http import HtmxHttpRequest, parse_ids, role_required
 from guardmodel import services
 from guardmodel.models import Evaluation, GuardJob
 from qta import metrics
@@ -72,7 +72,7 @@ def comparison_table(evaluations: list[Evaluation]) -> dict:
 @require_GET
 @role_required
 def evaluation_list(request: HtmxHttpRequest) -> HttpResponse:
-    chosen = [int(v) for v in request.GET.getlist("id") if v.isdigit()]
+    chosen = parse_ids(request.GET.getlist("id"))
     evaluations = (
         list(Evaluation.objects.filter(pk__in=chosen).order_by("-created_at"))
         if chosen

@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation.models import Split, Stratum
+from common.http import MAX_ID
 from common.permissions import IsAdminRole
 from jury import services
 from jury.models import Juror, JuryRun
@@ -53,20 +54,33 @@ class JuryRunCreateApi(APIView):
 
     @extend_schema_serializer(component_name="JuryRunInput")
     class InputSerializer(serializers.Serializer):
-        sample_ids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False,
-                                           max_length=1_000_000)  # fmt: skip
+        sample_ids = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=MAX_ID),
+                                           required=False, max_length=1_000_000)  # fmt: skip
         subset = serializers.CharField(required=False)
         split = serializers.ChoiceField(choices=Split.values, required=False)
         stratum = serializers.ChoiceField(choices=Stratum.values, required=False)
         category = serializers.CharField(required=False)
         unlabelled = serializers.BooleanField(required=False)
         jurors = serializers.ListField(child=serializers.SlugField(), required=False, allow_empty=False)
+        all = serializers.BooleanField(
+            required=False, help_text="Every sample: say so, it is never the default."
+        )
+
+        def validate(self, data: dict) -> dict:
+            chosen = {key for key in data if key != "jurors"} - {"all"}
+            if not chosen and not data.get("all"):
+                raise serializers.ValidationError(
+                    {"selection": ["say which samples: sample_ids, subset, split, stratum, category, unlabelled, "
+                                   "or all: true"]}
+                )  # fmt: skip
+            return data
 
     @extend_schema(request=InputSerializer, responses={202: JuryRunOutput})
     def post(self, request) -> Response:
         body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = dict(body.validated_data)
+        data.pop("all", None)
         jurors = None
         if names := data.pop("jurors", None):
             found = {j.name: j for j in Juror.objects.filter(name__in=names)}

@@ -40,7 +40,7 @@ def test_an_admin_starts_a_run_over_the_api_and_polls_its_progress(
     [
         ({"split": "dev"}, "split", '"dev" is not a valid choice.'),
         ({"subset": "nowhere"}, "selection", "no samples match"),
-        ({"jurors": ["a", "zz"]}, "jurors", "no juror named zz"),
+        ({"jurors": ["a", "zz"], "all": True}, "jurors", "no juror named zz"),
         ({"sample_ids": ["x"]}, "sample_ids", "A valid integer is required."),
     ],
 )
