@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+from django.contrib import messages
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -92,7 +93,8 @@ def _next(request: HtmxHttpRequest, *, message: str = "") -> HttpResponse:
             context = {"message": message, "progress": selectors.expert_progress(user=request.user)}
             response = render(request, "experts/expert_label.html#finished", context)
             return push_url(response, reverse("expert_home"))
-        return redirect(f"{reverse('expert_home')}?{urlencode({'message': message})}")
+        messages.info(request, message)
+        return redirect("expert_home")
     url = reverse("expert_slot", args=[slot.pk])
     if request.htmx:
         context = _workspace(request, slot)
@@ -207,7 +209,6 @@ def agreement_page(request: HtmxHttpRequest) -> HttpResponse:
         "n": n,
         "seed": seed,
         "can_draw": bool(user_roles(request.user) & {REVIEWER, ADMIN}),
-        "message": request.GET.get("message", ""),
     }
     return render(request, "experts/agreement.html", context)
 
@@ -218,10 +219,12 @@ def reliability_draw(request: HtmxHttpRequest) -> HttpResponse:
     n, seed = ReliabilityDrawForm(request.POST).draw()
     try:
         sent = review.expert_reliability_draw(n=n, seed=seed, user=request.user)
-        message = f"Sent {sent} jury-labelled samples to the expert queue for the reliability check."
+        messages.success(
+            request, f"Sent {sent} jury-labelled samples to the expert queue for the reliability check."
+        )
     except review.ReviewError as exc:
-        message = str(exc)
-    return redirect(f"{reverse('agreement')}?{urlencode({'message': message})}")
+        messages.warning(request, str(exc))
+    return redirect("agreement")
 
 
 # --- disagreement inspector ---------------------------------------------------------------------------------------

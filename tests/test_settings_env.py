@@ -56,3 +56,38 @@ def test_the_app_refuses_to_start_with_bad_settings(tmp_path, name, value, messa
     )
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def _check(tmp_path, *args: str, **settings: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG", "DATABASE_URL"}}
+    env.update(settings, GUARDTRACE_VAR_DIR=str(tmp_path))
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.mark.parametrize("debug", ["false", "true"])
+def test_production_never_runs_on_the_public_development_key(tmp_path, debug):
+    result = _check(tmp_path, GUARDTRACE_PRODUCTION="true", DEBUG=debug)
+    assert result.returncode != 0 and "SECRET_KEY must be set" in result.stderr
+    short = _check(tmp_path, GUARDTRACE_PRODUCTION="true", DEBUG=debug, SECRET_KEY="too-short")
+    assert short.returncode != 0 and "at least 50 characters" in short.stderr
+
+
+def test_the_documented_production_settings_pass_djangos_deployment_checks(tmp_path):
+    result = _check(
+        tmp_path, "--deploy", "--tag", "security", "--fail-level", "WARNING",
+        GUARDTRACE_PRODUCTION="true", SECRET_KEY="k" * 20 + "-production-secret-of-sixty-characters-xyz",
+        ALLOWED_HOSTS="guard.example.org", SECURE_COOKIES="true", SECURE_SSL_REDIRECT="true",
+        SECURE_HSTS_SECONDS="31536000", SECURE_HSTS_INCLUDE_SUBDOMAINS="true", SECURE_HSTS_PRELOAD="true",
+        SECURE_PROXY_SSL_HEADER="true",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    # Without the HTTPS settings the same check names each one: nothing insecure passes quietly.
+    plain = _check(
+        tmp_path, "--deploy", "--tag", "security", "--fail-level", "WARNING",
+        GUARDTRACE_PRODUCTION="true", SECRET_KEY="k" * 20 + "-production-secret-of-sixty-characters-xyz",
+    )  # fmt: skip
+    assert plain.returncode != 0
+    for warning in ("security.W004", "security.W008", "security.W012", "security.W016"):
+        assert warning in plain.stderr + plain.stdout, warning

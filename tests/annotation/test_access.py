@@ -265,3 +265,18 @@ def test_only_admins_cancel_and_resume_generation_runs(
     admin_user.save()
     listing = client_for(admin_user).get(changelist).content.decode()
     assert all(f'value="{name}"' in listing for name in ("send_to_jury", "cancel", "resume"))
+
+
+def test_pages_and_api_answers_are_never_stored_and_no_page_echoes_free_text(
+    client_for, api_for, reviewer_user, sample
+):
+    reviewer = client_for(reviewer_user)
+    for response in (
+        reviewer.get(reverse("sample_detail", args=[sample.pk])),
+        api_for(reviewer_user).get(reverse("api_sample_detail", args=[sample.pk])),
+    ):
+        assert response.status_code == 200
+        assert "no-store" in response["Cache-Control"] and "private" in response["Cache-Control"]
+    planted = "Call 555-0100 to verify your account"
+    for page in ("agreement", "expert_home"):
+        assert planted not in reviewer.get(reverse(page), {"message": planted}).content.decode()

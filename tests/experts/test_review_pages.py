@@ -271,7 +271,8 @@ def test_the_agreement_page_and_a_reliability_draw(client, reviewer_user):
     stratify(sample_ids=[s.pk for s in samples])
     client.force_login(reviewer_user)
     response = client.post(reverse("reliability_draw"), {"n": "2", "seed": "3"})
-    assert "Sent+2" in response["Location"] or "Sent%202" in response["Location"]
+    assert response["Location"] == reverse("agreement")
+    assert "Sent 2 jury-labelled samples" in client.get(response["Location"]).content.decode()
     assert ExpertQueueItem.objects.filter(reason="reliability").count() == 2
     crowd = experts(3)
     for _ in range(2):
