@@ -32,6 +32,10 @@ class ImageField(serializers.Field):
                 )
             raw = data.read()
         elif isinstance(data, str):
+            if data.startswith("data:") and "," not in data:
+                raise serializers.ValidationError(
+                    "a data: URL needs a comma before its base64 (data:image/png;base64,…)"
+                )
             text = data.split(",", 1)[1] if data.startswith("data:") else data
             if len(text) * 3 // 4 > settings.GUARDTRACE_MAX_IMAGE_BYTES:
                 raise serializers.ValidationError(

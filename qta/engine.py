@@ -97,6 +97,11 @@ def decode_image(data: bytes, *, max_pixels: int | None = None):
             image = probe.convert("RGB")
     except ImageError:
         raise
+    except Image.UnidentifiedImageError as exc:
+        # Pillow's message names its in-memory file object (`<_io.BytesIO object at 0x…>`): say it plainly.
+        raise ImageError(
+            "image could not be decoded: not a format Pillow reads (PNG, JPEG, WebP, GIF…)"
+        ) from exc
     except Exception as exc:  # Pillow raises many types for broken files
         raise ImageError(f"image could not be decoded ({type(exc).__name__}: {exc})") from exc
     return image

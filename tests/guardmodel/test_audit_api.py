@@ -78,6 +78,7 @@ def test_a_multipart_upload_works_too(api_for, auditor, endpoint_guard, loopback
         ({**GOOD, "image": "not base64!!"}, "image", "not valid base64"),
         ({**GOOD, "image": base64.b64encode(b"plain text").decode()}, "image", "could not be decoded"),
         ({**GOOD, "image": 42}, "image", "expected an image file or a base64 string"),
+        ({**GOOD, "image": "data:image/png;base64"}, "image", "needs a comma before its base64"),
         ({**GOOD, "thinking": "x" * 2001}, "thinking", "no more than 2000 characters"),
         ({**GOOD, "checkpoint": "nope"}, "checkpoint", "no checkpoint named 'nope'"),
     ],
@@ -88,6 +89,7 @@ def test_malformed_requests_get_a_400_naming_the_field(api_for, auditor, endpoin
     response = api_for(auditor).post(URL, payload, format="json")
     assert response.status_code == 400, response.content
     assert message in " ".join(response.json()[field])
+    assert "object at 0x" not in response.content.decode()  # no Python object names in an answer
     assert loopback.requests == []
 
 
