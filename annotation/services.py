@@ -560,7 +560,8 @@ def import_job_run(*, job_id: int) -> bool:
     except Exception as exc:
         # Never leave a claimed job "running": a redelivered message would find it claimed and do nothing.
         logger.exception("import job %s failed", job_id)
-        job.status, job.errors = ImportJob.Status.FAILED, [f"internal error: {type(exc).__name__}: {exc}"]
+        job.error = f"internal error: {type(exc).__name__}: {exc}"
+        job.status, job.errors = ImportJob.Status.FAILED, [job.error]
     else:
         job.status = ImportJob.Status.SUCCEEDED
         job.created, job.duplicates = report.created, len(report.duplicates)
@@ -577,7 +578,8 @@ def import_job_run(*, job_id: int) -> bool:
     if job.status == ImportJob.Status.SUCCEEDED:
         ours.append(ImportJob.Status.CANCELLED)
     ImportJob.objects.filter(pk=job_id, worker=job.worker, status__in=ours).update(
-        status=job.status, created=job.created, duplicates=job.duplicates, errors=job.errors, done=progress.done,
+        status=job.status, created=job.created, duplicates=job.duplicates, errors=job.errors, error=job.error,
+        done=progress.done,
         finished_at=now, heartbeat_at=now,
     )  # fmt: skip
     return True

@@ -50,7 +50,7 @@ def _drive(generator_id: int, results) -> None:
 
     connection.close()  # a connection of its own, not the parent's
     cpu = time.process_time()
-    made = runs.generation_drive(generator_id).samples
+    made = runs.generation_drive(generator_id).written
     results.put({"made": made, "cpu_s": time.process_time() - cpu})
 
 

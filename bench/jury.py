@@ -67,7 +67,7 @@ def _drive(juror_id: int, results) -> None:
 
     cpu = time.process_time()
     with connection.execute_wrapper(count):
-        labels = services.juror_drive(juror_id).labels
+        labels = services.juror_drive(juror_id).written
     results.put({"labels": labels, "cpu_s": time.process_time() - cpu, **counts})
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from queue import Empty, SimpleQueue
 from typing import Any
@@ -20,6 +22,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from common.models import lease_acquire, lease_release
 from qta import endpoint
 from qta.endpoint import RetryPolicy
 from qta.workers import worker_gone, worker_id
@@ -122,7 +125,7 @@ class LongWork(models.Model):
                 finished_at=None,
                 error="",
                 **fields,
-            )  # fmt: skip
+            )
         )
 
     @classmethod
@@ -272,28 +275,23 @@ class Driver:
         gate = asyncio.Semaphore(self.workers)
         started: set[int] = (
             set()
-        )  # ids of async calls past the gate (the rest can still be dropped untouched)
+        )  # id() of the items whose async call is past the gate (the rest can be dropped)
 
-        async def gated(payload: Any, key: int) -> Sequence[Any]:
+        async def gated(payload: Any, items: Sequence[Hashable]) -> Sequence[Any]:
             async with gate:
-                started.add(key)
+                started.add(id(items))
                 try:
                     return await self.acall(payload)
                 finally:
-                    started.discard(key)
+                    started.discard(id(items))
 
         def launch(items: Sequence[Hashable], payload: Any) -> None:
             if pool is not None:
                 future = pool.submit(self.call, payload)
             else:
-                key = id(items)
-                future = endpoint.submit(gated(payload, key))
-                future.key = key  # type: ignore[attr-defined]
+                future = endpoint.submit(gated(payload, items))
             inflight[future] = items
             future.add_done_callback(completed.put)
-
-        def not_started(future: Future) -> bool:
-            return pool is not None or getattr(future, "key", None) not in started
 
         try:
             while True:
@@ -327,10 +325,8 @@ class Driver:
                     while not completed.empty():
                         finished.append(completed.get_nowait())
                     for future in finished:
-                        items = inflight.pop(future, ())
-                        if (
-                            items is not None and not future.cancelled()
-                        ):  # dropped ones were taken out already
+                        # Dropped (cancelled) calls were taken out of `inflight` already.
+                        if (items := inflight.pop(future, ())) and not future.cancelled():
                             buffer.extend(zip(items, future.result(), strict=True))
                 now = time.monotonic()
                 if buffer and (
@@ -342,7 +338,8 @@ class Driver:
                     stopped = self.cancelled([item for items in inflight.values() for item in items])
                     dropped: list[Hashable] = []
                     for future, items in list(inflight.items()):
-                        if stopped and items[0] in stopped and not_started(future) and future.cancel():
+                        not_started = pool is not None or id(items) not in started
+                        if stopped and items[0] in stopped and not_started and future.cancel():
                             dropped.extend(items)
                             del inflight[future]
                     if dropped:
@@ -354,6 +351,32 @@ class Driver:
             for future in inflight:
                 future.cancel()  # async calls still in flight stop; their items go back with release()
             self.release()
+
+
+@dataclass
+class DriveOutcome:
+    written: int = 0  # results the drivers wrote (labels, samples)
+    busy_for: float | None = None  # another driver holds the lease: try again after this many seconds
+
+
+def drive_under_lease(
+    key: str, lease_s: float, drive: Callable[[str], int], more: Callable[[], bool]
+) -> DriveOutcome:
+    """Drive while holding the lease `key` (`drive(token)` returns the results it wrote), give the lease back, and
+    drive again while `more()` finds work (made while this driver was finishing, it found the lease held and was
+    left to it). When another driver holds the lease, `busy_for` says when that lease could run out."""
+    outcome = DriveOutcome()
+    while True:
+        token = uuid.uuid4().hex
+        if (wait_s := lease_acquire(key, token, lease_s)) is not None:
+            outcome.busy_for = wait_s
+            return outcome
+        try:
+            outcome.written += drive(token)
+        finally:
+            lease_release(key, token)
+        if not more():
+            return outcome
 
 
 _resumers: dict[str, Callable[[], object]] = {}

@@ -15,10 +15,8 @@ same variant, generator, reply number and parameters are not asked again; failed
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
@@ -28,8 +26,8 @@ from django.utils import timezone
 from annotation.models import Sample
 from annotation.services import content_hash
 from common.errors import ApplicationError
-from common.models import lease_acquire, lease_release, lease_renew
-from common.work import Driver, JobStatus, retry_policy
+from common.models import lease_renew
+from common.work import DriveOutcome, Driver, JobStatus, drive_under_lease, retry_policy
 from generation.models import GenerationRun, GenerationTask, Generator, Variant
 from qta.generators import OpenAIGenerator, Trace, TransformersGenerator
 
@@ -166,12 +164,6 @@ def resume_unfinished() -> int:
 # -- driving a generator's work -------------------------------------------------------------------------------------
 
 
-@dataclass
-class DriveOutcome:
-    samples: int = 0
-    busy_for: float | None = None  # another driver holds the generator: try again after this many seconds
-
-
 def _lease_key(generator_id: int) -> str:
     # One lease per generator (not per run): its max_concurrency then holds across workers and across runs.
     return f"generator:{generator_id}"
@@ -184,22 +176,15 @@ def _lease_s() -> float:
 
 def generation_drive(generator_id: int) -> DriveOutcome:
     """Work the generator's open tasks in every running run until none is left (or the lease is lost)."""
-    outcome = DriveOutcome()
     generator = Generator.objects.filter(pk=generator_id).first()
     if generator is None:  # deleted since the message was sent: nothing to do
-        return outcome
-    while True:
-        token = uuid.uuid4().hex
-        if (wait_s := lease_acquire(_lease_key(generator.pk), token, _lease_s())) is not None:
-            outcome.busy_for = wait_s
-            return outcome
-        try:
-            outcome.samples += _drive_holding_lease(generator, token)
-        finally:
-            lease_release(_lease_key(generator.pk), token)
-        # A run created while this driver was finishing found the lease held and left its work to us.
-        if not _open_tasks(generator).exists():
-            return outcome
+        return DriveOutcome()
+    return drive_under_lease(
+        _lease_key(generator.pk),
+        _lease_s(),
+        drive=lambda token: _drive_holding_lease(generator, token),
+        more=lambda: _open_tasks(generator).exists(),
+    )
 
 
 def _drive_holding_lease(generator: Generator, token: str) -> int:

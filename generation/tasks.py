@@ -13,7 +13,7 @@ def generation_drive_task(self, generator_id: int) -> int:
     outcome = runs.generation_drive(generator_id)
     if outcome.busy_for is not None:
         raise self.retry(countdown=min(60.0, outcome.busy_for + 1.0))
-    return outcome.samples
+    return outcome.written
 
 
 @shared_task(acks_late=True)

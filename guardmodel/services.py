@@ -326,28 +326,14 @@ class _GuardJobDriver(Driver):
 
     def claim(self, want: int) -> list[tuple[list[int], list]]:
         ids = [self.todo.popleft() for _ in range(min(want, len(self.todo)))]
-        samples = Sample.objects.select_related("image").in_bulk(ids)
-        inputs: list[AuditInput | Exception] = []
-        for pk in ids:
-            try:
-                inputs.append(sample_input(samples[pk]))
-            except Exception as exc:  # an image file missing from storage fails this sample only
-                inputs.append(exc)
+        inputs = read_inputs(ids)
         return [(ids[i : i + self.unit], inputs[i : i + self.unit]) for i in range(0, len(ids), self.unit)]
 
     def call(self, payload: list) -> list[Verdict]:
-        good = [x for x in payload if not isinstance(x, Exception)]
-        try:
-            results = self.backend.judge(good) if good else []
-        except Exception as exc:
-            log.exception("guard job %s: a chunk failed", self.job.pk)
-            results = [Verdict(status="failed", error=f"{type(exc).__name__}: {exc}") for _ in good]
-        return with_unreadable_failed(payload, results)
+        return judge_readable(self.backend, payload)
 
     async def acall(self, payload: list) -> list[Verdict]:
-        assert isinstance(self.backend, OpenAIGuard)
-        good = [x for x in payload if not isinstance(x, Exception)]
-        return with_unreadable_failed(payload, await self.backend.ajudge(good) if good else [])
+        return await ajudge_readable(self.backend, payload)
 
     def flush(self, done: list) -> int:
         job = self.job
@@ -370,6 +356,42 @@ class _GuardJobDriver(Driver):
 
     def more(self) -> bool:
         return bool(self.todo) and not self.stopped
+
+
+def read_inputs(ids: list[int]) -> list[AuditInput | Exception]:
+    """Each sample's guard input, in order; a sample whose image file is missing from storage gives its exception,
+    so that sample alone fails."""
+    samples = Sample.objects.select_related("image").in_bulk(ids)
+    inputs: list[AuditInput | Exception] = []
+    for pk in ids:
+        try:
+            inputs.append(sample_input(samples[pk]))
+        except Exception as exc:
+            inputs.append(exc)
+    return inputs
+
+
+def judge_readable(backend, inputs: list) -> list[Verdict]:
+    """One unit of work on a pool thread (a local model): a verdict per input, never raising, so one bad sample or
+    call never stops a driver."""
+    good = [x for x in inputs if not isinstance(x, Exception)]
+    try:
+        results = backend.judge(good) if good else []
+    except Exception as exc:
+        log.exception("%s: a unit of work failed", backend.name)
+        results = [Verdict(status="failed", error=f"{type(exc).__name__}: {exc}") for _ in good]
+    return with_unreadable_failed(inputs, results)
+
+
+async def ajudge_readable(backend, inputs: list) -> list[Verdict]:
+    """The same on the event loop (a served model)."""
+    good = [x for x in inputs if not isinstance(x, Exception)]
+    try:
+        results = await backend.ajudge(good) if good else []
+    except Exception as exc:
+        log.exception("%s: a unit of work failed", backend.name)
+        results = [Verdict(status="failed", error=f"{type(exc).__name__}: {exc}") for _ in good]
+    return with_unreadable_failed(inputs, results)
 
 
 def with_unreadable_failed(inputs: list, results: list[Verdict]) -> list[Verdict]:

@@ -16,7 +16,6 @@ How a run's work is done without losing or doubling a label:
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,12 +28,12 @@ from django.utils import timezone
 from annotation import strata
 from annotation.models import Label, Sample, Split, Stratum
 from common.errors import ApplicationError
-from common.models import lease_acquire, lease_release, lease_renew
-from common.work import Driver
-from guardmodel.services import sample_input, verdict_label, with_unreadable_failed
+from common.models import lease_renew
+from common.work import DriveOutcome, Driver, drive_under_lease
+from guardmodel.services import ajudge_readable, judge_readable, read_inputs, verdict_label
 from jury.backends import backend_for_juror
 from jury.models import Juror, JuryRun, JuryTask
-from qta.engine import AuditInput, Verdict
+from qta.engine import Verdict
 
 log = logging.getLogger(__name__)
 OPEN = (JuryTask.Status.PENDING, JuryTask.Status.CLAIMED)
@@ -238,27 +237,12 @@ def run_progress(run: JuryRun) -> list[JurorProgress]:
 # -- driving a juror's work -----------------------------------------------------------------------------------------
 
 
-@dataclass
-class DriveOutcome:
-    labels: int = 0
-    busy_for: float | None = None  # another driver holds the juror: try again after this many seconds
-
-
 def _lease_key(juror_id: int) -> str:
     return f"juror:{juror_id}"
 
 
-def _lease_acquire(juror_id: int, token: str) -> float | None:
-    """Take the juror's lease; None when taken, else the seconds until the current holder's lease runs out."""
-    return lease_acquire(_lease_key(juror_id), token, settings.GUARDTRACE_JURY_LEASE_S)
-
-
 def _lease_renew(juror_id: int, token: str) -> bool:
     return lease_renew(_lease_key(juror_id), token, settings.GUARDTRACE_JURY_LEASE_S)
-
-
-def _lease_release(juror_id: int, token: str) -> None:
-    lease_release(_lease_key(juror_id), token)
 
 
 def _open_work(juror_id: int) -> QuerySet[JuryTask]:
@@ -267,21 +251,14 @@ def _open_work(juror_id: int) -> QuerySet[JuryTask]:
 
 def juror_drive(juror_id: int) -> DriveOutcome:
     """Work the juror's open tasks across all running runs until none is left (or the lease is lost)."""
-    outcome = DriveOutcome()
     if not Juror.objects.filter(pk=juror_id).exists():  # deleted since the message was sent: nothing to do
-        return outcome
-    while True:
-        token = uuid.uuid4().hex
-        if (wait_s := _lease_acquire(juror_id, token)) is not None:
-            outcome.busy_for = wait_s
-            return outcome
-        try:
-            outcome.labels += _Driver(juror_id, token).run()
-        finally:
-            _lease_release(juror_id, token)
-        # A run created while this driver was finishing found the lease held and left its work to us.
-        if not _open_work(juror_id).filter(juror__enabled=True).exists():
-            return outcome
+        return DriveOutcome()
+    return drive_under_lease(
+        _lease_key(juror_id),
+        settings.GUARDTRACE_JURY_LEASE_S,
+        drive=lambda token: _Driver(juror_id, token).run(),
+        more=lambda: _open_work(juror_id).filter(juror__enabled=True).exists(),
+    )
 
 
 @dataclass(frozen=True)
@@ -319,10 +296,10 @@ class _Driver(Driver):
         return [(items[i : i + unit], inputs[i : i + unit]) for i in range(0, len(items), unit)]
 
     def call(self, payload: list) -> list[Verdict]:
-        return _judge(self.backend, payload)
+        return judge_readable(self.backend, payload)
 
     async def acall(self, payload: list) -> list[Verdict]:
-        return await _ajudge(self.backend, payload)
+        return await ajudge_readable(self.backend, payload)
 
     def cancelled(self, items: list) -> set:
         stopped = set(
@@ -363,14 +340,7 @@ class _Driver(Driver):
             return [], []
         items = [_Item(*row) for row in JuryTask.objects.filter(claim_token=claim).order_by("id").values_list(
             "pk", "run_id", "sample_id")]  # fmt: skip
-        samples = Sample.objects.select_related("image").in_bulk([i.sample_id for i in items])
-        inputs: list[AuditInput | Exception] = []
-        for item in items:
-            try:
-                inputs.append(sample_input(samples[item.sample_id]))
-            except Exception as exc:  # an image file missing from storage fails this sample only
-                inputs.append(exc)
-        return items, inputs
+        return items, read_inputs([item.sample_id for item in items])
 
     def _flush(self, buffer: list[tuple[_Item, Verdict]]) -> int:
         """Write the results this driver still owns, with their tasks' new status, in one transaction."""
@@ -412,26 +382,3 @@ class _Driver(Driver):
                 JuryRun.objects.filter(pk=run_id).update(done=F("done") + n, heartbeat_at=now)
             _finish_runs({item.run_id for item, _ in rows})
         return len(rows)
-
-
-def _judge(backend, inputs: list) -> list[Verdict]:
-    """One unit of work on a pool thread (a local model): never raises, so one bad sample or call never stops the
-    driver."""
-    good = [x for x in inputs if not isinstance(x, Exception)]
-    try:
-        results = backend.judge(good) if good else []
-    except Exception as exc:
-        log.exception("juror %s: a unit of work failed", backend.name)
-        results = [Verdict(status="failed", error=f"{type(exc).__name__}: {exc}") for _ in good]
-    return with_unreadable_failed(inputs, results)
-
-
-async def _ajudge(backend, inputs: list) -> list[Verdict]:
-    """One unit of work on the event loop (a served model): never raises either."""
-    good = [x for x in inputs if not isinstance(x, Exception)]
-    try:
-        results = await backend.ajudge(good) if good else []
-    except Exception as exc:
-        log.exception("juror %s: a unit of work failed", backend.name)
-        results = [Verdict(status="failed", error=f"{type(exc).__name__}: {exc}") for _ in good]
-    return with_unreadable_failed(inputs, results)

@@ -13,7 +13,7 @@ def juror_drive_task(self, juror_id: int) -> int:
     outcome = services.juror_drive(juror_id)
     if outcome.busy_for is not None:
         raise self.retry(countdown=min(60.0, outcome.busy_for + 1.0))
-    return outcome.labels
+    return outcome.written
 
 
 # A starting worker re-queues the work of unfinished runs.

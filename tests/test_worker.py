@@ -133,6 +133,7 @@ def test_a_job_that_breaks_unexpectedly_is_marked_failed_not_left_running(admin_
     job.refresh_from_db()
     assert job.status == "failed" and job.finished_at is not None
     assert job.errors[0].startswith("internal error: FileNotFoundError")
+    assert job.error == job.errors[0]  # the job's own failure, apart from the file's errors
     assert services.import_job_run(job_id=job.pk) is False
 
 

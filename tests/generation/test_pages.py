@@ -268,7 +268,7 @@ def test_an_admin_cancels_and_resumes_a_generation_run_from_its_page(
         assert f'action="{resume_url}"' in body and f'action="{cancel_url}"' not in body
         assert GenerationRun.objects.get().status == "cancelled"
         assert (
-            generation_drive(generator.pk).samples == 0 and not server.requests
+            generation_drive(generator.pk).written == 0 and not server.requests
         )  # a cancelled run is not asked
         assert f"{run} is not running" in admin.post(cancel_url, follow=True).content.decode()
 
@@ -279,7 +279,7 @@ def test_an_admin_cancels_and_resumes_a_generation_run_from_its_page(
             and GenerationRun.objects.get().status == "running"
             and len(queued) == 1
         )
-        assert generation_drive(generator.pk).samples == 2  # what the queued driver does
+        assert generation_drive(generator.pk).written == 2  # what the queued driver does
     assert GenerationRun.objects.get().status == "succeeded" and Sample.objects.count() == 2
     page = admin.get(page_url).content.decode()
     assert cancel_url not in page and resume_url not in page

@@ -158,7 +158,7 @@ def test_a_local_transformers_generator_answers_variants_with_and_without_images
     local = Generator.objects.create(name="tiny-local", backend="transformers", model_name=str(lively_dir),
                                      max_tokens=12, temperature=0.0)  # fmt: skip
     run = runs.generation_run_create(variants=variants, generators=[local], enqueue=False)
-    made = runs.generation_drive(local.pk).samples
+    made = runs.generation_drive(local.pk).written
     assert made == 4, list(GenerationTask.objects.filter(run=run).values_list("status", "error"))
     tasks = GenerationTask.objects.filter(run=run)
     # An untrained tiny model writes no <think> block: its replies are kept, flagged, with their token counts.
@@ -187,11 +187,11 @@ def test_a_driver_whose_lease_ran_out_has_its_claims_taken_over_and_each_task_yi
         assert len(dead) == 2
         # While its lease lasts, no one else drives the generator or touches its claims.
         outcome = runs.generation_drive(generator.pk)
-        assert outcome.samples == 0 and 0 < outcome.busy_for <= 60 and not server.requests
+        assert outcome.written == 0 and 0 < outcome.busy_for <= 60 and not server.requests
         assert GenerationTask.objects.filter(claim_token="dead", status="claimed").count() == 2
         Lease.objects.filter(key=key).update(until=timezone.now() - timedelta(seconds=1))
         outcome = runs.generation_drive(generator.pk)
-    assert outcome.busy_for is None and outcome.samples == 4
+    assert outcome.busy_for is None and outcome.written == 4
     run.refresh_from_db()
     tasks = GenerationTask.objects.filter(run=run)
     assert (
@@ -230,7 +230,7 @@ def test_one_driver_works_a_generators_runs_within_its_concurrency_limit(variant
         first = runs.generation_run_create(variants=text_only, generators=[generator], enqueue=False)
         second = runs.generation_run_create(variants=typographic, generators=[generator], enqueue=False)
         outcome = runs.generation_drive(generator.pk)
-    assert outcome.samples == 4 and most[0] == 2
+    assert outcome.written == 4 and most[0] == 2
     for run in (first, second):
         run.refresh_from_db()
         assert run.status == "succeeded" and runs.run_progress(run)["done"] == 2
@@ -243,7 +243,7 @@ def test_a_cancelled_run_is_not_asked_and_resumes_without_doubling_a_reply(varia
         generator = _generator("thinker", server.url)
         run = runs.generation_run_create(variants=variants, generators=[generator], enqueue=False)
         assert runs.generation_run_cancel(run=run) and not runs.generation_run_cancel(run=run)
-        assert runs.generation_drive(generator.pk).samples == 0 and not server.requests
+        assert runs.generation_drive(generator.pk).written == 0 and not server.requests
         # Meanwhile a new run asks the text-only variants again: the resumed run leaves those to it.
         text_only = variants.filter(kind="text_only")
         again = runs.generation_run_create(variants=text_only, generators=[generator], enqueue=False)
@@ -252,7 +252,7 @@ def test_a_cancelled_run_is_not_asked_and_resumes_without_doubling_a_reply(varia
         assert queued == [[generator]]
         run.refresh_from_db()
         assert run.status == "running" and run.total == 2 and run.tasks.count() == 2
-        assert runs.generation_drive(generator.pk).samples == 4
+        assert runs.generation_drive(generator.pk).written == 4
     run.refresh_from_db()
     assert run.status == "succeeded" and not runs.generation_run_resume(run=run)
     assert len(server.requests) == 4 and Sample.objects.count() == 4
@@ -290,7 +290,7 @@ def test_a_variant_whose_image_is_missing_fails_its_task_alone_and_the_run_finis
         generator = _generator("thinker", server.url, max_concurrency=2)
         run = runs.generation_run_create(variants=variants, generators=[generator], enqueue=False)
         outcome = runs.generation_drive(generator.pk)
-    assert outcome.samples == 3 and len(server.requests) == 3  # the broken variant was never sent
+    assert outcome.written == 3 and len(server.requests) == 3  # the broken variant was never sent
     run.refresh_from_db()
     assert run.status == "succeeded" and run.done == run.total == 4
     failed = GenerationTask.objects.get(run=run, variant=broken)

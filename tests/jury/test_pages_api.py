@@ -154,7 +154,7 @@ def test_a_local_transformers_juror_judges_on_a_tiny_checkpoint(tiny_dir, voted)
                                  max_tokens=16)  # fmt: skip
     samples = voted("1,1,1", "0,0,0", "1,0,1")
     services.jury_run_create(selection={}, enqueue=False)
-    assert services.juror_drive(juror.pk).labels == 3
+    assert services.juror_drive(juror.pk).written == 3
     labels = Label.objects.filter(source_name="local")
     assert sorted(labels.values_list("sample_id", flat=True)) == [s.pk for s in samples]
     # An untrained tiny model does not follow the format: asked twice, then kept as invalid with both outputs.

@@ -4,18 +4,20 @@ client): labels, strata, preference pairs, the expert queue, re-asks, faults, re
 from __future__ import annotations
 
 import pytest
+from django.conf import settings as django_settings
 
 from annotation import selectors, strata
 from annotation.models import Label, PreferencePair, Sample
-from common.models import Lease
+from common.models import Lease, lease_acquire
 from experts.models import ExpertQueueItem
+from guardmodel.services import judge_readable
 from jury import services
 from jury.models import JuryRun, JuryTask
 from tests.loopback import LoopbackOpenAI, closed_port_url
 
 
 def _drive(jurors) -> int:
-    return sum(services.juror_drive(j.pk).labels for j in jurors)
+    return sum(services.juror_drive(j.pk).written for j in jurors)
 
 
 def _labels(sample, name=None):
@@ -147,15 +149,17 @@ def test_a_second_driver_finds_the_juror_busy_and_takes_over_once_the_lease_is_g
     samples = voted(*["1,1,1"] * 6)
     run = services.jury_run_create(selection={}, enqueue=False)
     # A driver that died mid-run: it holds the lease and has claimed half the tasks.
-    assert services._lease_acquire(juror.pk, "dead") is None
+    assert (
+        lease_acquire(services._lease_key(juror.pk), "dead", django_settings.GUARDTRACE_JURY_LEASE_S) is None
+    )
     JuryTask.objects.filter(pk__in=list(run.tasks.values_list("pk", flat=True)[:3])).update(
         status="claimed", claim_token="dead:1"
     )
     outcome = services.juror_drive(juror.pk)
-    assert outcome.labels == 0 and 0 < outcome.busy_for <= 30
+    assert outcome.written == 0 and 0 < outcome.busy_for <= 30
     # Its lease runs out: the next driver takes the juror and the dead driver's tasks over.
     Lease.objects.filter(key=f"juror:{juror.pk}").update(until="2000-01-01T00:00:00Z")
-    assert services.juror_drive(juror.pk).labels == 6
+    assert services.juror_drive(juror.pk).written == 6
     assert Label.objects.filter(source_name="a").count() == 6
     assert set(Label.objects.values_list("sample_id", flat=True)) == {s.pk for s in samples}
     assert Lease.objects.get(key=f"juror:{juror.pk}").token == ""  # released
@@ -168,10 +172,10 @@ def test_a_driver_that_lost_its_claim_writes_nothing(jury_server, make_jurors, v
     services.jury_run_create(selection={}, enqueue=False)
     stale = services._Driver(juror.pk, "stale")
     items, inputs = stale._claim(10)
-    verdicts = services._judge(services.backend_for_juror(juror), inputs)
+    verdicts = judge_readable(services.backend_for_juror(juror), inputs)
     # Meanwhile another driver took the tasks over (the stale one's lease had run out) and finished them.
     JuryTask.objects.update(status="pending", claim_token="")
-    assert services.juror_drive(juror.pk).labels == 2
+    assert services.juror_drive(juror.pk).written == 2
     assert stale._flush(list(zip(items, verdicts, strict=True))) == 0
     assert Label.objects.count() == 2
 

@@ -103,7 +103,7 @@ class Command(BaseCommand):
         run = runs.generation_run_create(variants=variants, generators=[generator], subset="demo-generated",
                                          enqueue=False)  # fmt: skip
         self.stdout.write(f"generation run #{run.pk}: {run.total} replies from {generator.name}…")
-        made = runs.generation_drive(generator.pk).samples
+        made = runs.generation_drive(generator.pk).written
         self.stdout.write(
             self.style.SUCCESS(f"generation run #{run.pk} finished: {made} samples (subset demo-generated)")
             + f"\n  see /generation/seeds/{seed_set.pk}/ (the variants) and /generation/runs/{run.pk}/ (the run);"

@@ -52,7 +52,7 @@ class Command(BaseCommand):
         self.stdout.write(f"jury run #{run.pk}: {run.total} labels over {run.samples} samples…")
         for juror in run.jurors.all():
             outcome = services.juror_drive(juror.pk)
-            self.stdout.write(f"  {juror.name}: {outcome.labels} labels")
+            self.stdout.write(f"  {juror.name}: {outcome.written} labels")
         stratify_all()
         counts = {label: Sample.objects.filter(stratum=value).count() for value, label in Stratum.choices}
         self.stdout.write(
