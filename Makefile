@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test install browser lint bench-quick vendor-htmx clean
+.PHONY: run test install browser lint audit backup restore bench-quick vendor-htmx clean
 
 install: $(STAMP)
 
@@ -48,6 +48,19 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy qta common annotation experts guardtrace guardmodel jury training generation demo
+
+# Known vulnerabilities in the installed packages (pip-audit); says plainly when its service cannot be reached.
+audit: $(STAMP)
+	$(PY) scripts/audit_deps.py
+
+# The database and the media folder into one archive under GUARDTRACE_BACKUP_DIR (default var/backups), and back
+# into a fresh instance: `make restore ARCHIVE=guardtrace-….tar.gz` (FORCE=1 replaces an instance holding data).
+backup: $(STAMP)
+	$(PY) manage.py backup
+
+restore: $(STAMP)
+	@test -n "$(ARCHIVE)" || { echo "usage: make restore ARCHIVE=<archive name or path> [FORCE=1]"; exit 2; }
+	$(PY) manage.py restore "$(ARCHIVE)" $(if $(FORCE),--force)
 
 bench-quick: $(STAMP)
 	$(PY) bench/import_export.py --quick

@@ -6,6 +6,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest
 from django.shortcuts import redirect
 from django.utils.html import format_html, format_html_join
 
@@ -96,6 +97,10 @@ class ImageAssetAdmin(AdminRoleModelAdmin):
     list_display = ["sha256", "width", "height", "format", "size_bytes", "created_at"]
     readonly_fields = ["sha256", "file", "width", "height", "format", "size_bytes"]
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Images arrive with imports, checked and measured; an empty form here would store a broken row.
+        return False
+
 
 class ImportJobForm(forms.Form):
     """An uploaded QTA file (and a zip of its images), imported by the worker."""
@@ -166,6 +171,7 @@ _JOB_FIELDS = (
     "started_at",
     "heartbeat_at",
     "finished_at",
+    "upload_purged_at",
     "worker",
     "error",
 )
@@ -225,7 +231,9 @@ class ImportJobAdmin(AdminRoleModelAdmin):
             self.message_user(request, f"{count} import(s) queued again.")
         else:
             self.message_user(
-                request, "Nothing queued: only cancelled, failed or interrupted imports can be queued again.",
+                request,
+                "Nothing queued: only cancelled, failed or interrupted imports whose uploaded files are kept can be "
+                "queued again.",
                 messages.WARNING,
             )  # fmt: skip
 

@@ -20,13 +20,30 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation import selectors, services
-from annotation.models import ImportJob, Label, Sample
+from annotation.models import JUDGMENT_CHOICES, ImportJob, Label, Sample
 from common.errors import Conflict
 from common.http import parse_id
 from common.permissions import IsAdminRole
 from common.roles import is_admin
+from common.schema import ErrorSerializer
 from qta.images import ImageRejected, ImageSource
-from qta.sample_files import FORMATS, SOURCE_KINDS, DefaultsRejected, guess_format
+from qta.protocol import coerce_judgment
+from qta.sample_files import FORMATS, DefaultsRejected, guess_format
+
+
+class JudgmentField(serializers.ChoiceField):
+    """0, 0.5 or 1 as a JSON number however it is spelt (1 and 1.0 alike) or a numeric string; the schema's
+    JudgmentEnum, the set the labels' `judgment` answers with."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(choices=JUDGMENT_CHOICES, **kwargs)
+
+    # The stubs type a ChoiceField's values as text; these are numbers.
+    def to_internal_value(self, data) -> float:  # type: ignore[override]
+        judgment = coerce_judgment(data)
+        if judgment is None:
+            self.fail("invalid_choice", input=data)
+        return judgment
 
 
 class LabelOutputSerializer(serializers.ModelSerializer):
@@ -72,6 +89,19 @@ class SampleDetailOutputSerializer(SampleOutputSerializer):
 _FILTER_PARAMS = [OpenApiParameter(name, str, description=f"Filter by {name}") for name in selectors.FILTERS]
 
 
+def _refuse_nul(params, names) -> None:
+    """Text filters reach the database, whose text holds no NUL character (PostgreSQL refuses the query): such a
+    value is a 400 naming its parameter."""
+    for name in names:
+        if "\x00" in params.get(name, ""):
+            raise ValidationError({name: ["must not contain a NUL character"]})
+
+
+def _filtered_samples(params):
+    _refuse_nul(params, selectors.FILTERS)
+    return selectors.sample_list(filters=selectors.clean_filters(params))
+
+
 class SampleListApi(ListAPIView):
     serializer_class = SampleOutputSerializer
 
@@ -80,7 +110,7 @@ class SampleListApi(ListAPIView):
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self):
-        return selectors.sample_list(filters=selectors.clean_filters(self.request.query_params))
+        return _filtered_samples(self.request.query_params)
 
 
 class SampleDetailApi(APIView):
@@ -179,13 +209,13 @@ class LabelListCreateApi(ListAPIView):
     @extend_schema_serializer(component_name="LabelInput")
     class InputSerializer(serializers.Serializer):
         sample = serializers.IntegerField()
-        source_kind = serializers.ChoiceField(choices=SOURCE_KINDS)
+        source_kind = serializers.ChoiceField(choices=Label.SourceKind.choices)
         source_name = serializers.CharField(max_length=100, required=False)
         prompt_version = serializers.CharField(max_length=32, required=False, allow_blank=True, default="")
-        judgment = serializers.ChoiceField(choices=[0, 0.5, 1], allow_null=True, required=False, default=None)
+        judgment = JudgmentField(allow_null=True, required=False, default=None)
         analysis = serializers.CharField(required=False, allow_blank=True, default="", max_length=1_000_000)
         raw_output = serializers.CharField(required=False, allow_blank=True, default="", max_length=1_000_000)
-        status = serializers.ChoiceField(choices=Label.Status.values, default=Label.Status.VALID)
+        status = serializers.ChoiceField(choices=Label.Status.choices, default=Label.Status.VALID)
         latency_ms = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0)
 
     @extend_schema(
@@ -201,6 +231,7 @@ class LabelListCreateApi(ListAPIView):
     def get_queryset(self):
         labels = Label.objects.order_by("id")
         params = self.request.query_params
+        _refuse_nul(params, ("source_kind", "source_name"))
         if params.get("sample"):
             if (sample_id := parse_id(params["sample"])) is None:
                 raise ValidationError({"sample": [f"{params['sample'][:40]!r} is not a sample id"]})
@@ -210,21 +241,21 @@ class LabelListCreateApi(ListAPIView):
                 labels = labels.filter(**{key: params[key]})
         return selectors.visible_labels(labels, self.request.user)
 
-    @extend_schema(request=InputSerializer, responses={201: LabelOutputSerializer})
+    @extend_schema(request=InputSerializer, responses={201: LabelOutputSerializer, 404: ErrorSerializer})
     def post(self, request) -> Response:
-        body = self.InputSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        data = body.validated_data
-        if not is_admin(request.user):
+        if not is_admin(request.user):  # before reading the body: a refusal says nothing about it
             raise PermissionDenied(
                 "Only admins write labels here; experts label through the expert queue (POST /api/v1/expert/claim)."
             )
+        body = self.InputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
         source_name = data.get("source_name") or request.user.get_username()
         try:
             sample = Sample.objects.get(pk=data["sample"])
         except Sample.DoesNotExist:
             raise NotFound(f"no sample #{data['sample']}") from None
-        judgment = None if data["judgment"] is None else float(data["judgment"])
+        judgment = data["judgment"]
         label = services.label_record(
             sample=sample,
             source_kind=data["source_kind"],
@@ -269,6 +300,7 @@ class ImportJobOutputSerializer(serializers.ModelSerializer):
             "started_at",
             "heartbeat_at",
             "finished_at",
+            "upload_purged_at",
         ]
         extra_kwargs = {
             "total": {"help_text": "Records in the file (known once it is parsed)."},
@@ -338,10 +370,12 @@ class ImportJobResumeApi(APIView):
 
     permission_classes = [IsAdminRole]
 
-    @extend_schema(request=None, responses={202: ImportJobOutputSerializer})
+    @extend_schema(request=None, responses={202: ImportJobOutputSerializer, 409: ErrorSerializer})
     def post(self, request, job_id: int) -> Response:
         job = _import_job(job_id)
         if not services.import_job_resume(job):
+            if job.upload_purged_at is not None:
+                raise Conflict(f"import #{job_id}'s uploaded files were deleted: upload them again", "status")
             raise Conflict(f"import #{job_id} {job.state}: nothing to resume", "status")
         job.refresh_from_db()
         return Response(ImportJobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
@@ -360,7 +394,7 @@ class ImportJobCancelApi(APIView):
 
     permission_classes = [IsAdminRole]
 
-    @extend_schema(request=None, responses={200: ImportJobOutputSerializer})
+    @extend_schema(request=None, responses={200: ImportJobOutputSerializer, 409: ErrorSerializer})
     def post(self, request, job_id: int) -> Response:
         job = _import_job(job_id)
         if not services.import_job_cancel(job):
@@ -376,7 +410,7 @@ class SampleExportApi(APIView):
 
     @extend_schema(parameters=_FILTER_PARAMS, responses={(200, "application/zip"): bytes})
     def get(self, request):
-        samples = selectors.sample_list(filters=selectors.clean_filters(request.query_params))
+        samples = _filtered_samples(request.query_params)
         workdir = Path(tempfile.mkdtemp(prefix="guardtrace-export-"))
         try:
             services.samples_export(samples=samples, out_dir=workdir / "export", user=request.user)

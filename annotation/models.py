@@ -197,6 +197,12 @@ class ImportJob(LongWork):
     created = models.PositiveIntegerField(default=0)
     duplicates = models.PositiveIntegerField(default=0)
     errors = models.JSONField(default=list, blank=True, help_text="The file's errors, by file and line.")
+    # Set when the retention rule deleted the uploaded files (their fields are emptied then): the job's record stays.
+    upload_purged_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the uploaded files were deleted, GUARDTRACE_UPLOAD_RETENTION_HOURS after the import ended.",
+    )
 
     def __str__(self) -> str:
         return f"Import #{self.pk} of {self.file_name}"

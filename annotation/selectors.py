@@ -30,11 +30,12 @@ _CHOICES = {key: choices.values for key, _, choices in CHOICE_FILTERS}
 
 
 def clean_filters(params) -> dict[str, str]:
-    """The known filters present in `params` with allowed values; unknown values are dropped."""
+    """The known filters present in `params` with allowed values; unknown values are dropped (a NUL character too,
+    which no stored text holds and PostgreSQL refuses in a query)."""
     cleaned = {}
     for key in FILTERS:
         value = (params.get(key) or "").strip()
-        if value and (key not in _CHOICES or value in _CHOICES[key]):
+        if value and "\x00" not in value and (key not in _CHOICES or value in _CHOICES[key]):
             cleaned[key] = value
     return cleaned
 

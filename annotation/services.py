@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from annotation import strata
@@ -517,11 +518,93 @@ def import_job_cancel(job: ImportJob) -> bool:
 
 def import_job_resume(job: ImportJob) -> bool:
     """Queue a cancelled, failed or interrupted import again, from the start (it stored nothing, or — failed with
-    rows skipped — what it stored is found as duplicates). False when it is queued, running or succeeded."""
-    if not ImportJob.requeue(job.pk, errors=[], created=0, duplicates=0, done=0, total=0):
+    rows skipped — what it stored is found as duplicates). False when it is queued, running or succeeded, or its
+    uploaded files were deleted (`import_uploads_purge`)."""
+    kept = Q(upload_purged_at__isnull=True)
+    if not ImportJob.requeue(job.pk, only=kept, errors=[], created=0, duplicates=0, done=0, total=0):
         return False
     _enqueue(job.pk)
     return True
+
+
+@dataclass
+class UploadPurge:
+    jobs: int = 0  # imports whose uploaded files were deleted
+    orphans: int = 0  # files under imports/ that no import names
+    freed_bytes: int = 0
+
+
+# Files under imports/ that no import names are left this long at least, whatever the retention: a file a request has
+# just stored, whose import row is not committed yet, looks the same.
+ORPHAN_UPLOAD_GRACE = timedelta(hours=1)
+_UPLOADS = "imports"
+
+
+def import_uploads_purge(*, retention: timedelta | None = None) -> UploadPurge:
+    """Delete the uploaded files of imports that ended (succeeded, failed or cancelled) longer than `retention` ago
+    (default GUARDTRACE_UPLOAD_RETENTION_HOURS), recording it on each job, then the files under imports/ that no
+    import names once as old. A queued, running or interrupted import's files are never touched. Run by every
+    worker as it starts and after each import; two at once delete each file once."""
+    if retention is None:
+        retention = timedelta(hours=settings.GUARDTRACE_UPLOAD_RETENTION_HOURS)
+    now = timezone.now()
+    cutoff = now - retention
+    report = UploadPurge()
+    ended = [ImportJob.Status.SUCCEEDED, ImportJob.Status.FAILED, ImportJob.Status.CANCELLED]
+    due = ImportJob.objects.filter(status__in=ended, upload_purged_at__isnull=True).filter(
+        Q(finished_at__lt=cutoff) | Q(finished_at__isnull=True, created_at__lt=cutoff)
+    )
+    for pk, data_name, images_name in due.values_list("pk", "data_file", "images_archive"):
+        # The row first, by conditional update: a job queued again meanwhile keeps its files, and a crash between
+        # this and the deletes leaves files no row names, which the orphan sweep below takes.
+        purged = ImportJob.objects.filter(pk=pk, status__in=ended, upload_purged_at__isnull=True).update(
+            upload_purged_at=now, data_file="", images_archive=""
+        )
+        if purged:
+            report.jobs += 1
+            report.freed_bytes += sum(_upload_delete(name) for name in (data_name, images_name) if name)
+    report.orphans, freed = _orphan_uploads_purge(older_than=now - max(retention, ORPHAN_UPLOAD_GRACE))
+    report.freed_bytes += freed
+    if report.jobs or report.orphans:
+        logger.info(
+            "upload retention: deleted the files of %d import(s) and %d orphan file(s), %d bytes",
+            report.jobs,
+            report.orphans,
+            report.freed_bytes,
+        )
+    return report
+
+
+def _upload_delete(name: str) -> int:
+    storage = ImportJob._meta.get_field("data_file").storage
+    try:
+        size = storage.size(name)
+    except OSError:
+        return 0  # gone already
+    storage.delete(name)
+    return size
+
+
+def _orphan_uploads_purge(*, older_than) -> tuple[int, int]:
+    storage = ImportJob._meta.get_field("data_file").storage
+    folder = Path(storage.path(_UPLOADS))
+    if not folder.is_dir():
+        return 0, 0
+    named = {
+        name for pair in ImportJob.objects.values_list("data_file", "images_archive") for name in pair if name
+    }
+    limit = older_than.timestamp()
+    count = freed = 0
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.is_symlink():
+            continue
+        name = f"{_UPLOADS}/{path.relative_to(folder).as_posix()}"
+        stat = path.stat()
+        if name in named or stat.st_mtime >= limit:
+            continue
+        path.unlink(missing_ok=True)
+        count, freed = count + 1, freed + stat.st_size
+    return count, freed
 
 
 def import_job_run(*, job_id: int) -> bool:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from django.http import HttpResponseBadRequest, HttpResponseServerError, JsonResponse
+from django.shortcuts import render
+from django.template import loader
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -43,3 +46,37 @@ def api_exception_handler(exc, context):
         body = {exc.field: [exc.message]} if exc.field else {"detail": exc.message}
         return Response(body, status=exc.status_code)
     return exception_handler(exc, context)
+
+
+# Django's error handlers (guardtrace/urls.py): the same short answer whatever went wrong, never the exception's
+# text, the path or a traceback. API paths get JSON as DRF's own errors do; pages get the templates.
+_GENERIC = {
+    400: "Bad request.",
+    403: "You do not have permission to do this.",
+    404: "Not found.",
+    500: "Server error. It has been logged.",
+}
+
+
+def _api_error(request, status_code: int) -> JsonResponse | None:
+    if not request.path.startswith("/api/"):
+        return None
+    return JsonResponse({"detail": _GENERIC[status_code]}, status=status_code)
+
+
+def bad_request(request, exception):
+    # Without the request's context too: a refused Host header fails before the user is known.
+    return _api_error(request, 400) or HttpResponseBadRequest(loader.get_template("400.html").render())
+
+
+def permission_denied(request, exception):
+    return _api_error(request, 403) or render(request, "403.html", status=403)
+
+
+def page_not_found(request, exception):
+    return _api_error(request, 404) or render(request, "404.html", status=404)
+
+
+def server_error(request):
+    # Rendered without the request's context: whatever failed (the database, a context processor) is not used again.
+    return _api_error(request, 500) or HttpResponseServerError(loader.get_template("500.html").render())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import wraps
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponsePermanentRedirect
 from django.shortcuts import render
@@ -36,6 +37,30 @@ def roles_required(*allowed: str):
 
 # Any of the three roles that may see samples.
 role_required = roles_required(*ROLES)
+
+
+def client_ip(request: HttpRequest) -> str:
+    """The address a request came from, as login lockout keys it: REMOTE_ADDR, or behind
+    `GUARDTRACE_PROXY_COUNT` trusted proxies the address the outermost of them saw (the entries before it in
+    X-Forwarded-For are the client's to write, so they are never read)."""
+    proxies = settings.GUARDTRACE_PROXY_COUNT
+    remote = request.META.get("REMOTE_ADDR", "")
+    if not proxies:
+        return remote
+    header = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    forwarded = [part.strip() for part in header.split(",") if part.strip()]
+    return forwarded[-proxies] if len(forwarded) >= proxies else remote
+
+
+def lockout_response(
+    request: HttpRequest, original_response: HttpResponse | None = None, credentials: dict | None = None
+) -> HttpResponse:
+    """The page django-axes answers a locked-out login with (the app's login and the admin's): 429, saying for how
+    long, in the app's layout."""
+    username = (credentials or {}).get("username") or request.POST.get("username", "")
+    minutes = round(settings.AXES_COOLOFF_TIME.total_seconds() / 60)
+    context = {"username": username, "failure_limit": settings.AXES_FAILURE_LIMIT, "minutes": minutes}
+    return render(request, "registration/locked_out.html", context, status=429)
 
 
 MAX_ID = 2**63 - 1  # the largest primary key PostgreSQL's bigint holds

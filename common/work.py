@@ -149,13 +149,14 @@ class LongWork(models.Model):
         )
 
     @classmethod
-    def requeue(cls, pk: int, **fields) -> bool:
+    def requeue(cls, pk: int, *, only: Q | None = None, **fields) -> bool:
         """Put stopped work (failed, cancelled, interrupted) back in the queue, with `fields` reset; the caller sends
-        its message once this commits. False when it is queued, running or has succeeded."""
+        its message once this commits. `only` adds a kind's own condition to the same update. False when it is
+        queued, running or has succeeded (or fails `only`)."""
         Status = cls.Status
         return bool(
             cls._default_manager.filter(
-                pk=pk, status__in=[Status.FAILED, Status.CANCELLED, Status.INTERRUPTED]
+                only or Q(), pk=pk, status__in=[Status.FAILED, Status.CANCELLED, Status.INTERRUPTED]
             ).update(
                 status=Status.PENDING,
                 worker="",

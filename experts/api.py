@@ -17,8 +17,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation import selectors as sample_selectors
-from annotation.api import LabelOutputSerializer
+from annotation.api import JudgmentField, LabelOutputSerializer
 from common.roles import is_expert
+from common.schema import ErrorSerializer
 from experts import services as review
 from experts.models import ExpertSlot
 
@@ -68,7 +69,7 @@ class SlotOutputSerializer(serializers.Serializer):
 class ExpertClaimApi(APIView):
     permission_classes = [IsExpert]
 
-    @extend_schema(request=None, responses={200: SlotOutputSerializer, 204: None, 429: None})
+    @extend_schema(request=None, responses={200: SlotOutputSerializer, 204: None, 429: ErrorSerializer})
     def post(self, request) -> Response:
         slot = review.expert_slot_claim(user=request.user)
         if slot is None:
@@ -86,20 +87,20 @@ class ExpertSubmitApi(APIView):
 
     @extend_schema_serializer(component_name="ExpertSubmitInput")
     class InputSerializer(_TokenInput):
-        judgment = serializers.ChoiceField(choices=[0, 0.5, 1])
+        judgment = JudgmentField()
         analysis = serializers.CharField(max_length=100_000)
         first_harmful_step = serializers.IntegerField(
             required=False, allow_null=True, default=None, min_value=1
         )
         prefilled_from = serializers.CharField(required=False, allow_blank=True, default="", max_length=100)
 
-    @extend_schema(request=InputSerializer, responses={201: LabelOutputSerializer})
+    @extend_schema(request=InputSerializer, responses={201: LabelOutputSerializer, 409: ErrorSerializer})
     def post(self, request, slot_id: int) -> Response:
         body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
         submission = review.ExpertSubmission(
-            judgment=float(data["judgment"]),
+            judgment=data["judgment"],
             analysis=data["analysis"],
             first_harmful_step=data["first_harmful_step"],
             prefilled_from=data["prefilled_from"],
@@ -113,7 +114,7 @@ class ExpertSubmitApi(APIView):
 class ExpertSkipApi(APIView):
     permission_classes = [IsExpert]
 
-    @extend_schema(request=_TokenInput, responses={204: None, 409: None})
+    @extend_schema(request=_TokenInput, responses={204: None, 409: ErrorSerializer})
     def post(self, request, slot_id: int) -> Response:
         body = _TokenInput(data=request.data)
         body.is_valid(raise_exception=True)
@@ -131,7 +132,7 @@ class SlotLeaseOutputSerializer(serializers.Serializer):
 class ExpertRenewApi(APIView):
     permission_classes = [IsExpert]
 
-    @extend_schema(request=_TokenInput, responses={200: SlotLeaseOutputSerializer, 409: None})
+    @extend_schema(request=_TokenInput, responses={200: SlotLeaseOutputSerializer, 409: ErrorSerializer})
     def post(self, request, slot_id: int) -> Response:
         body = _TokenInput(data=request.data)
         body.is_valid(raise_exception=True)

@@ -69,22 +69,29 @@ class AdjudicationForm(_Form):
             return -1.0  # the service names the values it takes
 
 
-class ReliabilityDrawForm(forms.Form):
-    """How many jury-labelled samples to send, and the seed of the draw: anything unreadable falls back to the
-    defaults, large values are capped."""
+class ReliabilityDrawForm(_Form):
+    """How many jury-labelled samples to send (said on purpose: a post without it sends none), and the seed of the
+    draw (the default when left out)."""
 
-    n = forms.CharField(required=False)
+    n = forms.IntegerField(
+        min_value=1,
+        max_value=10_000,
+        error_messages={
+            "required": "Say how many samples to send (1 to 10,000); nothing was sent.",
+            "invalid": "The number of samples must be a whole number from 1 to 10,000; nothing was sent.",
+            "min_value": "Send at least 1 sample; nothing was sent.",
+            "max_value": "Send at most 10,000 samples at once; nothing was sent.",
+        },
+    )
     seed = forms.CharField(required=False)
-
-    def clean_n(self) -> int:
-        return clamped(self.cleaned_data["n"], 150, 1, 10_000)
 
     def clean_seed(self) -> int:
         return clamped(self.cleaned_data["seed"], 0, 0, 2**31)
 
     def draw(self) -> tuple[int, int]:
-        self.is_valid()  # never invalid: every field falls back to its default
-        return self.cleaned_data["n"], self.cleaned_data["seed"]
+        """(n, seed), or ReviewError naming what is wrong with n."""
+        data = self.cleaned_or_raise()
+        return data["n"], data["seed"]
 
 
 class ReviewDecisionForm(_Form):

@@ -216,8 +216,8 @@ def agreement_page(request: HtmxHttpRequest) -> HttpResponse:
 @require_POST
 @roles_required(REVIEWER, ADMIN)
 def reliability_draw(request: HtmxHttpRequest) -> HttpResponse:
-    n, seed = ReliabilityDrawForm(request.POST).draw()
     try:
+        n, seed = ReliabilityDrawForm(request.POST).draw()
         sent = review.expert_reliability_draw(n=n, seed=seed, user=request.user)
         messages.success(
             request, f"Sent {sent} jury-labelled samples to the expert queue for the reliability check."

@@ -6,7 +6,8 @@ import base64
 import binascii
 
 from django.conf import settings
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
@@ -14,11 +15,14 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from common.permissions import CanAudit
+from common.schema import ErrorSerializer
 from guardmodel import services
 from qta.engine import AuditInput, ImageError, decode_image
 from qta.loading import CheckpointError
 
 
+# A file in a multipart body; in JSON, its base64 (a data: URL's prefix allowed).
+@extend_schema_field(OpenApiTypes.STR)
 class ImageField(serializers.Field):
     """An uploaded file (multipart) or a base64 string (JSON, with or without a data: URL prefix)."""
 
@@ -94,19 +98,29 @@ class AuditApi(APIView):
 
     @extend_schema(
         request=AuditInputSerializer,
-        responses=inline_serializer(
-            "AuditOutput",
-            {
-                "status": serializers.ChoiceField(["valid", "invalid"]),
-                "judgment": serializers.FloatField(allow_null=True),
-                "harmful": serializers.BooleanField(allow_null=True),
-                "analysis": serializers.CharField(),
-                "checkpoint": serializers.CharField(),
-                "prompt_version": serializers.CharField(),
-                "latency_ms": serializers.FloatField(),
-                "truncated_tokens": serializers.IntegerField(),
-            },
-        ),
+        responses={
+            200: inline_serializer(
+                "AuditOutput",
+                {
+                    "status": serializers.ChoiceField(["valid", "invalid"]),
+                    "judgment": serializers.FloatField(allow_null=True),
+                    "harmful": serializers.BooleanField(allow_null=True),
+                    "analysis": serializers.CharField(),
+                    "error": serializers.CharField(),
+                    "checkpoint": serializers.CharField(),
+                    "prompt_version": serializers.CharField(),
+                    "latency_ms": serializers.FloatField(),
+                    "truncated_tokens": serializers.IntegerField(),
+                },
+            ),
+            502: OpenApiResponse(
+                inline_serializer(
+                    "AuditFailure", {"detail": serializers.CharField(), "checkpoint": serializers.CharField()}
+                ),
+                description="The guard failed on this input.",
+            ),
+            503: OpenApiResponse(ErrorSerializer, description="No usable guard checkpoint."),
+        },
     )
     def post(self, request):
         serializer = AuditInputSerializer(data=request.data)

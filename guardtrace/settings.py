@@ -8,10 +8,12 @@ CELERY_BROKER_URL to PostgreSQL and Redis.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from csp.constants import NONE, SELF
 
 from guardtrace.env import ImproperEnv, env_bool, env_float, env_int, env_list, env_path, env_str
 
@@ -42,6 +44,8 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "csp",
+    "axes",
     "common",
     "annotation",
     "guardmodel",
@@ -54,6 +58,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -63,6 +68,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "common.middleware.no_store",
+    # Last: turns a login refused for too many failures into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "guardtrace.urls"
@@ -117,6 +124,58 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "login"
 
+# Login lockout (django-axes): after this many failed logins for one username from one address, that pair is
+# refused for the cool-off (the page says so); a successful login clears the count. The attempts are rows in the
+# database, shared by every web process; `manage.py axes_reset_username <name>` unlocks early.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("GUARDTRACE_LOGIN_FAILURES", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("GUARDTRACE_LOCKOUT_MINUTES", 15, minimum=1))
+# The pair, not the address alone: colleagues behind one NAT or proxy do not lock each other out.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "common.http.lockout_response"
+# The client's address: REMOTE_ADDR, or behind this many trusted proxies the entry they appended to
+# X-Forwarded-For (a header the client can otherwise fill with any address it likes).
+GUARDTRACE_PROXY_COUNT = env_int("GUARDTRACE_PROXY_COUNT", 0, minimum=0)
+AXES_CLIENT_IP_CALLABLE = "common.http.client_ip"
+
+# The cache holds the API's rate-limit counters, so every web process must see the same one: Redis in production,
+# the database (table made by a migration of `common`) in the embedded setup.
+GUARDTRACE_CACHE_URL = env_str("GUARDTRACE_CACHE_URL", "")
+if GUARDTRACE_CACHE_URL.startswith(("redis://", "rediss://")):
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": GUARDTRACE_CACHE_URL,
+        }
+    }
+elif GUARDTRACE_CACHE_URL:
+    raise ImproperEnv(f"GUARDTRACE_CACHE_URL={GUARDTRACE_CACHE_URL!r}: expected redis:// or rediss://")
+else:
+    CACHES = {
+        # The name is the one common/migrations/0002_cache_table.py creates.
+        "default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "guardtrace_cache"}
+    }
+
+# Content Security Policy: scripts and styles only from our own static files (htmx is vendored), no inline code
+# anywhere; no framing, forms post only here. Swagger UI loads its start-up script from the same view.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        # data: for the small inline icons of Swagger UI's and the admin's style sheets.
+        "img-src": [SELF, "data:"],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "frame-ancestors": [NONE],
+        "form-action": [SELF],
+    }
+}
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
 USE_I18N = True
@@ -160,7 +219,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["common.permissions.CanViewSamples"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "common.schema.AutoSchema",
     "EXCEPTION_HANDLER": "common.errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
@@ -172,7 +231,15 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # Every kind of long work shares one status set: one enum in the schema.
-    "ENUM_NAME_OVERRIDES": {"JobStatusEnum": "common.work.JobStatus"},
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "common.work.JobStatus",
+        # Inputs and outputs share the models' choice sets: one named enum each.
+        "JudgmentEnum": "annotation.models.JUDGMENT_CHOICES",
+        "SplitEnum": "annotation.models.Split",
+        "StratumEnum": "annotation.models.Stratum",
+        "LabelSourceKindEnum": "annotation.models.Label.SourceKind",
+        "LabelStatusEnum": "annotation.models.Label.Status",
+    },
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -260,12 +327,19 @@ GUARDTRACE_TRAIN_STALE_S = env_int("GUARDTRACE_TRAIN_STALE_S", 60, minimum=5)
 # An import silent this long is dead (it beats while checking, not while storing; its task's hard time limit is
 # 3,600 s): the next worker runs it again.
 GUARDTRACE_IMPORT_STALE_S = env_int("GUARDTRACE_IMPORT_STALE_S", 3700, minimum=60)
+# Uploaded import files (media/imports/) are deleted this long after their import ended — succeeded, failed or
+# cancelled — and files there with no import row once this old; a queued or running import's files are kept.
+GUARDTRACE_UPLOAD_RETENTION_HOURS = env_float("GUARDTRACE_UPLOAD_RETENTION_HOURS", 24.0, minimum=0.0)
+# `manage.py backup` writes its archives here (`make backup`, `make restore ARCHIVE=…`).
+GUARDTRACE_BACKUP_DIR = env_path("GUARDTRACE_BACKUP_DIR", VAR_DIR / "backups")
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    # django-axes greets every process start (each manage.py command) at INFO; its lockout warnings stay.
+    "loggers": {"axes.apps": {"level": "WARNING"}},
 }
 
 # Building QTA data (generation/). Aligned-image expansion ranks a pool's captions by similarity to each seed with a

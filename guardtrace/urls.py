@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from common.http import moved_permanently
 
@@ -10,7 +10,8 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
+    # The split view serves Swagger UI's start-up script from this URL (?script), not inline: the CSP holds here too.
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api_schema"), name="api_docs"),
     path("", include("annotation.urls")),
     path("", include("guardmodel.urls")),
     path("", include("experts.urls")),
@@ -20,3 +21,9 @@ urlpatterns = [
     # The unversioned paths of earlier releases answer 308 (method and body kept) at their /api/v1/ home.
     path("api/<path:rest>", moved_permanently(unversioned=("samples", "labels", "strata", "imports"))),
 ]
+
+# Short, generic error answers (JSON under /api/), never the exception's text or a traceback.
+handler400 = "common.errors.bad_request"
+handler403 = "common.errors.permission_denied"
+handler404 = "common.errors.page_not_found"
+handler500 = "common.errors.server_error"

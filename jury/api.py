@@ -57,8 +57,8 @@ class JuryRunCreateApi(APIView):
         sample_ids = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=MAX_ID),
                                            required=False, max_length=1_000_000)  # fmt: skip
         subset = serializers.CharField(required=False)
-        split = serializers.ChoiceField(choices=Split.values, required=False)
-        stratum = serializers.ChoiceField(choices=Stratum.values, required=False)
+        split = serializers.ChoiceField(choices=Split.choices, required=False)
+        stratum = serializers.ChoiceField(choices=Stratum.choices, required=False)
         category = serializers.CharField(required=False)
         unlabelled = serializers.BooleanField(required=False)
         jurors = serializers.ListField(child=serializers.SlugField(), required=False, allow_empty=False)

@@ -131,3 +131,38 @@ def test_api_imports_refuse_oversized_uploads_and_non_zip_images(api_for, admin_
     )
     assert not_zip.status_code == 400 and not_zip.json() == {"images": ["must be a zip archive"]}
     assert not Sample.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "param"),
+    [
+        ("api_sample_list", "subset"),
+        ("api_sample_export", "subset"),
+        ("api_label_list", "source_name"),
+        ("api_label_list", "source_kind"),
+    ],
+)
+def test_a_nul_character_in_a_text_filter_is_a_400_naming_it(api_for, admin_user, url, param):
+    """Found by the schema fuzzer: PostgreSQL refuses a NUL in a query's text, which was a 500."""
+    SampleFactory(subset="unit")
+    response = api_for(admin_user).get(reverse(url), {param: "unit\x00"})
+    assert response.status_code == 400 and param in response.json()
+
+
+def test_a_judgment_is_read_as_a_number_however_it_is_spelt(api_for, admin_user):
+    """The schema's JudgmentEnum says 0, 0.5, 1: a client sending 1.0 or "0.5" meant the same (1.0 was a 400)."""
+    sample = SampleFactory()
+    api = api_for(admin_user)
+    for judgment, stored in ((1.0, 1.0), ("0.5", 0.5), (0, 0.0)):
+        body = {
+            "sample": sample.pk,
+            "source_kind": "juror",
+            "source_name": f"j{stored}",
+            "judgment": judgment,
+        }
+        response = api.post(reverse("api_label_list"), body, format="json")
+        assert response.status_code == 201 and response.json()["judgment"] == stored
+    for judgment in (2, "one", True, 0.25):
+        body = {"sample": sample.pk, "source_kind": "juror", "judgment": judgment}
+        response = api.post(reverse("api_label_list"), body, format="json")
+        assert response.status_code == 400 and "judgment" in response.json()

@@ -346,3 +346,28 @@ def test_the_demo_gives_the_demo_expert_a_queue_to_label(settings):
 
     demo_expert = User.objects.get(username="expert")
     assert label_next(demo_expert, 0.5).source_name == "expert"
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({}, "Say how many samples to send"),
+        ({"n": ""}, "Say how many samples to send"),
+        ({"n": "²"}, "must be a whole number"),
+        ({"n": "0"}, "at least 1"),
+        ({"n": "10001"}, "at most 10,000"),
+    ],
+)
+def test_a_reliability_draw_without_a_readable_count_sends_nothing_and_says_why(client, reviewer_user, body, says):
+    """An empty post (a replayed form, a stray request) used to send 150 samples to the experts' queue."""
+    samples = [SampleFactory() for _ in range(3)]
+    for sample in samples:
+        jury_votes(sample, (1.0, 1.0, 1.0))
+    from annotation.strata import stratify
+
+    stratify(sample_ids=[s.pk for s in samples])
+    client.force_login(reviewer_user)
+    response = client.post(reverse("reliability_draw"), body)
+    assert response["Location"] == reverse("agreement")
+    assert says in client.get(response["Location"]).content.decode()
+    assert not ExpertQueueItem.objects.filter(reason="reliability").exists()

@@ -1,0 +1,135 @@
+"""The API's rate limits hold across web processes: gunicorn with two workers shares one cache (the database cache
+embedded, Redis in production), so a limit of 10 a minute lets 10 calls through, not 10 per worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.core.cache.backends.db import DatabaseCache
+from django.core.cache.backends.redis import RedisCache
+from django.urls import reverse
+from rest_framework.authtoken.models import Token
+
+from common.roles import AUDITOR
+from tests.conftest import REDIS_URL
+from tests.workers import _database_url
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _status(url: str, *, data: bytes | None = None, headers: dict | None = None) -> int:
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@contextmanager
+def _gunicorn(tmp_path: Path, env: dict[str, str]):
+    """gunicorn with two sync workers on a free loopback port, on this test's database; yields its URL and the
+    path of its access log (one line per request: worker pid, status, path; complete once the block has left)."""
+    port = _free_port()
+    log = tmp_path / "access.log"
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "guardtrace.wsgi:application",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "2",
+        "--no-control-socket",
+        "--access-logfile",
+        str(log),
+        "--access-logformat",
+        "%(p)s %(s)s %(U)s",
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, process.stdout.read() if process.stdout else "gunicorn exited"
+            try:
+                if _status(f"{url}/accounts/login/") == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "gunicorn did not answer within 90 s"
+            time.sleep(0.3)
+        yield url, log
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        process.communicate(timeout=30)
+
+
+def _auditor() -> tuple[User, str]:
+    user = User.objects.create_user("svc-throttle")
+    user.groups.add(Group.objects.get_or_create(name=AUDITOR)[0])
+    return user, Token.objects.create(user=user).key
+
+
+@pytest.mark.parametrize("backend", ["database", pytest.param("redis", marks=pytest.mark.redis)])
+def test_the_audit_rate_limit_is_shared_by_two_gunicorn_workers(tmp_path, backend):
+    user, token = _auditor()
+    env = {k: v for k, v in os.environ.items() if k != "GUARDTRACE_CACHE_URL"}
+    env.update(
+        DATABASE_URL=_database_url(), GUARDTRACE_VAR_DIR=str(tmp_path / "var"), GUARDTRACE_AUDIT_RATE="10/min"
+    )
+    # The throttle's key for this user: emptied first, in case an earlier run (a user with the same id) left one.
+    key = f"throttle_audit_{user.pk}"
+    if backend == "redis":
+        env["GUARDTRACE_CACHE_URL"] = REDIS_URL
+        RedisCache(REDIS_URL, {}).delete(key)
+    else:
+        DatabaseCache("guardtrace_cache", {}).delete(key)
+
+    with _gunicorn(tmp_path, env) as (url, access_log):
+        # An empty body: the call passes the rate limit and is refused by validation (400) before any model runs,
+        # or is refused by the rate limit (429). One call at a time, each on a new connection.
+        statuses = Counter(
+            _status(
+                f"{url}{reverse('api_audit')}",
+                data=json.dumps({}).encode(),
+                headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+            )
+            for _ in range(30)
+        )
+
+    served_by = Counter(re.findall(r"^<(\d+)> \d+ /api/v1/audit$", access_log.read_text(), re.MULTILINE))
+    assert statuses == {400: 10, 429: 20}
+    # Both workers answered calls: with a cache in each worker's memory, each would have let 10 through.
+    assert len(served_by) == 2, served_by
