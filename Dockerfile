@@ -12,4 +12,4 @@ COPY pyproject.toml README.md ./
 RUN pip install --no-cache-dir torch==2.13.0 && pip install --no-cache-dir -e '.[ml,prod]'
 COPY . .
 EXPOSE 8000
-CMD ["gunicorn", "guardtrace.wsgi:application", "--bind", "0.0.0.0:8000"]
+CMD ["gunicorn", "guardtrace.wsgi:application", "--bind", "0.0.0.0:8000", "--worker-class", "gthread", "--threads", "8"]

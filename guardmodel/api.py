@@ -88,7 +88,8 @@ class AuditInputSerializer(serializers.Serializer):
 class AuditApi(APIView):
     """Judge one Question–Thinking–Answer sample (and its image) with a guard checkpoint.
 
-    Nothing sent here is stored. 400 names the bad field, 503 means no usable checkpoint, 502 that the guard failed.
+    Nothing sent here is stored. 400 names the bad field, 503 means no usable checkpoint, 502 that the guard failed,
+    504 that the audit worker (which runs local checkpoints, never the web process) did not answer in time.
     """
 
     permission_classes = [CanAudit]
@@ -120,6 +121,7 @@ class AuditApi(APIView):
                 description="The guard failed on this input.",
             ),
             503: OpenApiResponse(ErrorSerializer, description="No usable guard checkpoint."),
+            504: OpenApiResponse(ErrorSerializer, description="The audit worker did not answer in time."),
         },
     )
     def post(self, request):
@@ -133,29 +135,32 @@ class AuditApi(APIView):
             return Response(
                 {"checkpoint": [str(exc)]} if data["checkpoint"] else {"detail": str(exc)}, status=code
             )
+        item = AuditInput(data["question"], data["thinking"], data["answer"], data.get("image"))
         try:
-            verdict = services.audit(
-                AuditInput(data["question"], data["thinking"], data["answer"], data.get("image")), checkpoint
-            )
-        except CheckpointError as exc:
+            verdict = services.audit_on_worker(item, checkpoint)
+        except services.AuditTimeout as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_504_GATEWAY_TIMEOUT)
+        if "checkpoint_error" in verdict:
             return Response(
-                {"detail": f"checkpoint {checkpoint.name}: {exc}"}, status=status.HTTP_503_SERVICE_UNAVAILABLE
+                {"detail": f"checkpoint {checkpoint.name}: {verdict['checkpoint_error']}"},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
-        if verdict.status == "failed":
+        if verdict["status"] == "failed":
             return Response(
-                {"detail": f"the guard failed: {verdict.error}", "checkpoint": checkpoint.name},
+                {"detail": f"the guard failed: {verdict['error']}", "checkpoint": checkpoint.name},
                 status=status.HTTP_502_BAD_GATEWAY,
             )
+        judgment = verdict["judgment"]
         return Response(
             {
-                "status": verdict.status,
-                "judgment": verdict.judgment,
-                "harmful": None if verdict.judgment is None else verdict.judgment >= 0.5,
-                "analysis": verdict.analysis,
-                "error": verdict.error,
+                "status": verdict["status"],
+                "judgment": judgment,
+                "harmful": None if judgment is None else judgment >= 0.5,
+                "analysis": verdict["analysis"],
+                "error": verdict["error"],
                 "checkpoint": checkpoint.name,
                 "prompt_version": checkpoint.prompt_version,
-                "latency_ms": round(verdict.latency_ms, 1),
-                "truncated_tokens": verdict.truncated_tokens,
+                "latency_ms": round(verdict["latency_ms"], 1),
+                "truncated_tokens": verdict["truncated_tokens"],
             }
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import traceback
@@ -546,3 +547,47 @@ def active_checkpoint(name: str = "") -> GuardCheckpoint:
 
 def audit(item: AuditInput, checkpoint: GuardCheckpoint) -> Verdict:
     return backend_for(checkpoint).judge([item])[0]
+
+
+class AuditTimeout(Exception):
+    """The audit worker did not answer in time (none running, or all busy)."""
+
+
+def audit_answer(checkpoint_id: int, question: str, thinking: str, answer: str, image: bytes | None) -> dict:
+    """An audit's verdict as plain data (what the audit worker sends back): a CheckpointError becomes
+    {"checkpoint_error": …}."""
+    try:
+        checkpoint = GuardCheckpoint.objects.get(pk=checkpoint_id)
+        verdict = audit(AuditInput(question, thinking, answer, image), checkpoint)
+    except GuardCheckpoint.DoesNotExist:
+        return {"checkpoint_error": f"checkpoint #{checkpoint_id} no longer exists"}
+    except CheckpointError as exc:
+        return {"checkpoint_error": str(exc)}
+    fields = ("status", "judgment", "analysis", "error", "latency_ms", "truncated_tokens")
+    return {name: getattr(verdict, name) for name in fields}
+
+
+def audit_on_worker(item: AuditInput, checkpoint: GuardCheckpoint) -> dict:
+    """Judge one audit input where its inference belongs. A served checkpoint is called from here (this process only
+    waits on the endpoint); a local one runs on the audit worker (the `audit` queue), never in a web process, and
+    this waits at most GUARDTRACE_AUDIT_TIMEOUT_S for it (AuditTimeout after that; the message expires unread)."""
+    image = item.image
+    if checkpoint.endpoint:
+        return audit_answer(checkpoint.pk, item.question, item.thinking, item.answer, image)
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    from guardmodel.tasks import audit_task
+
+    timeout = settings.GUARDTRACE_AUDIT_TIMEOUT_S
+    encoded = None if image is None else base64.b64encode(image).decode("ascii")
+    result = audit_task.apply_async(
+        args=[checkpoint.pk, item.question, item.thinking, item.answer, encoded], expires=timeout
+    )
+    try:
+        answer = result.get(timeout=timeout, interval=0.02)
+    except CeleryTimeout:
+        raise AuditTimeout(
+            f"the audit worker did not answer within {timeout:g} s (is a worker on the audit queue running?)"
+        ) from None
+    result.forget()  # read once: nothing of the input or verdict stays in the result store
+    return answer

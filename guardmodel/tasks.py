@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+
 from celery import shared_task
 
 from common.work import on_worker_start
@@ -11,6 +13,14 @@ def guard_job_run_task(self, job_id: int) -> bool:
     """Judge a guard job's samples. A redelivery (the worker died mid-job) takes the job over and skips what is done."""
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     return services.guard_job_run(job_id=job_id, redelivered=redelivered)
+
+
+@shared_task(name="guardmodel.tasks.audit_task", ignore_result=False, acks_late=False)
+def audit_task(checkpoint_id: int, question: str, thinking: str, answer: str, image_b64: str | None) -> dict:
+    """One audit API call's inference, on the audit worker (which keeps the checkpoint loaded between calls); the web
+    process waits for the answer. Not redelivered if this worker dies: the caller has given up by then."""
+    image = None if image_b64 is None else base64.b64decode(image_b64)
+    return services.audit_answer(checkpoint_id, question, thinking, answer, image)
 
 
 # A starting worker queues again the guard jobs a dead worker held.

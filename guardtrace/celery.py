@@ -1,4 +1,5 @@
-"""The Celery app: queues `default`, `jury` (I/O bound) and `gpu` (one job at a time per GPU).
+"""The Celery app: queues `default`, `jury` (I/O bound), `gpu` (one job at a time per GPU) and `audit` (the audit
+API's inference, answered while its caller waits).
 
 Start a worker with: celery -A guardtrace worker -Q default,jury -l info
 """
@@ -14,5 +15,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "guardtrace.settings")
 
 app = Celery("guardtrace")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.task_queues = (Queue("default"), Queue("jury"), Queue("gpu"))
+app.conf.task_queues = (Queue("default"), Queue("jury"), Queue("gpu"), Queue("audit"))
 app.autodiscover_tasks()

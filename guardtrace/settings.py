@@ -268,12 +268,24 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     }
 else:
     raise ImproperEnv(f"CELERY_BROKER_URL={CELERY_BROKER_URL!r}: expected filesystem:// or redis://")
-CELERY_RESULT_BACKEND = None
+# Only the audit API waits for a task's answer (its tasks keep results; every other task ignores its own): files
+# under var/ embedded, the broker's Redis in production.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_EXPIRES = 3600
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    (CELERY_FS_DIR / "results").mkdir(parents=True, exist_ok=True)
+    CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", f"file://{CELERY_FS_DIR / 'results'}")
+    # How often a worker looks for new messages (kombu's default, 1 s, would be the audit API's latency floor).
+    CELERY_BROKER_TRANSPORT_OPTIONS["polling_interval"] = 0.1
+else:
+    CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
+    # The audit API's inference: its own worker, so a call never waits behind a guard job or a training round.
+    "guardmodel.tasks.audit_task": {"queue": "audit"},
     "jury.tasks.*": {"queue": "jury"},
     "training.tasks.*": {"queue": "gpu"},
     "guardmodel.tasks.*": {"queue": "gpu"},
@@ -297,6 +309,8 @@ GUARDTRACE_GUARD_MAX_PIXELS = (
 GUARDTRACE_GUARD_ENDPOINT_CONCURRENCY = env_int("GUARDTRACE_GUARD_ENDPOINT_CONCURRENCY", 8, minimum=1)
 # The audit API: text beyond this many characters per field, or images beyond the byte limit above, get a 413/400.
 GUARDTRACE_AUDIT_MAX_TEXT_CHARS = env_int("GUARDTRACE_AUDIT_MAX_TEXT_CHARS", 1_000_000, minimum=1)
+# How long an audit API call waits for the audit worker (local checkpoints) before answering 504.
+GUARDTRACE_AUDIT_TIMEOUT_S = env_float("GUARDTRACE_AUDIT_TIMEOUT_S", 60.0, minimum=0.1)
 
 # The jury. A juror's driver holds a lease this long, renewing it as it works; a dead driver's work is taken over
 # once its lease has run out. Calls are retried this many times in all, with exponential backoff and full jitter.
@@ -329,7 +343,13 @@ GUARDTRACE_TRAIN_STALE_S = env_int("GUARDTRACE_TRAIN_STALE_S", 60, minimum=5)
 GUARDTRACE_IMPORT_STALE_S = env_int("GUARDTRACE_IMPORT_STALE_S", 3700, minimum=60)
 # Uploaded import files (media/imports/) are deleted this long after their import ended — succeeded, failed or
 # cancelled — and files there with no import row once this old; a queued or running import's files are kept.
+# Export archives (media/exports/) follow the same retention.
 GUARDTRACE_UPLOAD_RETENTION_HOURS = env_float("GUARDTRACE_UPLOAD_RETENTION_HOURS", 24.0, minimum=0.0)
+# GET /api/v1/samples/export builds its zip inside the request up to this many samples; more are a 409 that points
+# to POST /api/v1/exports, an export job on the worker.
+GUARDTRACE_EXPORT_INLINE_MAX = env_int("GUARDTRACE_EXPORT_INLINE_MAX", 2000, minimum=0)
+# An export beats about once a second while it writes; one silent this long is dead and the next worker redoes it.
+GUARDTRACE_EXPORT_STALE_S = env_int("GUARDTRACE_EXPORT_STALE_S", 600, minimum=60)
 # `manage.py backup` writes its archives here (`make backup`, `make restore ARCHIVE=…`).
 GUARDTRACE_BACKUP_DIR = env_path("GUARDTRACE_BACKUP_DIR", VAR_DIR / "backups")
 

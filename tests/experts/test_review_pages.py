@@ -358,7 +358,9 @@ def test_the_demo_gives_the_demo_expert_a_queue_to_label(settings):
         ({"n": "10001"}, "at most 10,000"),
     ],
 )
-def test_a_reliability_draw_without_a_readable_count_sends_nothing_and_says_why(client, reviewer_user, body, says):
+def test_a_reliability_draw_without_a_readable_count_sends_nothing_and_says_why(
+    client, reviewer_user, body, says
+):
     """An empty post (a replayed form, a stray request) used to send 150 samples to the experts' queue."""
     samples = [SampleFactory() for _ in range(3)]
     for sample in samples:
