@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test install browser lint audit backup restore bench-quick vendor-htmx clean
+.PHONY: run test install browser lint audit backup restore bench-quick soak soak-quick vendor-htmx clean
 
 install: $(STAMP)
 
@@ -71,6 +71,18 @@ bench-quick: $(STAMP)
 	$(PY) bench/training_gpu.py --quick
 	$(PY) bench/expansion.py --quick
 	$(PY) bench/generation.py --quick
+	$(PY) bench/export_job.py --quick
+
+# Soak runs on the production-like stack (not run by CI): fault injection, then 10 minutes of locust load. They need
+# PostgreSQL (SOAK_DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres; databases soak and soak_load
+# are dropped and made again) and redis-server on the PATH (their own on SOAK_REDIS_PORT, default 6390).
+soak: $(STAMP)
+	$(PY) bench/soak_faults.py
+	$(PY) bench/soak_load.py
+
+soak-quick: $(STAMP)
+	$(PY) bench/soak_faults.py --quick
+	$(PY) bench/soak_load.py --quick
 
 vendor-htmx:
 	cd /tmp && npm pack htmx.org@2.0.8 && tar xzf htmx.org-2.0.8.tgz && cp package/dist/htmx.min.js package/LICENSE $(CURDIR)/static/vendor/htmx/

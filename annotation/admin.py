@@ -8,11 +8,13 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 from django.shortcuts import redirect
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from annotation import services, strata
+from annotation import exports, selectors, services, strata
 from annotation.models import (
     AuditEvent,
+    ExportJob,
     ImageAsset,
     ImportJob,
     Label,
@@ -277,6 +279,97 @@ class ImportJobAdmin(AdminRoleModelAdmin):
             "skip invalid rows), and the job's page lists each error as file:line: field: reason."
         )
         return admin_form(self, request, form, "Import QTA samples", intro=intro)
+
+
+class ExportJobForm(forms.Form):
+    """Which samples to export; every filter left at "any" exports them all."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        any_value = ("", "any")
+        subsets = [(s, s) for s in selectors.subsets()]
+        self.fields["subset"] = forms.ChoiceField(choices=[any_value, *subsets], required=False)
+        for key, title, choices in selectors.CHOICE_FILTERS:
+            self.fields[key] = forms.ChoiceField(
+                label=title, choices=[any_value, *choices.choices], required=False
+            )
+
+    def filters(self) -> dict[str, str]:
+        return {key: value for key, value in self.cleaned_data.items() if value}
+
+
+@admin.register(ExportJob)
+class ExportJobAdmin(AdminRoleModelAdmin):
+    """Add = choose filters and queue an export on the worker; a finished export's page links to its zip (downloaded
+    through the API, audited), kept for GUARDTRACE_UPLOAD_RETENTION_HOURS."""
+
+    list_display = [
+        "id", "filter_list", "status", "progress", "sample_count", "size", "created_by", "created_at", "finished_at",
+        "download",
+    ]  # fmt: skip
+    list_filter = ["status"]
+    # The archive's own field is left out: media has no public address, the download link goes through the API.
+    fields = readonly_fields = (
+        "status", "progress", "filter_list", "sample_count", "size", "download", "created_by", "created_at",
+        "started_at", "heartbeat_at", "finished_at", "archive_purged_at", "worker", "error",
+    )  # fmt: skip
+    actions = ["cancel"]
+    change_list_template = "admin/annotation/exportjob/change_list.html"
+    change_form_template = "admin/annotation/exportjob/change_form.html"
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # an export is its record and its archive, made by the worker
+
+    @admin.display(description="filters")
+    def filter_list(self, job: ExportJob) -> str:
+        return ", ".join(f"{key}={value}" for key, value in sorted(job.filters.items())) or "all samples"
+
+    @admin.display(description="samples written")
+    def progress(self, job: ExportJob) -> str:
+        return f"{job.done:,} of {job.total:,}" if job.total else "—"
+
+    @admin.display(description="size")
+    def size(self, job: ExportJob) -> str:
+        return f"{job.size_bytes / 1e6:,.1f} MB" if job.size_bytes else "—"
+
+    @admin.display(description="archive")
+    def download(self, job: ExportJob):
+        if job.archive_purged_at is not None:
+            return "deleted after the retention time"
+        if not job.downloadable:
+            return "—"
+        return format_html('<a href="{}">Download the zip</a>', reverse("api_export_download", args=[job.pk]))
+
+    @admin.action(description="Cancel the selected exports", permissions=["admin_role"])
+    def cancel(self, request, queryset):
+        count = sum(exports.export_job_cancel(job) for job in queryset)
+        if count:
+            self.message_user(request, f"{count} export(s) cancelled.")
+        else:
+            self.message_user(
+                request, "Nothing cancelled: the selected exports had already finished.", messages.WARNING
+            )
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = self.get_object(request, object_id)
+        waiting = job is not None and job.status in (ExportJob.Status.PENDING, ExportJob.Status.RUNNING)
+        context = {"refresh": waiting, "can_cancel": waiting and self.has_admin_role_permission(request)}
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **context})
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = ExportJobForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            job = exports.export_job_create(filters=form.filters(), user=request.user)
+            self.message_user(request, f"Export #{job.pk} is queued on the worker.")
+            return redirect("admin:annotation_exportjob_change", job.pk)
+        intro = (
+            "The worker writes the matching samples, with all their labels, as one zip (samples.jsonl and "
+            "images/, which import reads back). Its page shows the progress and then links to the zip, kept for "
+            f"{settings.GUARDTRACE_UPLOAD_RETENTION_HOURS:g} hours; every download is written to the audit log."
+        )
+        return admin_form(self, request, form, "Export samples", intro=intro, submit="Export")
 
 
 @admin.register(AuditEvent)

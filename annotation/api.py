@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import tempfile
 import zipfile
-from pathlib import Path
+from collections.abc import Mapping
 
 from django.conf import settings
 from django.http import FileResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
+from django.urls import reverse
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.generics import ListAPIView
@@ -19,8 +25,18 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation import selectors, services
-from annotation.models import JUDGMENT_CHOICES, ImportJob, Label, Sample
+from annotation import exports, selectors, services
+from annotation.models import (
+    JUDGMENT_CHOICES,
+    ExportJob,
+    ImportJob,
+    InputVariant,
+    Label,
+    RiskCategory,
+    Sample,
+    Split,
+    Stratum,
+)
 from common.errors import Conflict
 from common.http import parse_id
 from common.permissions import IsAdminRole
@@ -404,25 +420,136 @@ class ImportJobCancelApi(APIView):
 
 
 class SampleExportApi(APIView):
-    """A zip of `samples.jsonl` and `images/`, for the samples matching the filters."""
+    """A zip of `samples.jsonl` and `images/`, for the samples matching the filters, built inside the request: up to
+    GUARDTRACE_EXPORT_INLINE_MAX samples. More is a 409 pointing to `POST /api/v1/exports`, which exports any number
+    on the worker."""
 
     permission_classes = [IsAdminRole]
 
-    @extend_schema(parameters=_FILTER_PARAMS, responses={(200, "application/zip"): bytes})
+    @extend_schema(
+        parameters=_FILTER_PARAMS, responses={(200, "application/zip"): bytes, 409: ErrorSerializer}
+    )
     def get(self, request):
         samples = _filtered_samples(request.query_params)
-        workdir = Path(tempfile.mkdtemp(prefix="guardtrace-export-"))
-        try:
-            services.samples_export(samples=samples, out_dir=workdir / "export", user=request.user)
-            # Deleted when the response closes it after streaming.
-            archive = tempfile.TemporaryFile()  # noqa: SIM115
-            with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-                for path in sorted((workdir / "export").rglob("*")):
-                    if path.is_file():
-                        zf.write(path, path.relative_to(workdir / "export").as_posix())
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        limit = settings.GUARDTRACE_EXPORT_INLINE_MAX
+        if (count := samples.count()) > limit:
+            raise Conflict(
+                f"{count:,} samples match: this address exports at most {limit:,} inside the request. "
+                "POST /api/v1/exports with the same filters (in the body or the query) exports them on the worker; "
+                "poll GET /api/v1/exports/{id} and download GET /api/v1/exports/{id}/download once it has succeeded."
+            )
+        # Deleted when the response closes it after streaming.
+        archive = tempfile.TemporaryFile()  # noqa: SIM115
+        exports.samples_export_archive(samples=samples, out=archive, user=request.user)
         archive.seek(0)
         return FileResponse(
             archive, as_attachment=True, filename="guardtrace-export.zip", content_type="application/zip"
         )
+
+
+class ExportJobOutputSerializer(serializers.ModelSerializer):
+    filters = serializers.DictField(child=serializers.CharField(), read_only=True)
+    download_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ExportJob
+        fields = [
+            "id", "filters", "status", "total", "done", "sample_count", "size_bytes", "error", "created_at",
+            "started_at", "heartbeat_at", "finished_at", "archive_purged_at", "download_url",
+        ]  # fmt: skip
+        extra_kwargs = {
+            "total": {"help_text": "Samples matching the filters (known once the export starts)."},
+            "done": {"help_text": "Samples written so far."},
+        }
+
+    @extend_schema_field(
+        serializers.CharField(allow_null=True, help_text="Where to download the zip once done.")
+    )
+    def get_download_url(self, job: ExportJob) -> str | None:
+        return reverse("api_export_download", args=[job.pk]) if job.downloadable else None
+
+
+class ExportJobCreateApi(APIView):
+    """Export the samples matching the filters (all of them without any), with all their labels, as a zip written by
+    a worker. The filters are those of `GET /api/v1/samples`, in the JSON body or the query (the body wins). Poll the
+    job; once it has succeeded, `download_url` gives the zip."""
+
+    permission_classes = [IsAdminRole]
+
+    @extend_schema_serializer(component_name="ExportJobInput")
+    class InputSerializer(serializers.Serializer):
+        subset = serializers.CharField(max_length=64, required=False)
+        split = serializers.ChoiceField(choices=Split.choices, required=False)
+        category = serializers.ChoiceField(choices=RiskCategory.choices, required=False)
+        stratum = serializers.ChoiceField(choices=Stratum.choices, required=False)
+        input_variant = serializers.ChoiceField(choices=InputVariant.choices, required=False)
+
+    @extend_schema(
+        request=InputSerializer, parameters=_FILTER_PARAMS, responses={202: ExportJobOutputSerializer}
+    )
+    def post(self, request) -> Response:
+        given: object = request.data
+        if isinstance(given, Mapping):
+            # Empty values mean "any", as on the sample list.
+            merged = {key: value for key, value in request.query_params.items() if value}
+            merged.update((key, value) for key, value in given.items() if value != "")
+            given = merged
+        body = self.InputSerializer(data=given)
+        body.is_valid(raise_exception=True)
+        job = exports.export_job_create(filters=dict(body.validated_data), user=request.user)
+        return Response(ExportJobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+def _export_job(job_id: int) -> ExportJob:
+    try:
+        return ExportJob.objects.get(pk=job_id)
+    except ExportJob.DoesNotExist:
+        raise NotFound(f"no export job #{job_id}") from None
+
+
+class ExportJobDetailApi(APIView):
+    permission_classes = [IsAdminRole]
+
+    @extend_schema(responses=ExportJobOutputSerializer)
+    def get(self, request, job_id: int) -> Response:
+        return Response(ExportJobOutputSerializer(_export_job(job_id)).data)
+
+
+class ExportJobDownloadApi(APIView):
+    """The export's zip, once it has succeeded; each download is written to the audit log. 409 while it is queued or
+    running, when it failed or was cancelled, and once its archive was deleted after the retention time."""
+
+    permission_classes = [IsAdminRole]
+
+    @extend_schema(responses={(200, "application/zip"): bytes, 409: ErrorSerializer})
+    def get(self, request, job_id: int):
+        job = _export_job(job_id)
+        if job.archive_purged_at is not None:
+            raise Conflict(f"export #{job_id}'s archive was deleted after the retention time: export again")
+        if not job.downloadable:
+            raise Conflict(f"export #{job_id} {job.state}: there is no archive to download")
+        handle = job.archive.open("rb")
+        exports.export_download_record(user=request.user, job=job)
+        response = FileResponse(
+            handle,
+            as_attachment=True,
+            filename=f"guardtrace-export-{job_id}.zip",
+            content_type="application/zip",
+        )
+        response["Cache-Control"] = "private, no-store"
+        return response
+
+
+class ExportJobCancelApi(APIView):
+    """Stop an export: a queued one never starts, a running one stops within a second and leaves no file. 409 when it
+    has finished."""
+
+    permission_classes = [IsAdminRole]
+
+    @extend_schema(request=None, responses={200: ExportJobOutputSerializer, 409: ErrorSerializer})
+    def post(self, request, job_id: int) -> Response:
+        job = _export_job(job_id)
+        if not exports.export_job_cancel(job):
+            raise Conflict(f"export #{job_id} {job.state}: nothing to cancel", "status")
+        job.refresh_from_db()
+        return Response(ExportJobOutputSerializer(job).data)

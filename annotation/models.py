@@ -1,4 +1,4 @@
-"""QTA samples, their images, every label on them, import jobs and the audit log."""
+"""QTA samples, their images, every label on them, import and export jobs and the audit log."""
 
 from __future__ import annotations
 
@@ -212,14 +212,41 @@ class ImportJob(LongWork):
         return self.original_name or Path(self.data_file.name or "upload").name
 
 
+class ExportJob(LongWork):
+    """An export of the samples matching `filters` (and all their labels) as one zip, built by a Celery worker;
+    `done` of `total` samples written. The archive lives under media/exports/, which no URL serves: it is downloaded
+    through the API, by admins, each download audited."""
+
+    filters = models.JSONField(
+        default=dict, blank=True, help_text="The sample filters it was asked for (subset, split, category…)."
+    )
+    archive = models.FileField(upload_to="exports/", blank=True, max_length=200)
+    size_bytes = models.PositiveBigIntegerField(default=0, help_text="The archive's size.")
+    sample_count = models.PositiveIntegerField(default=0, help_text="Samples in the archive.")
+    # Set when the retention rule deleted the archive (its field is emptied then): the job's record stays.
+    archive_purged_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the archive was deleted, GUARDTRACE_UPLOAD_RETENTION_HOURS after the export ended.",
+    )
+
+    def __str__(self) -> str:
+        return f"Export #{self.pk}"
+
+    @property
+    def downloadable(self) -> bool:
+        return self.status == self.Status.SUCCEEDED and bool(self.archive)
+
+
 class AuditEvent(models.Model):
-    """Who saw which sample's image, and who wrote which label."""
+    """Who saw which sample's image, who wrote which label, and who exported and downloaded which samples."""
 
     class Action(models.TextChoices):
         IMAGE_VIEW = "image_view", "Viewed image"
         LABEL_WRITE = "label_write", "Wrote label"
         IMPORT = "import", "Imported samples"
         EXPORT = "export", "Exported samples"
+        EXPORT_DOWNLOAD = "export_download", "Downloaded an export"
         ADJUDICATE = "adjudicate", "Adjudicated"
         REVIEW = "review", "Reviewed a disagreement"
         SKIP = "skip", "Skipped a queue item"

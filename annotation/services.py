@@ -22,13 +22,14 @@ from django.utils import timezone
 from annotation import strata
 from annotation.models import (
     AuditEvent,
+    ExportJob,
     ImageAsset,
     ImportJob,
     Label,
     Sample,
 )
 from common.errors import ApplicationError, Conflict
-from common.work import requeue_abandoned
+from common.work import connection_recover, requeue_abandoned
 from qta.images import (
     ArchiveRejected,
     ImageInfo,
@@ -196,19 +197,29 @@ def samples_import(
     while True:
         unique, duplicates = _drop_duplicates(checked, name)
         report = ImportReport(duplicates=duplicates, errors=errors)
+        written: list[str] = []
         try:
             if unique:
-                _store(unique, images, report, user=user, name=name)
+                _store(unique, images, report, user=user, name=name, written=written)
             return report
         except IntegrityError:
             # A concurrent import stored some of the same samples first: look again, store the rest.
+            _image_files_discard(written)
             retries -= 1
             if retries < 0:
                 raise
+        except BaseException:
+            # Rolled back (the database refused, the connection dropped, the worker is stopping): the image files
+            # this attempt wrote would be left with no row.
+            _image_files_discard(written)
+            raise
 
 
-def _store_image_files(unique: list[_Checked], images: ImageSource | None) -> dict[str, ImageAsset]:
-    """Write each new image once (content-addressed), returning unsaved ImageAsset rows for those not in the DB."""
+def _store_image_files(
+    unique: list[_Checked], images: ImageSource | None, written: list[str]
+) -> dict[str, ImageAsset]:
+    """Write each new image once (content-addressed), returning unsaved ImageAsset rows for those not in the DB;
+    `written` gets the paths of the files this call wrote."""
     wanted: dict[str, _Checked] = {}
     for item in unique:
         if item.image is not None:
@@ -229,15 +240,22 @@ def _store_image_files(unique: list[_Checked], images: ImageSource | None) -> di
             path = default_storage.save(
                 path, ContentFile(images.read(item.record.image, max_bytes=info.size_bytes))
             )
+            written.append(path)
         asset.file.name = path
         new_assets[sha] = asset
     return new_assets
 
 
 def _store(
-    unique: list[_Checked], images: ImageSource | None, report: ImportReport, *, user, name: str
+    unique: list[_Checked],
+    images: ImageSource | None,
+    report: ImportReport,
+    *,
+    user,
+    name: str,
+    written: list[str],
 ) -> None:
-    new_assets = _store_image_files(unique, images)
+    new_assets = _store_image_files(unique, images, written)
     now = timezone.now()
     with transaction.atomic():
         ImageAsset.objects.bulk_create(new_assets.values(), batch_size=BATCH, ignore_conflicts=True)
@@ -287,6 +305,22 @@ def _store(
     report.created = len(samples)
     report.labels_created = len(labels)
     report.images_created = len(new_assets)
+
+
+def _image_files_discard(paths: list[str]) -> None:
+    """Delete the image files a rolled-back store wrote, except those an ImageAsset row names (a concurrent import
+    that committed the same image first keeps its file). When the database cannot be asked, the files stay: a run
+    of the import again reuses them by content."""
+    if not paths:
+        return
+    try:
+        connection_recover()
+        kept = {path for (path,) in _in_chunks(ImageAsset.objects, "file", paths, "file")}
+        for path in paths:
+            if path not in kept:
+                default_storage.delete(path)
+    except Exception:  # noqa: BLE001 - the import's own error is the one to report
+        logger.exception("could not delete the image files of a rolled-back import")
 
 
 def label_record(
@@ -399,6 +433,11 @@ def sample_json(sample: Sample, image_path: str | None) -> dict:
     }
 
 
+def export_image_path(asset: ImageAsset) -> str:
+    """Where an export keeps an image, as its samples' `image` names it: `images/<sha256>.<ext>`."""
+    return f"images/{asset.sha256}.{Path(asset.file.name).suffix.lstrip('.')}"
+
+
 def samples_export(*, samples, out_dir: Path, user=None, progress: Progress | None = None) -> int:
     """Write `samples.jsonl` and `images/<sha256>.<ext>` under out_dir; returns the number of samples."""
     tick = progress or (lambda n: None)
@@ -412,7 +451,7 @@ def samples_export(*, samples, out_dir: Path, user=None, progress: Progress | No
             image_path = None
             if sample.image is not None:
                 asset = sample.image
-                image_path = f"images/{asset.sha256}.{Path(asset.file.name).suffix.lstrip('.')}"
+                image_path = export_image_path(asset)
                 if asset.sha256 not in written:
                     with asset.file.open("rb") as src:
                         (out_dir / image_path).write_bytes(src.read())
@@ -530,21 +569,25 @@ def import_job_resume(job: ImportJob) -> bool:
 @dataclass
 class UploadPurge:
     jobs: int = 0  # imports whose uploaded files were deleted
-    orphans: int = 0  # files under imports/ that no import names
+    orphans: int = 0  # files under imports/ or exports/ that no job names
     freed_bytes: int = 0
+    exports: int = 0  # exports whose archive was deleted
 
 
-# Files under imports/ that no import names are left this long at least, whatever the retention: a file a request has
-# just stored, whose import row is not committed yet, looks the same.
+# Files under imports/ (exports/) that no import (export) names are left this long at least, whatever the retention: a
+# file a request has just stored, whose import row is not committed yet, looks the same, and so does the archive an
+# export is still writing.
 ORPHAN_UPLOAD_GRACE = timedelta(hours=1)
 _UPLOADS = "imports"
+EXPORTS = "exports"
 
 
 def import_uploads_purge(*, retention: timedelta | None = None) -> UploadPurge:
     """Delete the uploaded files of imports that ended (succeeded, failed or cancelled) longer than `retention` ago
     (default GUARDTRACE_UPLOAD_RETENTION_HOURS), recording it on each job, then the files under imports/ that no
-    import names once as old. A queued, running or interrupted import's files are never touched. Run by every
-    worker as it starts and after each import; two at once delete each file once."""
+    import names once as old; the same for export archives under exports/. A queued, running or interrupted job's
+    files are never touched. Run by every worker as it starts and after each import and export; two at once delete
+    each file once."""
     if retention is None:
         retention = timedelta(hours=settings.GUARDTRACE_UPLOAD_RETENTION_HOURS)
     now = timezone.now()
@@ -563,16 +606,46 @@ def import_uploads_purge(*, retention: timedelta | None = None) -> UploadPurge:
         if purged:
             report.jobs += 1
             report.freed_bytes += sum(_upload_delete(name) for name in (data_name, images_name) if name)
-    report.orphans, freed = _orphan_uploads_purge(older_than=now - max(retention, ORPHAN_UPLOAD_GRACE))
+    orphans_before = now - max(retention, ORPHAN_UPLOAD_GRACE)
+    named = {
+        name for pair in ImportJob.objects.values_list("data_file", "images_archive") for name in pair if name
+    }
+    report.orphans, freed = _orphan_files_purge(_UPLOADS, named, older_than=orphans_before)
     report.freed_bytes += freed
-    if report.jobs or report.orphans:
+    report.exports, freed = _export_archives_purge(cutoff=cutoff, now=now)
+    report.freed_bytes += freed
+    named = set(ExportJob.objects.exclude(archive="").values_list("archive", flat=True))
+    orphans, freed = _orphan_files_purge(EXPORTS, named, older_than=orphans_before)
+    report.orphans, report.freed_bytes = report.orphans + orphans, report.freed_bytes + freed
+    if report.jobs or report.exports or report.orphans:
         logger.info(
-            "upload retention: deleted the files of %d import(s) and %d orphan file(s), %d bytes",
+            "upload retention: deleted the files of %d import(s), the archives of %d export(s) and %d orphan "
+            "file(s), %d bytes",
             report.jobs,
+            report.exports,
             report.orphans,
             report.freed_bytes,
         )
     return report
+
+
+def _export_archives_purge(*, cutoff, now) -> tuple[int, int]:
+    """Delete the archives of exports that ended before `cutoff`, recording it on each; (exports, bytes freed)."""
+    ended = [ExportJob.Status.SUCCEEDED, ExportJob.Status.FAILED, ExportJob.Status.CANCELLED]
+    due = (
+        ExportJob.objects.filter(status__in=ended, archive_purged_at__isnull=True)
+        .exclude(archive="")
+        .filter(Q(finished_at__lt=cutoff) | Q(finished_at__isnull=True, created_at__lt=cutoff))
+    )
+    count = freed = 0
+    for pk, name in due.values_list("pk", "archive"):
+        # The row first, as for imports: a crash before the delete leaves a file the orphan sweep takes.
+        purged = ExportJob.objects.filter(pk=pk, status__in=ended, archive_purged_at__isnull=True).update(
+            archive_purged_at=now, archive=""
+        )
+        if purged:
+            count, freed = count + 1, freed + _upload_delete(name)
+    return count, freed
 
 
 def _upload_delete(name: str) -> int:
@@ -585,20 +658,19 @@ def _upload_delete(name: str) -> int:
     return size
 
 
-def _orphan_uploads_purge(*, older_than) -> tuple[int, int]:
+def _orphan_files_purge(top: str, named: set[str], *, older_than) -> tuple[int, int]:
+    """Delete the files under the storage's `top` folder that are not `named` and were last written before
+    `older_than`; (files, bytes freed)."""
     storage = ImportJob._meta.get_field("data_file").storage
-    folder = Path(storage.path(_UPLOADS))
+    folder = Path(storage.path(top))
     if not folder.is_dir():
         return 0, 0
-    named = {
-        name for pair in ImportJob.objects.values_list("data_file", "images_archive") for name in pair if name
-    }
     limit = older_than.timestamp()
     count = freed = 0
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or path.is_symlink():
             continue
-        name = f"{_UPLOADS}/{path.relative_to(folder).as_posix()}"
+        name = f"{top}/{path.relative_to(folder).as_posix()}"
         stat = path.stat()
         if name in named or stat.st_mtime >= limit:
             continue
@@ -641,8 +713,10 @@ def import_job_run(*, job_id: int) -> bool:
     except ArchiveRejected as exc:
         job.status, job.errors = ImportJob.Status.FAILED, [str(exc)]
     except Exception as exc:
-        # Never leave a claimed job "running": a redelivered message would find it claimed and do nothing.
+        # Never leave a claimed job "running": a redelivered message would find it claimed and do nothing. A dropped
+        # database connection is replaced first, or recording the failure would fail too.
         logger.exception("import job %s failed", job_id)
+        connection_recover()
         job.error = f"internal error: {type(exc).__name__}: {exc}"
         job.status, job.errors = ImportJob.Status.FAILED, [job.error]
     else:

@@ -4,7 +4,7 @@ import logging
 
 from celery import shared_task
 
-from annotation import services
+from annotation import exports, services
 from common.work import on_worker_start
 
 logger = logging.getLogger(__name__)
@@ -23,6 +23,21 @@ def import_job_run_task(job_id: int) -> bool:
     return ran
 
 
-# A starting worker queues again the imports a dead worker held, and deletes the uploads past their retention.
+# Exports of any size run here, never in a request: hours at most, beating every second (a silent one is redone).
+@shared_task(acks_late=True, soft_time_limit=6 * 3600 - 300, time_limit=6 * 3600)
+def export_job_run_task(job_id: int) -> bool:
+    """Write one export's archive; a second delivery of the same message finds the job claimed and does nothing."""
+    ran = exports.export_job_run(job_id=job_id)
+    # As after an import: the export's end is recorded, so a failed sweep is only logged.
+    try:
+        services.import_uploads_purge()
+    except Exception:  # noqa: BLE001
+        logger.exception("deleting old uploads and exports after export #%s failed", job_id)
+    return ran
+
+
+# A starting worker queues again the imports and exports a dead worker held, and deletes the uploads and export
+# archives past their retention.
 on_worker_start(services.import_jobs_resume)
+on_worker_start(exports.export_jobs_resume)
 on_worker_start(services.import_uploads_purge)

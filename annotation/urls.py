@@ -19,4 +19,10 @@ urlpatterns = [
     path("api/v1/imports/<int:job_id>", api.ImportJobDetailApi.as_view(), name="api_import_detail"),
     path("api/v1/imports/<int:job_id>/cancel", api.ImportJobCancelApi.as_view(), name="api_import_cancel"),
     path("api/v1/imports/<int:job_id>/resume", api.ImportJobResumeApi.as_view(), name="api_import_resume"),
+    path("api/v1/exports", api.ExportJobCreateApi.as_view(), name="api_export_create"),
+    path("api/v1/exports/<int:job_id>", api.ExportJobDetailApi.as_view(), name="api_export_detail"),
+    path(
+        "api/v1/exports/<int:job_id>/download", api.ExportJobDownloadApi.as_view(), name="api_export_download"
+    ),
+    path("api/v1/exports/<int:job_id>/cancel", api.ExportJobCancelApi.as_view(), name="api_export_cancel"),
 ]

@@ -18,7 +18,7 @@ from typing import Any
 
 from celery.signals import worker_ready
 from django.conf import settings
-from django.db import models
+from django.db import connection, models
 from django.db.models import Q
 from django.utils import timezone
 
@@ -203,6 +203,14 @@ def requeue_abandoned(
     for pk in queued:
         enqueue(pk)
     return queued
+
+
+def connection_recover() -> None:
+    """After a database error outside any transaction, drop this thread's connection if it is broken, so the next
+    query opens a new one: a connection the server dropped would otherwise fail every later query of the task —
+    including the one recording that the work failed, leaving it *running* while its worker lives on."""
+    if not connection.in_atomic_block:
+        connection.close_if_unusable_or_obsolete()
 
 
 def retry_policy() -> RetryPolicy:

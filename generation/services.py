@@ -26,7 +26,7 @@ from django.utils import timezone
 from annotation.models import ImageAsset, InputVariant
 from annotation.services import ImportRejected, image_store
 from common.errors import ApplicationError
-from common.work import JobStatus, requeue_abandoned
+from common.work import JobStatus, connection_recover, requeue_abandoned
 from generation.models import Expansion, ImagePool, PoolImage, SeedQuery, SeedSet, Variant
 from qta import embedding, seed_files
 from qta.images import ImageInfo, ImageRejected, ImageSource, inspect_image
@@ -422,6 +422,7 @@ def expansion_work(expansion_id: int, *, chunk: int = EXPANSION_CHUNK) -> Expans
     except ExpansionError as exc:
         _expansion_finish(expansion_id, JobStatus.FAILED, str(exc))
     except Exception as exc:
+        connection_recover()  # a dropped database connection would fail the write that records the failure too
         _expansion_finish(expansion_id, JobStatus.FAILED, f"{type(exc).__name__}: {exc}")
         raise
     else:

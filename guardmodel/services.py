@@ -20,7 +20,7 @@ from annotation.models import Label, Sample, Split
 from annotation.strata import jury_prompt_version, majority
 from common.errors import ApplicationError, MissingApiKey
 from common.models import api_key, validate_base_url
-from common.work import Driver, requeue_abandoned
+from common.work import Driver, connection_recover, requeue_abandoned
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob
 from guardmodel.prompts import TemplateError, template_for
 from qta import metrics
@@ -294,6 +294,7 @@ def guard_job_run(*, job_id: int, redelivered: bool = False) -> bool:
             GuardJob.objects.filter(pk=job.pk).update(evaluation=evaluation)
     except Exception as exc:
         log.exception("guard job %s failed", job_id)
+        connection_recover()  # a dropped database connection would fail the write that records the failure too
         GuardJob.end(
             job.pk, GuardJob.Status.FAILED, error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"
         )

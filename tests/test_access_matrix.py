@@ -26,7 +26,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.authtoken.models import Token, TokenProxy
 from rest_framework.test import APIClient
 
-from annotation.models import AuditEvent, ImportJob, Label, PreferencePair
+from annotation.models import AuditEvent, ExportJob, ImportJob, Label, PreferencePair
 from common.roles import ADMIN, AUDITOR, EXPERT, REVIEWER
 from experts.models import ExpertQueueItem, ReviewDecision
 from experts.services import expert_queue_send, expert_slot_claim
@@ -189,6 +189,10 @@ ENTRIES: dict[str, Entry] = {
     "api_import_detail": api(ADMINS),
     "api_import_cancel": api(ADMINS, POST, get=405),
     "api_import_resume": api(ADMINS, POST, get=405),
+    "api_export_create": api(ADMINS, POST, get=405),
+    "api_export_detail": api(ADMINS),
+    "api_export_download": api(ADMINS),  # the finished export's zip
+    "api_export_cancel": api(ADMINS, POST, get=405),
     "api_jury_run_create": api(ADMINS, POST, get=405),
     "api_jury_run": api(VIEWERS),  # a run's progress, as its page shows it
     "jury_run_cancel": page(ADMINS, POST, get=405),
@@ -346,6 +350,11 @@ def world(settings) -> World:
         "image": image,
         "slot": slot,
         "import": ImportJob.objects.create(data_file=ContentFile(b"[]", name="r.json"), format="guardtrace"),
+        "export": ExportJob.objects.create(
+            status=ExportJob.Status.SUCCEEDED,
+            archive=ContentFile(b"PK\x05\x06" + bytes(18), name="guardtrace-export.zip"),
+            sample_count=1,
+        ),
         "checkpoint": checkpoint,
         "evaluation": Evaluation.objects.create(
             source_kind="guard",
@@ -432,7 +441,8 @@ def _url(key: str, route: str, world: World) -> str:
     }
     if key in special:
         route = special[key](route)
-    job = o["import"] if key.startswith("api_import") else o["guard_job"]
+    jobs = {"api_import": o["import"], "api_export": o["export"]}
+    job = next((row for prefix, row in jobs.items() if key.startswith(prefix)), o["guard_job"])
     run = o["jury_run"] if "jury" in key else o["training_run"] if "training" in key else o["generation_run"]
     values: dict[str, Callable[[], object]] = {
         "sample_id": lambda: o["sample"].pk,

@@ -19,7 +19,7 @@ from django.db.models import Model
 from django.test import Client, RequestFactory
 from django.urls import reverse
 
-from annotation.models import ImportJob, Sample, Split
+from annotation.models import ExportJob, ImportJob, Sample, Split
 from generation.models import Expansion, GenerationRun, SeedSet
 from guardmodel.models import GuardCheckpoint, GuardJob
 from jury.models import Juror, JuryRun
@@ -51,6 +51,7 @@ def _rows() -> dict[type[Model], list[Model]]:
         ImportJob: [
             ImportJob.objects.create(data_file=ContentFile(b"[]", name="r.json"), format="guardtrace")
         ],
+        ExportJob: _long_work(ExportJob),
         GuardCheckpoint: [checkpoint],
         GuardJob: _long_work(GuardJob, checkpoint=checkpoint, prompt_version="qta-v1"),
         JuryRun: _long_work(JuryRun),

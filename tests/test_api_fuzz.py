@@ -21,6 +21,7 @@ from django.test import modify_settings, override_settings
 from pytest_django.live_server_helper import LiveServer
 from rest_framework.authtoken.models import Token
 
+from annotation import exports as annotation_exports
 from annotation import services as annotation_services
 from common.roles import ADMIN, EXPERT
 from experts.services import expert_slot_claim
@@ -60,8 +61,8 @@ def _throwaway_broker(root: Path):
 
 
 def _populate(guard_url: str) -> dict:
-    """Samples with images and jury labels, expert-queue items (one claimed), an import job, a jury run, jurors and
-    an active guard checkpoint; the callers' tokens."""
+    """Samples with images and jury labels, expert-queue items (one claimed), an import job, a finished export, a jury
+    run, jurors and an active guard checkpoint; the callers' tokens."""
     admin, expert = _user("fuzz-admin", ADMIN, staff=True), _user("fuzz-expert", EXPERT)
     for n in range(4):
         sample = SampleFactory(image=ImageAssetFactory() if n % 2 == 0 else None)
@@ -73,6 +74,7 @@ def _populate(guard_url: str) -> dict:
     jury_run_create(selection={"subset": "unit"}, user=admin, enqueue=False)
     data = ContentFile(f"{json.dumps(record())}\n".encode(), name="fuzz.jsonl")
     annotation_services.import_job_create(data_file=data, fmt="jsonl", skip_invalid=False, user=admin)
+    annotation_exports.export_job_run(job_id=annotation_exports.export_job_create(filters={}, user=admin).pk)
     guard_services.checkpoint_register(name="served", endpoint=guard_url, served_model="guard", activate=True)
     return {"admin": Token.objects.create(user=admin).key, "expert": Token.objects.create(user=expert).key}
 

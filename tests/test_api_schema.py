@@ -57,8 +57,9 @@ def test_every_error_answer_has_the_error_body(schema):
             if code in {"400", "401", "403", "404", "409", "429", "503"}:
                 assert response["content"]["application/json"]["schema"] == error, (name, code)
         conflicts += "409" in operation["responses"]
-    # The expert slots' submit, skip and renew, and an import's cancel and resume.
-    assert conflicts == 5
+    # The expert slots' submit, skip and renew, an import's cancel and resume, an export's download and cancel,
+    # and the request-bound export over its size limit.
+    assert conflicts == 8
 
 
 def test_labels_and_expert_judgments_share_one_judgment_enum(schema):

@@ -1,4 +1,4 @@
-"""manage.py purge_uploads [--hours H]: delete uploaded import files past their retention."""
+"""manage.py purge_uploads [--hours H]: delete uploaded import files and export archives past their retention."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from annotation import services
 class Command(BaseCommand):
     help = (
         "Delete the uploaded files of imports that ended (succeeded, failed, cancelled) more than "
-        "GUARDTRACE_UPLOAD_RETENTION_HOURS ago, and files under media/imports/ that no import names once as old. "
-        "Queued and running imports keep theirs. Workers run this as they start and after each import."
+        "GUARDTRACE_UPLOAD_RETENTION_HOURS ago, and files under media/imports/ that no import names once as old; "
+        "the same for export archives under media/exports/. Queued and running jobs keep theirs. Workers run this "
+        "as they start and after each import and export."
     )
 
     def add_arguments(self, parser) -> None:
@@ -28,7 +29,8 @@ class Command(BaseCommand):
         report = services.import_uploads_purge(retention=retention)
         self.stdout.write(
             self.style.SUCCESS(
-                f"deleted the uploads of {report.jobs} import(s) and {report.orphans} orphan file(s), "
+                f"deleted the uploads of {report.jobs} import(s), the archives of {report.exports} export(s) and "
+                f"{report.orphans} orphan file(s), "
                 f"{report.freed_bytes / 1e6:,.1f} MB freed"
             )
         )
