@@ -280,3 +280,23 @@ def test_pages_and_api_answers_are_never_stored_and_no_page_echoes_free_text(
     planted = "Call 555-0100 to verify your account"
     for page in ("agreement", "expert_home"):
         assert planted not in reviewer.get(reverse(page), {"message": planted}).content.decode()
+
+
+def test_users_without_a_role_and_auditors_are_offered_no_page_they_may_not_open(client_for, outsider, db):
+    from django.contrib.auth.models import Group, User
+
+    auditor = User.objects.create_user("svc-nav")
+    auditor.groups.add(Group.objects.get_or_create(name="auditor")[0])
+    for user in (outsider, auditor):
+        refused = client_for(user).get(reverse("dashboard"))  # the "not allowed" page, in the app's layout
+        nav = refused.content.decode().split("<nav>", 1)[1].split("</nav>", 1)[0]
+        assert refused.status_code == 403 and f'href="{reverse("api_docs")}"' in nav, user
+        for name in ("dashboard", "sample_list", "jury_run_list", "expert_home", "training_runs"):
+            assert f'href="{reverse(name)}"' not in nav, (user, name)
+
+
+def test_each_role_is_offered_the_pages(client_for, expert_user):
+    page = client_for(expert_user).get(reverse("dashboard")).content.decode()
+    nav = page.split("<nav>", 1)[1].split("</nav>", 1)[0]
+    for name in ("dashboard", "sample_list", "jury_run_list", "expert_home", "training_runs", "api_docs"):
+        assert f'href="{reverse(name)}"' in nav, name

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from django.urls import reverse
 
@@ -100,3 +102,14 @@ def test_a_nul_character_in_a_list_filter_is_dropped_like_any_unknown_value(clie
     SampleFactory(subset="unit")
     response = client_for(expert_user).get(reverse("sample_list"), {"subset": "unit\x00"})
     assert response.status_code == 200
+
+
+def test_every_page_names_an_icon_that_exists_so_browsers_stop_asking_for_favicon_ico(client):
+    from django.contrib.staticfiles import finders
+    from django.templatetags.static import static
+
+    page = client.get(reverse("login")).content.decode()
+    href = static("img/favicon.svg")
+    assert f'<link rel="icon" href="{href}" type="image/svg+xml">' in page
+    icon = finders.find("img/favicon.svg")
+    assert icon and Path(icon).read_text().startswith("<svg")
