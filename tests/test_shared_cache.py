@@ -6,11 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -26,16 +21,10 @@ from rest_framework.authtoken.models import Token
 
 from common.roles import AUDITOR
 from tests.conftest import REDIS_URL
-from tests.workers import _database_url
+from tests.workers import _database_url, web_server
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _status(url: str, *, data: bytes | None = None, headers: dict | None = None) -> int:
@@ -48,52 +37,12 @@ def _status(url: str, *, data: bytes | None = None, headers: dict | None = None)
 
 
 @contextmanager
-def _gunicorn(tmp_path: Path, env: dict[str, str], name: str = "web"):
-    """gunicorn with one sync worker on a free loopback port, on this test's database; yields its URL and the
-    path of its access log (one line per request: worker pid, status, path; complete once the block has left)."""
-    port = _free_port()
+def _gunicorn(tmp_path: Path, env: dict[str, str], name: str):
+    """One sync web process; yields its URL and its access log (a line a request: pid, status, path)."""
     log = tmp_path / f"{name}-access.log"
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "guardtrace.wsgi:application",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "1",
-        "--no-control-socket",
-        "--access-logfile",
-        str(log),
-        "--access-logformat",
-        "%(p)s %(s)s %(U)s",
-    ]
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, process.stdout.read() if process.stdout else "gunicorn exited"
-            try:
-                if _status(f"{url}/accounts/login/") == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "gunicorn did not answer within 90 s"
-            time.sleep(0.3)
+    options = ("--workers", "1", "--access-logfile", str(log), "--access-logformat", "%(p)s %(s)s %(U)s")
+    with web_server(env, *options) as url:
         yield url, log
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-        process.communicate(timeout=30)
 
 
 def _auditor() -> tuple[User, str]:

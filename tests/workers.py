@@ -105,3 +105,44 @@ def wait_for(
             assert process.poll() is None, process.stdout.read() if process.stdout else "the worker exited"
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout}s: {what} {detail()}".rstrip())
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def web_server(env: dict[str, str], *options: str):
+    """The app under gunicorn on a free loopback port, with `options` (workers, worker class, logs); yields its URL
+    once the login page answers. Stopped with its workers when the block leaves."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "guardtrace.wsgi:application", "--bind", f"127.0.0.1:{port}",
+               "--no-control-socket", *options]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, process.stdout.read() if process.stdout else "gunicorn exited"
+            try:
+                with urllib.request.urlopen(f"{url}/accounts/login/", timeout=10) as response:
+                    if response.status == 200:
+                        break
+            except (OSError, urllib.error.HTTPError):
+                pass
+            assert time.monotonic() < deadline, "gunicorn did not answer within 90 s"
+            time.sleep(0.3)
+        yield url
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        process.communicate(timeout=30)

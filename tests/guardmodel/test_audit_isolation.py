@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,8 +24,7 @@ from common.roles import AUDITOR, EXPERT
 from guardmodel import services
 from tests.annotation.factories import SampleFactory
 from tests.loopback import LoopbackOpenAI
-from tests.test_shared_cache import _free_port
-from tests.workers import _database_url, filesystem_broker, worker
+from tests.workers import _database_url, filesystem_broker, web_server, worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -46,33 +41,6 @@ def _get(url: str, headers: dict, data: bytes | None = None, timeout: float = 60
     except urllib.error.HTTPError as error:
         code = error.code
     return code, time.monotonic() - started
-
-
-@contextmanager
-def _web(env: dict):
-    """The web server as scripts/run_embedded.sh runs it: two processes, threads in each."""
-    port = _free_port()
-    command = [sys.executable, "-m", "gunicorn", "guardtrace.wsgi:application", "--bind", f"127.0.0.1:{port}",
-               "--workers", "2", "--worker-class", "gthread", "--threads", "8", "--no-control-socket"]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, process.stdout.read() if process.stdout else "gunicorn exited"
-            try:
-                if _get(f"{url}/accounts/login/", {})[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "gunicorn did not answer within 90 s"
-            time.sleep(0.3)
-        yield url
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-        process.communicate(timeout=30)
 
 
 def _session_cookie(user: User) -> str:
@@ -123,7 +91,8 @@ def test_an_experts_pages_stay_fast_while_the_audit_api_is_saturated(tiny_dir, t
             queues="audit",
             extra_env={"CELERY_RESULT_BACKEND": results},
         ),  # fmt: skip
-        _web(env) as url,
+        # The web server as scripts/run_embedded.sh runs it: two processes, threads in each.
+        web_server(env, "--workers", "2", "--worker-class", "gthread", "--threads", "8") as url,
     ):
         services.checkpoint_register(
             name="served", endpoint=slow_guard.url, served_model="guard", activate=True
