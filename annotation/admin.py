@@ -22,6 +22,7 @@ from annotation.models import (
     Sample,
 )
 from common.adminforms import MAX_ERRORS_SHOWN, AdminRoleModelAdmin, admin_form
+from common.work import JobStatus
 from qta.sample_files import FORMATS, SPLITS, DefaultsRejected, file_defaults, guess_format
 
 
@@ -179,8 +180,23 @@ _JOB_FIELDS = (
 )
 
 
+class _JobAdmin(AdminRoleModelAdmin):
+    """A worker's job (ImportJob, ExportJob): a read-only record whose page reloads itself while the job is queued or
+    running, with a button for the list's "cancel" action on it (the admin role only)."""
+
+    change_form_template = "admin/annotation/job_change_form.html"
+    # created_by may be empty, which the admin's own select_related() leaves out: one query a row otherwise.
+    list_select_related = ["created_by"]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = self.get_object(request, object_id)
+        waiting = job is not None and job.status in (JobStatus.PENDING, JobStatus.RUNNING)
+        context = {"refresh": waiting, "can_cancel": waiting and self.has_admin_role_permission(request)}
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **context})
+
+
 @admin.register(ImportJob)
-class ImportJobAdmin(AdminRoleModelAdmin):
+class ImportJobAdmin(_JobAdmin):
     """Add = upload a file and queue its import on the worker; a job's page shows its status and every error."""
 
     list_display = [
@@ -200,7 +216,6 @@ class ImportJobAdmin(AdminRoleModelAdmin):
     fields = readonly_fields = _JOB_FIELDS
     actions = ["cancel", "queue_again"]
     change_list_template = "admin/annotation/importjob/change_list.html"
-    change_form_template = "admin/annotation/importjob/change_form.html"
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # what was imported is in the samples; a job is only its record
@@ -249,12 +264,6 @@ class ImportJobAdmin(AdminRoleModelAdmin):
         tail = format_html("<li>… and {} more</li>", more) if more else ""
         return format_html('<ul class="errorlist">{}{}</ul>', items, tail)
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        job = self.get_object(request, object_id)
-        waiting = job is not None and job.status in (ImportJob.Status.PENDING, ImportJob.Status.RUNNING)
-        context = {"refresh": waiting, "can_cancel": waiting and self.has_admin_role_permission(request)}
-        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **context})
-
     def add_view(self, request, form_url="", extra_context=None):
         if not self.has_add_permission(request):
             raise PermissionDenied
@@ -299,7 +308,7 @@ class ExportJobForm(forms.Form):
 
 
 @admin.register(ExportJob)
-class ExportJobAdmin(AdminRoleModelAdmin):
+class ExportJobAdmin(_JobAdmin):
     """Add = choose filters and queue an export on the worker; a finished export's page links to its zip (downloaded
     through the API, audited), kept for GUARDTRACE_UPLOAD_RETENTION_HOURS."""
 
@@ -315,7 +324,6 @@ class ExportJobAdmin(AdminRoleModelAdmin):
     )  # fmt: skip
     actions = ["cancel"]
     change_list_template = "admin/annotation/exportjob/change_list.html"
-    change_form_template = "admin/annotation/exportjob/change_form.html"
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # an export is its record and its archive, made by the worker
@@ -349,12 +357,6 @@ class ExportJobAdmin(AdminRoleModelAdmin):
             self.message_user(
                 request, "Nothing cancelled: the selected exports had already finished.", messages.WARNING
             )
-
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        job = self.get_object(request, object_id)
-        waiting = job is not None and job.status in (ExportJob.Status.PENDING, ExportJob.Status.RUNNING)
-        context = {"refresh": waiting, "can_cancel": waiting and self.has_admin_role_permission(request)}
-        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **context})
 
     def add_view(self, request, form_url="", extra_context=None):
         if not self.has_add_permission(request):

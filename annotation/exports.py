@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from annotation import selectors
 from annotation.models import AuditEvent, ExportJob
-from annotation.services import EXPORTS, export_image_path, sample_json
+from annotation.services import EXPORTS, export_records
 from common.work import connection_recover, requeue_abandoned
 
 logger = logging.getLogger(__name__)
@@ -43,25 +43,16 @@ def _archive_write(samples, out: IO[bytes], *, tick: Progress) -> int:
 
     Images go into the zip as they are met (each once); the JSONL lines wait in a temporary file and become
     `samples.jsonl` at the end, so memory holds one chunk of samples whatever the export's size."""
-    queryset = samples.select_related("image").prefetch_related("labels").order_by("id")
-    written: set[str] = set()
     count = 0
     now = time.localtime()[:6]
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf, tempfile.TemporaryFile() as lines:
-        # Real traces run to hundreds of kilobytes: a chunk of 500 samples with their labels bounds what is held.
-        for sample in queryset.iterator(chunk_size=500):
-            image_path = None
-            if sample.image is not None:
-                asset = sample.image
-                image_path = export_image_path(asset)
-                if asset.sha256 not in written:
-                    entry = zipfile.ZipInfo(image_path, date_time=now)
-                    entry.compress_type = _IMAGE_COMPRESSION
-                    with asset.file.open("rb") as src, zf.open(entry, "w") as dst:
-                        shutil.copyfileobj(src, dst)
-                    written.add(asset.sha256)
-            line = json.dumps(sample_json(sample, image_path), ensure_ascii=False) + "\n"
-            lines.write(line.encode("utf-8"))
+        for record, image in export_records(samples):
+            if image is not None:
+                entry = zipfile.ZipInfo(record["image"], date_time=now)
+                entry.compress_type = _IMAGE_COMPRESSION
+                with image.file.open("rb") as src, zf.open(entry, "w") as dst:
+                    shutil.copyfileobj(src, dst)
+            lines.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
             count += 1
             tick(1)
         lines.seek(0)

@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -438,25 +438,33 @@ def export_image_path(asset: ImageAsset) -> str:
     return f"images/{asset.sha256}.{Path(asset.file.name).suffix.lstrip('.')}"
 
 
+def export_records(samples) -> Iterator[tuple[dict, ImageAsset | None]]:
+    """`samples` in id order, each as its JSONL record, with the image to write at the record's `image` path the
+    first time an export meets it (None after that, and for a sample without one). What both exports write."""
+    queryset = samples.select_related("image").prefetch_related("labels").order_by("id")
+    met: set[str] = set()
+    # Real traces run to hundreds of kilobytes: a chunk of 500 samples with their labels bounds what is held.
+    for sample in queryset.iterator(chunk_size=500):
+        asset = sample.image
+        if asset is None:
+            yield sample_json(sample, None), None
+            continue
+        first = asset.sha256 not in met
+        met.add(asset.sha256)
+        yield sample_json(sample, export_image_path(asset)), asset if first else None
+
+
 def samples_export(*, samples, out_dir: Path, user=None, progress: Progress | None = None) -> int:
     """Write `samples.jsonl` and `images/<sha256>.<ext>` under out_dir; returns the number of samples."""
     tick = progress or (lambda n: None)
-    images_dir = out_dir / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
-    written: set[str] = set()
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
     count = 0
-    queryset = samples.select_related("image").prefetch_related("labels").order_by("id")
     with (out_dir / "samples.jsonl").open("w", encoding="utf-8") as out:
-        for sample in queryset.iterator(chunk_size=2000):
-            image_path = None
-            if sample.image is not None:
-                asset = sample.image
-                image_path = export_image_path(asset)
-                if asset.sha256 not in written:
-                    with asset.file.open("rb") as src:
-                        (out_dir / image_path).write_bytes(src.read())
-                    written.add(asset.sha256)
-            out.write(json.dumps(sample_json(sample, image_path), ensure_ascii=False) + "\n")
+        for record, image in export_records(samples):
+            if image is not None:
+                with image.file.open("rb") as src:
+                    (out_dir / record["image"]).write_bytes(src.read())
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
             count += 1
             tick(1)
     AuditEvent.objects.create(

@@ -38,6 +38,20 @@ def fresh_database(name: str) -> str:
     return f"{connection.vendor} ({connection.settings_dict['NAME']})"
 
 
+def synthetic_upload(folder: Path, *, count: int, seed: int) -> tuple[Path, Path]:
+    """`count` synthetic samples under `folder` as an import takes them: `samples.jsonl` and its images zipped."""
+    import zipfile
+
+    from qta.synthetic import generate
+
+    generate(folder, count=count, seed=seed)
+    archive = folder / "images.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for image in (folder / "images").iterdir():
+            zf.write(image, f"images/{image.name}")
+    return folder / "samples.jsonl", archive
+
+
 def machine() -> str:
     import platform
 

@@ -19,12 +19,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+sys.path.insert(0, str(ROOT))
+from tests.processes import celery_worker_command, gunicorn_command  # noqa: E402
 
 
 def listening(port: int) -> bool:
@@ -121,28 +117,15 @@ class Stack:
 
     def worker(self, name: str, queues: str, env: dict, concurrency: int = 1) -> subprocess.Popen:
         """A real `celery worker` on `queues` (a prefork pool when concurrency > 1), named for the soak."""
-        pool = (
-            ["--pool", "solo"]
-            if concurrency == 1
-            else ["--pool", "prefork", "--concurrency", str(concurrency)]
-        )
         node = f"soak-{name}-{self._counts.get(name, 0) + 1}@%h"
-        return self.start(
-            name,
-            [sys.executable, "-m", "celery", "-A", "guardtrace", "worker", "-Q", queues, *pool, "-n", node,
-             "-l", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            env,
-        )  # fmt: skip
+        options = ("-n", node, "-l", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat")
+        return self.start(name, celery_worker_command(queues, *options, concurrency=concurrency), env)
 
     def gunicorn(self, port: int, env: dict, workers: int = 4, threads: int = 4) -> subprocess.Popen:
         """The web app as production serves it, on loopback, its control socket under the stack's folder."""
-        process = self.start(
-            "gunicorn",
-            [str(ROOT / ".venv/bin/gunicorn"), "guardtrace.wsgi:application", "--bind", f"127.0.0.1:{port}",
-             "--workers", str(workers), "--threads", str(threads), "--worker-class", "gthread",
-             "--log-level", "warning", "--control-socket", str(self.folder / "gunicorn.ctl")],
-            env,
-        )  # fmt: skip
+        options = ["--workers", str(workers), "--threads", str(threads), "--worker-class", "gthread"]
+        options += ["--log-level", "warning", "--control-socket", str(self.folder / "gunicorn.ctl")]
+        process = self.start("gunicorn", gunicorn_command(port, *options), env)
         wait_until(lambda: listening(port) or process.poll() is not None, 60, "gunicorn did not start")
         if process.poll() is not None:
             raise RuntimeError(f"gunicorn exited:\n{self.log_tail('gunicorn')}")

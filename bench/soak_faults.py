@@ -29,12 +29,11 @@ import shutil
 import signal
 import sys
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _setup import fresh_database, machine  # noqa: E402
+from _setup import fresh_database, machine, synthetic_upload  # noqa: E402
 from _stack import Stack, wait_until  # noqa: E402
 
 DELAY_S = 0.2
@@ -141,10 +140,9 @@ class Soak:
         from jury.models import JuryRun
 
         def over() -> bool:
-            for name in ("jury",):
-                process = self.stack.processes.get(name)
-                if process is not None and process.poll() is not None:
-                    raise RuntimeError(f"the {name} worker exited:\n{self.stack.log_tail(name)}")
+            process = self.stack.processes.get("jury")
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the jury worker exited:\n{self.stack.log_tail('jury')}")
             return JuryRun.objects.get(pk=run_id).status != "running"
 
         try:
@@ -196,16 +194,6 @@ class Soak:
             outcome += f"; after a worker restart: {status}"
         self._record("b. jurors fail 20%, Redis restarted", subset, "juror", len(NAMES), outcome, started)
 
-    def _import_files(self, folder: Path, count: int, seed: int) -> tuple[Path, Path]:
-        from qta.synthetic import generate
-
-        generate(folder, count=count, seed=seed)
-        archive = folder / "images.zip"
-        with zipfile.ZipFile(archive, "w") as zf:
-            for image in (folder / "images").iterdir():
-                zf.write(image, f"images/{image.name}")
-        return folder / "samples.jsonl", archive
-
     def _drop_connections(self) -> int:
         from django.db import connection
 
@@ -226,7 +214,7 @@ class Soak:
 
         count = 1000 if self.quick else 3000
         folder = self.stack.folder / f"import-{phase}"
-        data, archive = self._import_files(folder, count, seed=len(self.rows))  # new samples each time
+        data, archive = synthetic_upload(folder, count=count, seed=len(self.rows))  # new samples each time
         lines = sum(1 for _ in data.open())
         before = Sample.objects.count()
         started = time.monotonic()

@@ -28,8 +28,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _setup import ROOT, fresh_database, machine  # noqa: E402
-from _stack import Stack, free_port, wait_until  # noqa: E402
+from _setup import ROOT, fresh_database, machine, synthetic_upload  # noqa: E402
+from _stack import Stack, wait_until  # noqa: E402
+
+from tests.processes import free_port  # noqa: E402
 
 EXPERTS, REVIEWERS = 50, 5
 
@@ -97,20 +99,7 @@ def _people(folder: Path, samples: list[int]) -> Path:
 
 def _import_files(folder: Path, count: int, files: int) -> list[tuple[Path, Path]]:
     """`files` synthetic sets of `count` lines with their images zipped, each different (so none is a duplicate)."""
-    import zipfile
-
-    from qta.synthetic import generate
-
-    made = []
-    for n in range(files):
-        where = folder / f"import-{n}"
-        generate(where, count=count, seed=100 + n)
-        archive = where / "images.zip"
-        with zipfile.ZipFile(archive, "w") as zf:
-            for image in (where / "images").iterdir():
-                zf.write(image, f"images/{image.name}")
-        made.append((where / "samples.jsonl", archive))
-    return made
+    return [synthetic_upload(folder / f"import-{n}", count=count, seed=100 + n) for n in range(files)]
 
 
 class Imports(threading.Thread):

@@ -330,15 +330,20 @@ def _media_files(media_root: Path, skip: Path | None):
 
 
 class _Hashing:
-    """Reads a file for tarfile, hashing exactly the bytes that go into the archive."""
+    """Reads a file (for tarfile, for a copy, or to the end), counting and hashing exactly the bytes read: what the
+    manifest records of a file, and what backup, staging and the check after a restore compare."""
 
     def __init__(self, handle: IO[bytes]) -> None:
-        self.handle, self.sha = handle, hashlib.sha256()
+        self.handle, self.sha, self.size = handle, hashlib.sha256(), 0
 
     def read(self, size: int = -1) -> bytes:
         chunk = self.handle.read(size)
         self.sha.update(chunk)
+        self.size += len(chunk)
         return chunk
+
+    def entry(self) -> dict[str, Any]:
+        return {"size": self.size, "sha256": self.sha.hexdigest()}
 
 
 def _add(tar: tarfile.TarFile, path: Path, arcname: str) -> dict[str, Any]:
@@ -348,7 +353,7 @@ def _add(tar: tarfile.TarFile, path: Path, arcname: str) -> dict[str, Any]:
     with path.open("rb") as handle:
         reader = _Hashing(handle)
         tar.addfile(info, reader)
-    return {"size": info.size, "sha256": reader.sha.hexdigest()}
+    return reader.entry()
 
 
 def _safe_name(member: tarfile.TarInfo) -> str:
@@ -377,17 +382,14 @@ def _stage(archive: Path, staging: Path) -> dict[str, Any]:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 source = tar.extractfile(member)
                 assert source is not None  # a regular file
-                sha, size = hashlib.sha256(), 0
                 try:
                     out = target.open("xb")
                 except FileExistsError:
                     raise BackupError(f"{name}: twice in the archive") from None
+                reader = _Hashing(source)
                 with out:
-                    while chunk := source.read(_CHUNK):
-                        sha.update(chunk)
-                        size += len(chunk)
-                        out.write(chunk)
-                got[name] = {"size": size, "sha256": sha.hexdigest()}
+                    shutil.copyfileobj(reader, out, _CHUNK)
+                got[name] = reader.entry()
             # tarfile stops quietly at a damaged header; reading the compressed stream to its end checks its CRC.
             while tar.fileobj is not None and tar.fileobj.read(_CHUNK):
                 pass
@@ -464,16 +466,12 @@ def _verify(manifest: dict[str, Any], media_root: Path) -> list[str]:
     for rel in manifest["media"]["files"]:
         path = media_root / rel
         if path.is_file():
-            got[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+            with path.open("rb") as handle:
+                reader = _Hashing(handle)
+                while reader.read(_CHUNK):
+                    pass
+            got[rel] = reader.entry()
     return problems + _compare(manifest["media"]["files"], got)
-
-
-def _sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 def _unapplied_migrations() -> list[str]:

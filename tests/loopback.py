@@ -19,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
 
+from tests.processes import free_port
+
 
 def user_text(body: dict) -> str:
     return " ".join(
@@ -142,9 +144,4 @@ class LoopbackOpenAI:
 
 def closed_port_url() -> str:
     """A loopback URL where nothing listens (connection refused)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
+    return f"http://127.0.0.1:{free_port()}/v1"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import kombu.pools
 from django.db import connection
 
 from guardtrace.celery import app as celery_app
+from tests.processes import celery_worker_command, free_port, gunicorn_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,11 +54,8 @@ def worker(
     }
     if broker_url.startswith("filesystem"):
         env["GUARDTRACE_VAR_DIR"] = str(Path(options["data_folder_in"]).parent.parent)
-    pool = (
-        ["--pool", "solo"] if concurrency == 1 else ["--pool", "prefork", "--concurrency", str(concurrency)]
-    )
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "guardtrace", "worker", "-Q", queues, *pool, "-l", "INFO"],
+        celery_worker_command(queues, "-l", "INFO", concurrency=concurrency),
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     try:
@@ -107,14 +104,6 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s: {what} {detail()}".rstrip())
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def web_server(env: dict[str, str], *options: str):
     """The app under gunicorn on a free loopback port, with `options` (workers, worker class, logs); yields its URL
@@ -124,8 +113,7 @@ def web_server(env: dict[str, str], *options: str):
     import urllib.request
 
     port = free_port()
-    command = [sys.executable, "-m", "gunicorn", "guardtrace.wsgi:application", "--bind", f"127.0.0.1:{port}",
-               "--no-control-socket", *options]  # fmt: skip
+    command = gunicorn_command(port, "--no-control-socket", *options)
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"

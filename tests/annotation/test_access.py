@@ -295,8 +295,9 @@ def test_users_without_a_role_and_auditors_are_offered_no_page_they_may_not_open
             assert f'href="{reverse(name)}"' not in nav, (user, name)
 
 
-def test_each_role_is_offered_the_pages(client_for, expert_user):
-    page = client_for(expert_user).get(reverse("dashboard")).content.decode()
+@pytest.mark.parametrize("who", ["expert_user", "reviewer_user", "admin_user"])
+def test_each_role_is_offered_the_pages(client_for, request, who):
+    page = client_for(request.getfixturevalue(who)).get(reverse("dashboard")).content.decode()
     nav = page.split("<nav>", 1)[1].split("</nav>", 1)[0]
     for name in ("dashboard", "sample_list", "jury_run_list", "expert_home", "training_runs", "api_docs"):
         assert f'href="{reverse(name)}"' in nav, name

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
 from annotation import exports, services
-from annotation.models import AuditEvent, ExportJob, Sample
+from annotation.models import AuditEvent, ExportJob, ImportJob, Sample
 from common.work import resume_all
 from qta.workers import worker_id
 from tests.annotation.factories import ImageAssetFactory, LabelFactory, SampleFactory
@@ -376,3 +378,21 @@ def test_an_export_that_fails_says_why_and_leaves_no_file(api_for, admin_user, s
     assert not [p for p in _exports_folder(settings).rglob("*") if p.is_file()]
     detail = api_for(admin_user).get(reverse("api_export_detail", args=[job.pk])).json()
     assert (detail["status"], detail["download_url"]) == ("failed", None)
+
+
+@pytest.mark.parametrize("model", [ImportJob, ExportJob])
+def test_the_job_lists_cost_the_same_queries_for_one_job_or_ten(client_for, admin_user, model):
+    admin_user.is_superuser = True
+    admin_user.save()
+    client = client_for(admin_user)
+    url = reverse(f"admin:annotation_{model._meta.model_name}_changelist")
+    fields = {"format": "jsonl", "original_name": "rows.jsonl"} if model is ImportJob else {}
+    queries = []
+    for count in (1, 10):
+        model.objects.bulk_create(
+            [model(created_by=admin_user, **fields) for _ in range(count - model.objects.count())]
+        )
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(url).status_code == 200
+        queries.append(len(captured))
+    assert queries[0] == queries[1], queries  # each job's creator was a query of its own

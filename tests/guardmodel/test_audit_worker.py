@@ -67,9 +67,8 @@ def test_input_over_the_limit_is_refused_before_any_model_or_worker_is_asked(
 ):
     services.checkpoint_register(name="tiny", path=str(tiny_dir), activate=True)
     settings.GUARDTRACE_AUDIT_MAX_TEXT_CHARS = 100
-    settings.GUARDTRACE_AUDIT_TIMEOUT_S = (
-        30.0  # no worker runs: a call that reached the queue would wait 30 s
-    )
+    # No worker runs: a call that reached the queue would wait 30 s.
+    settings.GUARDTRACE_AUDIT_TIMEOUT_S = 30.0
     started = time.monotonic()
     response = api_for(auditor).post(URL, {**GOOD, "thinking": "x" * 101}, format="json")
     assert response.status_code == 400 and "no more than 100 characters" in str(response.json()["thinking"])
