@@ -6,11 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.http import HttpRequest
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
+from django.urls import reverse
 
+from common.endpoints import EndpointTarget, endpoint_target, endpoints_check
 from common.roles import is_admin
 
 MAX_ERRORS_SHOWN = 200
@@ -32,6 +35,27 @@ class AdminRoleModelAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return super().has_delete_permission(request, obj) and self.has_admin_role_permission(request)
+
+
+class EndpointAdmin(AdminRoleModelAdmin):
+    """The admin of a model the app calls (a juror, a generator, a guard checkpoint): a "Test connection" action on
+    the list, and a button on the change page that runs it for that one endpoint and answers there."""
+
+    change_form_template = "admin/endpoint_change_form.html"
+
+    def endpoint_target(self, obj) -> EndpointTarget:
+        """What "Test connection" checks of a row; a `ModelEndpoint`'s own settings unless overridden."""
+        return endpoint_target(obj)
+
+    @admin.action(description="Test connection", permissions=["admin_role"])
+    def test_connection(self, request: HttpRequest, queryset):
+        rows = list(queryset)
+        for check in endpoints_check([self.endpoint_target(row) for row in rows]):
+            self.message_user(request, check.message, messages.SUCCESS if check.ok else messages.ERROR)
+        if "_from_change_page" in request.POST and len(rows) == 1:
+            opts = self.model._meta
+            return redirect(reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[rows[0].pk]))
+        return None
 
 
 class SelectionForm(forms.Form):

@@ -9,7 +9,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from annotation.services import ImportRejected
-from common.adminforms import AdminRoleModelAdmin, admin_form
+from common.adminforms import AdminRoleModelAdmin, EndpointAdmin, admin_form
 from common.http import parse_ids
 from generation import runs, services
 from generation.models import Expansion, GenerationRun, GenerationTask, Generator, ImagePool, SeedSet, Variant
@@ -215,7 +215,7 @@ class VariantAdmin(AdminRoleModelAdmin):
 
 
 @admin.register(Generator)
-class GeneratorAdmin(AdminRoleModelAdmin):
+class GeneratorAdmin(EndpointAdmin):
     list_display = ["name", "backend", "model_name", "base_url", "max_concurrency", "max_tokens", "temperature",
                     "samples_per_variant", "enabled"]  # fmt: skip
     list_filter = ["backend", "enabled"]
@@ -227,6 +227,7 @@ class GeneratorAdmin(AdminRoleModelAdmin):
             {"fields": ["max_concurrency", "timeout_s", "max_tokens", "temperature", "samples_per_variant"]},
         ),
     ]
+    actions = ["test_connection"]
 
 
 class GenerateForm(forms.Form):

@@ -10,7 +10,8 @@ from django.utils.html import format_html
 
 from annotation.admin import SampleAdmin
 from annotation.models import Sample
-from common.adminforms import AdminRoleModelAdmin, SelectionForm
+from common.adminforms import AdminRoleModelAdmin, EndpointAdmin, SelectionForm
+from common.endpoints import EndpointTarget
 from guardmodel import services
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob, PromptTemplate
 from guardmodel.prompts import (
@@ -149,19 +150,22 @@ class GuardCheckpointForm(forms.ModelForm):
 
 
 @admin.register(GuardCheckpoint)
-class GuardCheckpointAdmin(AdminRoleModelAdmin):
+class GuardCheckpointAdmin(EndpointAdmin):
     form = GuardCheckpointForm
     list_display = [
         "name", "is_active", "path", "endpoint", "prompt_version", "base_model", "created_at"
     ]  # fmt: skip
     list_filter = ["is_active"]
     readonly_fields = ["is_active"]
-    actions = ["make_active", "judge_test_subsets"]
+    actions = ["make_active", "judge_test_subsets", "test_connection"]
     fieldsets = [
         (None, {"fields": ["name", "path", "endpoint", "served_model", "api_key_env", "base_model",
                            "is_active"]}),
         ("How it is asked", {"fields": ["prompt_version", "preset", "max_new_tokens", "max_input_tokens", "greedy"]}),
     ]  # fmt: skip
+
+    def endpoint_target(self, obj: GuardCheckpoint) -> EndpointTarget:
+        return services.checkpoint_endpoint_target(obj)
 
     def save_model(self, request, obj, form, change):
         if obj.path and is_local(obj.path):

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from annotation.models import Label, Sample, Split
 from annotation.strata import jury_prompt_version, majority
+from common.endpoints import EndpointTarget
 from common.errors import ApplicationError, MissingApiKey
 from common.models import api_key, validate_base_url
 from common.work import Driver, connection_recover, requeue_abandoned
@@ -122,6 +123,24 @@ def engine_options(checkpoint: GuardCheckpoint | None = None) -> EngineOptions:
     return options
 
 
+def served_model_name(checkpoint: GuardCheckpoint) -> str:
+    """The model name an endpoint checkpoint is asked for: its served model, else its path, else its name."""
+    return checkpoint.served_model or checkpoint.path or checkpoint.name
+
+
+def checkpoint_endpoint_target(checkpoint: GuardCheckpoint) -> EndpointTarget:
+    """What "Test connection" checks: the endpoint when it has one (as `backend_for` calls it), else the path."""
+    who = f"checkpoint {checkpoint.name}"
+    if checkpoint.endpoint:
+        return EndpointTarget(
+            who,
+            base_url=checkpoint.endpoint,
+            model=served_model_name(checkpoint),
+            api_key_env=checkpoint.api_key_env,
+        )
+    return EndpointTarget(who, path=checkpoint.path)
+
+
 _backends: dict[tuple, Guard] = {}
 _backends_lock = threading.Lock()
 
@@ -143,7 +162,7 @@ def backend_for(checkpoint: GuardCheckpoint) -> Guard:
                 raise CheckpointError(str(exc)) from None  # the server's set-up, not the caller's input
             backend: Guard = OpenAIGuard(
                 checkpoint.endpoint,
-                checkpoint.served_model or checkpoint.path or checkpoint.name,
+                served_model_name(checkpoint),
                 name=checkpoint.name,
                 api_key=secret,
                 max_concurrency=settings.GUARDTRACE_GUARD_ENDPOINT_CONCURRENCY,

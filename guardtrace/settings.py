@@ -319,6 +319,9 @@ GUARDTRACE_JURY_ATTEMPTS = env_int("GUARDTRACE_JURY_ATTEMPTS", 4, minimum=1)
 GUARDTRACE_JURY_BACKOFF_S = env_float("GUARDTRACE_JURY_BACKOFF_S", 0.5, minimum=0.0)
 GUARDTRACE_JURY_BACKOFF_MAX_S = env_float("GUARDTRACE_JURY_BACKOFF_MAX_S", 30.0, minimum=0.0)
 GUARDTRACE_JURY_FLUSH = env_int("GUARDTRACE_JURY_FLUSH", 128, minimum=1)  # results written per transaction
+# The admin's "test connection" on a juror, generator or guard endpoint waits at most this long (or the endpoint's own
+# timeout, when shorter) for the one request it makes.
+GUARDTRACE_ENDPOINT_CHECK_S = env_float("GUARDTRACE_ENDPOINT_CHECK_S", 5.0, minimum=0.1)
 
 # The expert queue. Each item needs this many blind expert labels (the paper: three). A claimed item is held for
 # the lease (renewed while its page is open) and returns to the queue when abandoned. The daily cap limits how

@@ -15,10 +15,11 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from annotation.admin import SampleAdmin
-from annotation.models import Sample, Split, Stratum
-from common.adminforms import AdminRoleModelAdmin
+from annotation.models import Sample
+from common.adminforms import AdminRoleModelAdmin, EndpointAdmin
 from guardmodel.prompts import version_choices
 from jury import services
+from jury.forms import JuryRunForm
 from jury.models import Juror, JuryRun
 from qta.loading import CheckpointError, check_checkpoint_dir
 
@@ -63,8 +64,9 @@ class JurorForm(forms.ModelForm):
 
 
 @admin.register(Juror)
-class JurorAdmin(AdminRoleModelAdmin):
+class JurorAdmin(EndpointAdmin):
     form = JurorForm
+    actions = ["test_connection"]
     list_display = [
         "name",
         "backend",
@@ -82,16 +84,6 @@ class JurorAdmin(AdminRoleModelAdmin):
         ("OpenAI-compatible server", {"fields": ["base_url", "api_key_env"]}),
         ("Calls", {"fields": ["prompt_version", "max_concurrency", "timeout_s", "max_tokens"]}),
     ]
-
-
-class JuryRunForm(forms.Form):
-    subset = forms.CharField(required=False)
-    split = forms.ChoiceField(choices=[("", "any"), *Split.choices], required=False)
-    stratum = forms.ChoiceField(choices=[("", "any"), *Stratum.choices], required=False)
-    unlabelled = forms.BooleanField(required=False, help_text="Only samples no juror has labelled yet.")
-    jurors = forms.ModelMultipleChoiceField(
-        queryset=services.sitting_jurors(), required=False, help_text="None chosen: every enabled juror."
-    )
 
 
 @admin.register(JuryRun)
@@ -128,29 +120,58 @@ class JuryRunAdmin(AdminRoleModelAdmin):
         return False
 
     def add_view(self, request, form_url="", extra_context=None):
-        """The run form: pick the samples by subset / split / stratum / unlabelled and the jurors."""
+        """The run form: pick the samples by subset / split / stratum / unlabelled and the jurors, preview the
+        run's figures, then launch it (a jury of other than three only once confirmed)."""
         if not self.has_add_permission(request):
             raise PermissionDenied
         form = JuryRunForm(request.POST or None)
+        plan, warning = None, ""
         if request.method == "POST" and form.is_valid():
-            data = form.cleaned_data
-            selection = {k: data[k] for k in ("subset", "split", "stratum") if data[k]}
-            if data["unlabelled"]:
-                selection["unlabelled"] = True
             try:
-                run = services.jury_run_create(
-                    selection=selection, jurors=list(data["jurors"]) or None, user=request.user
-                )
+                plan = services.jury_run_plan(selection=form.selection(), jurors=form.chosen_jurors())
             except services.JuryError as exc:
                 form.add_error(None, str(exc))
             else:
-                self.message_user(
-                    request, f"{run} started: {run.total} labels to ask for over {run.samples} samples."
-                )
-                return redirect("jury_run", run_id=run.pk)
-        context = {**self.admin_site.each_context(request), "title": "Start a jury run", "form": form,
-                   "opts": self.model._meta, "jurors": services.sitting_jurors()}  # fmt: skip
+                warning = services.jury_size_warning(len(plan.jurors), plan.prompt_version)
+                if "_launch" in request.POST and (response := self._launch(request, form, plan, warning)):
+                    return response
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Start a jury run",
+            "form": form,
+            "opts": self.model._meta,
+            "jurors": services.sitting_jurors(),
+            "plan": plan,
+            "warning": warning,
+            "fingerprint": form.fingerprint(plan) if plan else "",
+            "confirmed": bool(plan and form.confirmed(plan)),
+        }
         return TemplateResponse(request, "admin/jury/run_form.html", context)
+
+    def _launch(self, request, form: JuryRunForm, plan: services.RunPlan, warning: str):
+        """Start the previewed run; None (the form shows why) when the form changed since its preview, or when a
+        jury of other than three is not confirmed."""
+        if form.cleaned_data["previewed"] != form.fingerprint(plan):
+            form.add_error(
+                None, "The selection or the jury changed since the preview: check the figures below."
+            )
+            return None
+        if warning and not form.confirmed(plan):
+            form.add_error(
+                "confirm_jurors", f"Tick the box to launch with {len(plan.jurors)} jurors, or choose three."
+            )
+            return None
+        try:
+            run = services.jury_run_create(
+                selection=form.selection(), jurors=[j.juror for j in plan.jurors], user=request.user
+            )
+        except services.JuryError as exc:
+            form.add_error(None, str(exc))
+            return None
+        self.message_user(
+            request, f"{run} started: {run.total} labels to ask for over {run.samples} samples."
+        )
+        return redirect("jury_run", run_id=run.pk)
 
     @admin.action(description="Cancel the selected runs", permissions=["admin_role"])
     def cancel(self, request, queryset: QuerySet[JuryRun]):

@@ -45,7 +45,7 @@ class JuryError(ApplicationError):
 
 # -- selection and creation -------------------------------------------------------------------------------------
 
-SELECTION_FIELDS = ("sample_ids", "subset", "split", "stratum", "category", "unlabelled")
+SELECTION_FIELDS = ("sample_ids", "subset", "subsets", "split", "stratum", "category", "unlabelled")
 
 
 def select_samples(selection: dict) -> QuerySet[Sample]:
@@ -62,6 +62,11 @@ def select_samples(selection: dict) -> QuerySet[Sample]:
         samples = samples.filter(pk__in=ids)
     if subset := selection.get("subset"):
         samples = samples.filter(subset=subset)
+    if (subsets := selection.get("subsets")) is not None:
+        # Any of these subsets ("" is the samples stored without one); the run form offers the stored ones.
+        if not isinstance(subsets, list) or not all(isinstance(name, str) for name in subsets):
+            raise JuryError("selection.subsets: expected a list of subset names")
+        samples = samples.filter(subset__in=subsets)
     for field, choices in (("split", Split.values), ("stratum", Stratum.values)):
         if value := selection.get(field):
             if value not in choices:
@@ -78,11 +83,54 @@ def sitting_jurors() -> QuerySet[Juror]:
     return Juror.objects.filter(enabled=True, is_oracle=False)
 
 
-def jury_run_create(
-    *, selection: dict, jurors: list[Juror] | None = None, user=None, enqueue: bool = True
-) -> JuryRun:
-    """A run giving each selected sample one label per juror for its prompt version. Pairs already labelled
-    validly, or waiting in another unfinished run, are skipped; failed and invalid labels are asked again."""
+@dataclass
+class JurorPlan:
+    """One juror's share of a run about to start: what it will be asked, and what is skipped and why."""
+
+    juror: Juror
+    tasks: int  # sample × juror pairs to ask
+    labelled: int  # already labelled validly with the juror's prompt version: skipped
+    waiting: int  # waiting in another unfinished run: skipped there, not doubled here
+
+
+@dataclass
+class RunPlan:
+    """What `jury_run_create` would make of a selection now: the preview the run form shows before launching."""
+
+    sample_ids: list[int]
+    prompt_version: str
+    jurors: list[JurorPlan]
+    # Other jurors' valid labels on these samples with the same template: strata count every juror's label.
+    others: dict[str, int]
+
+    @property
+    def samples(self) -> int:
+        return len(self.sample_ids)
+
+    @property
+    def tasks(self) -> int:
+        return sum(j.tasks for j in self.jurors)
+
+    @property
+    def pairs(self) -> int:
+        """Sample × juror pairs: tasks plus the skipped ones."""
+        return self.samples * len(self.jurors)
+
+    @property
+    def skipped(self) -> int:
+        return self.pairs - self.tasks
+
+    @property
+    def labelled(self) -> int:
+        return sum(j.labelled for j in self.jurors)
+
+    @property
+    def waiting(self) -> int:
+        return sum(j.waiting for j in self.jurors)
+
+
+def _jury_for_run(jurors: list[Juror] | None) -> tuple[list[Juror], str]:
+    """The jurors a run seats (default: every sitting juror) and the one prompt version they share."""
     jurors = list(jurors) if jurors is not None else list(sitting_jurors())
     if not jurors:
         raise JuryError("jurors: none enabled — configure jurors in the admin (Jury → Jurors) first")
@@ -95,35 +143,99 @@ def jury_run_create(
         # Strata compare three judgments asked the same way: one run, one template.
         asked = "; ".join(f"{j.name}: {j.prompt_version}" for j in jurors)
         raise JuryError(f"jurors: they must share one prompt template to be compared ({asked})")
+    return jurors, versions[0]
+
+
+def _juror_plan(juror: Juror, ids: list[int]) -> tuple[JurorPlan, list[int]]:
+    """The juror's plan over these samples, and the ids it will be asked about."""
+    labelled = set(
+        Label.objects.filter(
+            source_kind=Label.SourceKind.JUROR,
+            source_name=juror.name,
+            prompt_version=juror.prompt_version,
+            status=Label.Status.VALID,
+        ).values_list("sample_id", flat=True)
+    )
+    waiting = set(
+        JuryTask.objects.filter(juror=juror, status__in=OPEN, run__status=JuryRun.Status.RUNNING).values_list(
+            "sample_id", flat=True
+        )
+    )
+    todo = [pk for pk in ids if pk not in labelled and pk not in waiting]
+    n_labelled = sum(pk in labelled for pk in ids)
+    plan = JurorPlan(juror, tasks=len(todo), labelled=n_labelled, waiting=len(ids) - len(todo) - n_labelled)
+    return plan, todo
+
+
+def jury_run_plan(*, selection: dict, jurors: list[Juror] | None = None) -> RunPlan:
+    """What a run over `selection` would ask now, per juror; raises JuryError as `jury_run_create` would.
+    Reads only: the run form's preview. Labels written or runs started meanwhile change the figures."""
+    seated, version = _jury_for_run(jurors)
+    ids = list(select_samples(selection).order_by("pk").values_list("pk", flat=True))
+    if not ids:
+        raise JuryError("selection: no samples match")
+    others = dict(
+        Label.objects.filter(
+            sample__in=select_samples(selection),
+            source_kind=Label.SourceKind.JUROR,
+            prompt_version=version,
+            status=Label.Status.VALID,
+        )
+        .exclude(source_name__in=[j.name for j in seated])
+        .values_list("source_name")
+        .annotate(n=Count("id"))
+        .order_by("source_name")
+    )
+    return RunPlan(ids, version, [_juror_plan(juror, ids)[0] for juror in seated], others)
+
+
+def jury_size_warning(count: int, prompt_version: str) -> str:
+    """'' for three jurors; else what the strata (annotation.strata) make of a sample labelled by `count`."""
+    if count == 3:
+        return ""
+    if count < 3:
+        return (
+            f"The protocol's strata assume three jurors; this run seats {count}. A sample it labels gets "
+            f"{count} jury label{'s' if count > 1 else ''} from it and stays incomplete — no SFT record, no DPO "
+            f"pair, no expert item — unless other jurors have labelled it validly with {prompt_version}: strata "
+            "count every juror's valid label, and need three."
+        )
+    half = count // 2
+    tie = f"{half}:{half}" if count % 2 == 0 else f"{half}:{half}:1"
+    return (
+        f"The protocol's strata assume three jurors; this run seats {count}, so a sample can get {count} valid "
+        f"labels. All equal: D3:0 (SFT). A strict majority ({count - 1}:1, say): D2:1 with the majority's label, "
+        "but no DPO pair — a pair needs exactly three labels split 2:1. No strict majority "
+        f"({tie}, say): D1:1:1, sent to the experts. Only valid labels count: a sample with exactly three follows "
+        "the protocol."
+    )
+
+
+def jury_run_create(
+    *, selection: dict, jurors: list[Juror] | None = None, user=None, enqueue: bool = True
+) -> JuryRun:
+    """A run giving each selected sample one label per juror for its prompt version. Pairs already labelled
+    validly, or waiting in another unfinished run, are skipped; failed and invalid labels are asked again."""
+    seated, version = _jury_for_run(jurors)
     ids = list(select_samples(selection).order_by("pk").values_list("pk", flat=True))
     if not ids:
         raise JuryError("selection: no samples match")
     with transaction.atomic():
-        run = JuryRun.objects.create(selection=selection, prompt_version=versions[0], samples=len(ids),
+        run = JuryRun.objects.create(selection=selection, prompt_version=version, samples=len(ids),
                                      created_by=user, started_at=timezone.now())  # fmt: skip
-        run.jurors.set(jurors)
+        run.jurors.set(seated)
         total = 0
-        for juror in jurors:
-            labelled = set(
-                Label.objects.filter(source_kind=Label.SourceKind.JUROR, source_name=juror.name,
-                                     prompt_version=juror.prompt_version, status=Label.Status.VALID)
-                .values_list("sample_id", flat=True)
-            )  # fmt: skip
-            waiting = set(
-                JuryTask.objects.filter(juror=juror, status__in=OPEN, run__status=JuryRun.Status.RUNNING)
-                .exclude(run=run)
-                .values_list("sample_id", flat=True)
-            )
-            skip = labelled | waiting  # once, not per sample
-            todo = [JuryTask(run=run, sample_id=pk, juror=juror) for pk in ids if pk not in skip]
-            JuryTask.objects.bulk_create(todo, batch_size=2000)
+        for juror in seated:
+            _, todo = _juror_plan(juror, ids)
+            tasks = [JuryTask(run=run, sample_id=pk, juror=juror) for pk in todo]
+            JuryTask.objects.bulk_create(tasks, batch_size=2000)
             total += len(todo)
-        run.total, run.skipped = total, len(ids) * len(jurors) - total
+        run.total, run.skipped = total, len(ids) * len(seated) - total
         if not total:
             run.status, run.finished_at = JuryRun.Status.SUCCEEDED, timezone.now()
         run.save(update_fields=["total", "skipped", "status", "finished_at"])
         if enqueue and total:
-            transaction.on_commit(lambda: enqueue_drivers(jurors))
+            transaction.on_commit(lambda: enqueue_drivers(seated))
     return run
 
 

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
@@ -60,6 +60,10 @@ class Unreachable(EndpointError):
     """No connection, or the server closed it before answering."""
 
     retryable = True
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message  # short: "connection refused", say
 
 
 class TimedOut(EndpointError):
@@ -137,10 +141,18 @@ class ChatEndpoint:
     def __init__(
         self, base_url: str, *, api_key: str | None = None, timeout_s: float = 120.0, max_connections: int = 8
     ) -> None:
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
         self.timeout_s = timeout_s
         self.max_connections = max(1, max_connections)
         self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key or 'unused'}"}
+
+    def new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            headers=self.headers,
+        )
 
     def _session(self) -> aiohttp.ClientSession:
         # Endpoints configured alike share one session (its connections) on a loop, however often they are made.
@@ -152,24 +164,40 @@ class ChatEndpoint:
         )
         session = _sessions.get(key)
         if session is None or session.closed:
-            session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300),
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                headers=self.headers,
-            )
+            session = self.new_session()
             _sessions[key] = session
         return session
 
+    async def fetch(
+        self,
+        method: str,
+        url: str,
+        data: str | None = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        follow_redirects: bool = True,
+    ) -> tuple[int, bytes, str]:
+        """One request: (status, body, the Location header). No connection or no answer in time raise
+        Unreachable / TimedOut."""
+        try:
+            async with (session or self._session()).request(
+                method, url, data=data, allow_redirects=follow_redirects
+            ) as response:
+                return response.status, await response.read(), response.headers.get("Location", "")
+        except TimeoutError:
+            raise TimedOut(f"{url}: no complete answer within {self.timeout_s:g} s") from None
+        except aiohttp.ClientError as exc:
+            reason = str(exc)
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                refused = isinstance(exc.os_error, ConnectionRefusedError)
+                reason = (
+                    "connection refused" if refused else f"cannot connect ({exc.os_error.strerror or exc})"
+                )
+            raise Unreachable(f"{url}: {type(exc).__name__}: {exc}", reason) from None
+
     async def post(self, body: dict) -> dict:
         """One attempt: the chat completion as a dict, or an EndpointError saying what went wrong."""
-        try:
-            async with self._session().post(self.url, data=json.dumps(body)) as response:
-                raw = await response.read()
-                status = response.status
-        except TimeoutError:
-            raise TimedOut(f"{self.url}: no complete answer within {self.timeout_s:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise Unreachable(f"{self.url}: {type(exc).__name__}: {exc}") from None
+        status, raw, _ = await self.fetch("POST", self.url, json.dumps(body))
         if status != 200:
             raise StatusError(status, self.url, raw)
         try:
@@ -201,3 +229,98 @@ class ChatEndpoint:
                 {"attempt": attempt, "outcome": "ok", "ms": round((time.perf_counter() - started) * 1000, 1)}
             )
             return reply
+
+
+# -- checking a server ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Probe:
+    """What one small request to a model server showed (the admin's "test connection")."""
+
+    url: str  # the address asked last
+    # ok, unreachable, timeout, refused (401/403), redirect, not served, http error or bad reply
+    outcome: str = "ok"
+    status: int | None = None  # None: no HTTP answer
+    latency_ms: float = 0.0
+    served: bool | None = None  # whether the model is served; None when the answer could not tell
+    models: list[str] = field(default_factory=list)  # what the server lists, when it lists them
+    detail: str = ""  # the server's words, or the connection's error
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+    @property
+    def reachable(self) -> bool:
+        return self.status is not None
+
+
+def _model_ids(raw: bytes) -> list[str] | None:
+    try:
+        listing = json.loads(raw)
+    except ValueError:
+        return None
+    data = listing.get("data") if isinstance(listing, dict) else None
+    if not isinstance(data, list):
+        return None
+    return [str(entry["id"]) for entry in data if isinstance(entry, dict) and "id" in entry]
+
+
+async def aprobe(base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 5.0) -> Probe:
+    """Ask the server which models it serves (`GET {base_url}/models`); a server without that listing is asked
+    for one token of `model` instead. One try each, on a new connection, within `timeout_s`; a redirect is
+    reported, never followed (it could lead to another host, with the key). The key never appears in the result."""
+    endpoint = ChatEndpoint(base_url, api_key=api_key, timeout_s=timeout_s, max_connections=1)
+    probe = Probe(url=endpoint.base_url + "/models")
+    started = time.perf_counter()
+    try:
+        async with endpoint.new_session() as session:
+            status, raw, location = await endpoint.fetch(
+                "GET", probe.url, session=session, follow_redirects=False
+            )
+            if status in (404, 405):  # no listing here: one token of the model says whether it is served
+                probe.url = endpoint.url
+                ping = [{"role": "user", "content": [{"type": "text", "text": "ping"}]}]
+                body = {"model": model, "messages": ping, "max_tokens": 1}
+                status, raw, location = await endpoint.fetch(
+                    "POST", probe.url, json.dumps(body), session=session, follow_redirects=False
+                )
+    except TimedOut:
+        probe.outcome, probe.detail = "timeout", f"timed out after {timeout_s:g} s"
+    except Unreachable as exc:
+        probe.outcome, probe.detail = "unreachable", exc.reason
+    else:
+        probe.status = status
+        _read_answer(probe, model, status, raw, location)
+    probe.latency_ms = round((time.perf_counter() - started) * 1000, 1)
+    if api_key:
+        probe.detail = probe.detail.replace(api_key, "[key]")
+    return probe
+
+
+def _read_answer(probe: Probe, model: str, status: int, raw: bytes, location: str) -> None:
+    text = raw[:300].decode("utf-8", "replace").strip()
+    if 300 <= status < 400:
+        # Where it points, without its query (which could hold a token).
+        probe.outcome, probe.detail = "redirect", location.split("?", 1)[0] or "(no Location header)"
+    elif status in (401, 403):
+        probe.outcome, probe.detail = "refused", text
+    elif status == 200 and probe.url.endswith("/models"):
+        ids = _model_ids(raw)
+        if ids is None:
+            probe.outcome, probe.detail = "bad reply", f"not a model list: {text[:200]}"
+        else:
+            probe.models, probe.served = ids, model in ids
+            if not probe.served:
+                probe.outcome = "not served"
+    elif status == 200:
+        probe.served = True
+    elif status == 404 or (status == 400 and "model" in text.lower()):
+        probe.outcome, probe.served, probe.detail = "not served", False, text
+    else:
+        probe.outcome, probe.detail = "http error", text
+
+
+def probe(base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 5.0) -> Probe:
+    return wait(aprobe(base_url, model, api_key=api_key, timeout_s=timeout_s))

@@ -4,7 +4,8 @@ It speaks `POST /v1/chat/completions` over real HTTP (keep-alive, as vLLM does);
 `respond(body)` (which sees the model name, so one server can play several jurors; a dict is the whole reply message), and faults are injected on the
 server side, as a real server would fail: a status code, "timeout" (answer only after `hang_s`), or "unparseable"
 (a 200 whose text has no judgment). `faults` serves the first requests in order; `fault_for(body)` decides per
-request after that.
+request after that. `GET /v1/models` lists `models` (404 when None, as on a server without the listing); `faults`
+serve it too.
 """
 
 from __future__ import annotations
@@ -58,12 +59,15 @@ class LoopbackOpenAI:
     def __init__(
         self, respond: Callable[[dict], str] = keyword_judge, *, faults: list[Fault] | None = None,
         delay_s: float = 0.0, fault_for: Callable[[dict], Fault | None] | None = None, hang_s: float = 5.0,
+        models: list[str] | None = None,
     ):  # fmt: skip
         self.respond = respond
         self.faults = list(faults or [])
         self.fault_for = fault_for
         self.hang_s = hang_s
         self.delay_s = delay_s
+        self.models = models
+        self.listings = 0  # GET /v1/models requests received
         self.requests: list[dict] = []
         self.authorizations: list[str | None] = []  # the Authorization header of each request
         self.images: list[tuple[int, int]] = []  # decoded sizes of the images received
@@ -88,6 +92,21 @@ class LoopbackOpenAI:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                with server._lock:
+                    server.listings += 1
+                    server.authorizations.append(self.headers.get("Authorization"))
+                    fault = server.faults.pop(0) if server.faults else None
+                if fault == "timeout":
+                    time.sleep(server.hang_s)
+                elif isinstance(fault, int):
+                    self._send(fault, {"error": {"message": f"injected {fault}"}})
+                elif self.path != "/v1/models" or server.models is None:
+                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+                else:
+                    data = [{"id": name, "object": "model", "owned_by": "loopback"} for name in server.models]
+                    self._send(200, {"object": "list", "data": data})
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

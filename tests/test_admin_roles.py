@@ -20,7 +20,7 @@ from django.test import Client, RequestFactory
 from django.urls import reverse
 
 from annotation.models import ExportJob, ImportJob, Sample, Split
-from generation.models import Expansion, GenerationRun, SeedSet
+from generation.models import Expansion, GenerationRun, Generator, SeedSet
 from guardmodel.models import GuardCheckpoint, GuardJob
 from jury.models import Juror, JuryRun
 from tests.annotation.factories import SampleFactory
@@ -44,9 +44,18 @@ def _rows() -> dict[type[Model], list[Model]]:
     """Rows for each model whose admin has actions, in states its actions act on (running, cancelled, inactive)."""
     checkpoint = GuardCheckpoint.objects.create(name="guard", path="/nowhere/guard")
     # Jurors and test samples make the Samples actions and "judge the test subsets" go through.
-    Juror.objects.create(name="juror", backend="openai", model_name="m", base_url="http://127.0.0.1:9/v1")
+    juror = Juror.objects.create(
+        name="juror", backend="openai", model_name="m", base_url="http://127.0.0.1:9/v1"
+    )
     SampleFactory(split=Split.TEST)
     return {
+        # "Test connection": a port where nothing listens answers at once.
+        Juror: [juror],
+        Generator: [
+            Generator.objects.create(
+                name="gen", backend="openai", model_name="g", base_url="http://127.0.0.1:9/v1"
+            )
+        ],
         Sample: [SampleFactory()],
         ImportJob: [
             ImportJob.objects.create(data_file=ContentFile(b"[]", name="r.json"), format="guardtrace")

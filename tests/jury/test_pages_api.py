@@ -110,12 +110,15 @@ def test_the_admin_runs_the_jury_on_chosen_samples_and_from_the_run_form(
 
     form = client.get(reverse("admin:jury_juryrun_add")).content.decode()
     assert "Start a jury run" in form and 'name="unlabelled"' in form
-    response = client.post(reverse("admin:jury_juryrun_add"), {"unlabelled": "on", "split": "train"})
+    chosen = {"unlabelled": "on", "split": "train"}
+    preview = client.post(reverse("admin:jury_juryrun_add"), {**chosen, "_preview": "Preview"})
+    launch = {**chosen, "previewed": preview.context["fingerprint"], "_launch": "Launch"}
+    response = client.post(reverse("admin:jury_juryrun_add"), launch)
     second = JuryRun.objects.exclude(pk=run.pk).get()
     assert response.status_code == 302 and second.selection == {"split": "train", "unlabelled": True}
     # The first run's samples are waiting in it: only the third sample is new work.
     assert second.total == 3 and second.skipped == 6
-    response = client.post(reverse("admin:jury_juryrun_add"), {"subset": "nowhere"})
+    response = client.post(reverse("admin:jury_juryrun_add"), {"stratum": "d1_1_1", "_preview": "Preview"})
     assert "selection: no samples match" in response.content.decode()
 
 
