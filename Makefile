@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test install browser lint audit backup restore bench-quick soak soak-quick vendor-htmx clean
+.PHONY: run test install browser lint audit backup restore bench-quick soak soak-quick vendor-htmx vendor-uplot clean
 
 install: $(STAMP)
 
@@ -86,6 +86,16 @@ soak-quick: $(STAMP)
 
 vendor-htmx:
 	cd /tmp && npm pack htmx.org@2.0.8 && tar xzf htmx.org-2.0.8.tgz && cp package/dist/htmx.min.js package/LICENSE $(CURDIR)/static/vendor/htmx/
+
+# uPlot draws the training run page's curves: its browser build, style sheet and licence, from the npm package.
+UPLOT_VERSION := 1.6.32
+vendor-uplot:
+	tmp=$$(mktemp -d) && cd $$tmp && npm pack uplot@$(UPLOT_VERSION) && tar xzf uplot-$(UPLOT_VERSION).tgz \
+	  && mkdir -p $(CURDIR)/static/vendor/uplot \
+	  && cp package/dist/uPlot.iife.min.js package/dist/uPlot.min.css package/LICENSE $(CURDIR)/static/vendor/uplot/ \
+	  && echo "uplot $(UPLOT_VERSION), dist/uPlot.iife.min.js and dist/uPlot.min.css from the npm package (refresh: make vendor-uplot)" \
+	    > $(CURDIR)/static/vendor/uplot/VERSION \
+	  && rm -rf $$tmp
 
 clean:
 	rm -rf var/staticfiles var/celery

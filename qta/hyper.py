@@ -31,11 +31,15 @@ class Hyperparameters:
     epochs: float = _h(3.0, "a few passes over the consensus set; more overfits the jurors' wording")
     batch_size: int = _h(4, "per device; a 3B VLM with images fits 4 QTA samples of ~2k tokens in 80 GB")
     gradient_accumulation: int = _h(
-        8, "an effective batch of 32 keeps the updates steady at a small per-device batch"
+        8,
+        "batches whose gradients add up before each update: the effective batch (batch_size × this × GPUs) keeps "
+        "the updates steady at a small per-device batch",
     )
     lora: bool = _h(False, "full fine-tuning learns the protocol best; LoRA when memory is short")
     lora_r: int = _h(16, "LoRA rank: enough for a classification-like output")
-    lora_alpha: int = _h(32, "LoRA scale 2 × rank, the usual choice")
+    lora_alpha: int = _h(
+        32, "LoRA scale: the update is weighted by alpha / rank; twice the rank is the usual choice"
+    )
     freeze_vision: bool = _h(
         True, "the vision tower already sees well; freezing it saves memory and keeps it stable"
     )

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import json
 from dataclasses import fields
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
@@ -16,30 +18,65 @@ from annotation.services import ImportRejected
 from common.adminforms import AdminRoleModelAdmin, admin_form
 from guardmodel.models import GuardCheckpoint
 from guardmodel.services import checkpoint_activate
-from qta.hyper import STAGE_DEFAULTS, TINY, Hyperparameters, for_stage
+from qta.hyper import Hyperparameters, for_stage
 from qta.images import ArchiveRejected, ZipImageSource
 from training import services
 from training.datasets import SnapshotError, snapshot_import
 from training.models import DatasetSnapshot, Stage, TrainingRun
 
-_FIELD_TYPES = {
-    bool: forms.NullBooleanField,
-    int: forms.IntegerField,
-    float: forms.FloatField,
-    str: forms.CharField,
-}
+# The yes/no hyperparameters always hold a value: a select of Yes / No, never Django's "Unknown".
+_YES_NO = [("True", "Yes"), ("False", "No")]
+_PROMPT_VARIANTS = [
+    ("qta", "qta: question, reasoning, answer"),
+    ("qa", "qa: question and answer (ablation)"),
+]
+
+
+def _yes(value: str) -> bool:
+    return value == "True"
+
+
+def _hyperparameter_field(name: str, default: Any, help_text: str) -> forms.Field:
+    options: dict[str, Any] = {"required": False, "label": name, "help_text": help_text}
+    if isinstance(default, bool):
+        return forms.TypedChoiceField(choices=_YES_NO, coerce=_yes, empty_value=None, **options)
+    if name == "prompt_variant":
+        return forms.ChoiceField(choices=_PROMPT_VARIANTS, **options)
+    if isinstance(default, int):
+        return forms.IntegerField(**options)
+    if isinstance(default, float):
+        return forms.FloatField(**options)
+    return forms.CharField(**options)
+
+
+def _shown(value: Any) -> str:
+    """A hyperparameter as its form field holds it."""
+    return str(value)
+
+
+def _said(value: Any) -> str:
+    """A hyperparameter as a sentence says it."""
+    return ("Yes" if value else "No") if isinstance(value, bool) else str(value)
 
 
 class RoundForm(forms.Form):
-    """A round's launch form: the base checkpoint (SFT), the preset, and any hyperparameter to override."""
+    """A round's launch form: the base checkpoint (SFT), the preset, the training set, and every hyperparameter
+    filled with the value the round would use if left alone.
+
+    A hyperparameter counts as an override only where it differs from the value the form was filled with (the
+    hidden `filled_*` fields say for which preset and base): a field left alone follows a change of preset or base,
+    with or without the page's script."""
 
     base_checkpoint = forms.ModelChoiceField(
         queryset=GuardCheckpoint.objects.exclude(path=""), required=False,
-        help_text="SFT only: the weights to start from (a local checkpoint directory).",
+        help_text="SFT only: the weights to start from (a local checkpoint directory). Its max_input_tokens, when "
+        "set, is the round's max_length.",
     )  # fmt: skip
     preset = forms.ChoiceField(
         choices=[("default", "A real base model (3B)"), ("tiny", "A tiny offline checkpoint (demo, tests)")],
         initial="default",
+        help_text="The defaults the hyperparameters below are filled with. The tiny offline checkpoints (hidden 64, "
+        "two layers) learn the protocol in a few epochs at a much higher rate, on small images and short records.",
     )
 
     snapshot = forms.ModelChoiceField(
@@ -48,38 +85,107 @@ class RoundForm(forms.Form):
         help_text="The training set: built now from the jury's and experts' labels (OGDPO: mined), or a stored one "
         "— an imported set, say (Admin → Dataset snapshots → Import a training set).",
     )  # fmt: skip
+    filled_preset = forms.ChoiceField(choices=preset.choices, required=False, widget=forms.HiddenInput)
+    filled_base = forms.ModelChoiceField(
+        queryset=GuardCheckpoint.objects.all(), required=False, widget=forms.HiddenInput
+    )
 
-    def __init__(self, *args, stage: str, **kwargs):
+    def __init__(self, *args, stage: str, fixed_base: GuardCheckpoint | None = None, **kwargs):
+        """`fixed_base`: a DPO stage's base, the parent round's output (an SFT round's base is chosen here)."""
         super().__init__(*args, **kwargs)
-        self.stage = stage
+        self.stage, self.fixed_base = stage, fixed_base
         if stage != Stage.SFT:
             del self.fields["base_checkpoint"]
         self.fields["snapshot"].queryset = DatasetSnapshot.objects.filter(stage=stage).order_by("-created_at")  # type: ignore[attr-defined]
         reasons = Hyperparameters.reasons()
-        default, tiny = for_stage(stage).to_dict(), {**STAGE_DEFAULTS[stage], **TINY[stage]}
+        default, tiny = for_stage(stage).to_dict(), for_stage(stage, tiny=True).to_dict()
         for spec in fields(Hyperparameters):
-            kind = _FIELD_TYPES[type(spec.default)]
-            hint = f"{reasons[spec.name]}. Default {default[spec.name]}"
-            if spec.name in tiny:
-                hint += f"; tiny preset {tiny[spec.name]}"
-            self.fields[f"hp_{spec.name}"] = kind(required=False, label=spec.name, help_text=hint)
-        self.fields["hp_max_length"].help_text += "; a base checkpoint's max_input_tokens comes before both"
+            name = spec.name
+            # A reason speaks of the 3B default; where the tiny preset differs, it says which value it explains.
+            if tiny[name] != default[name]:
+                hint = f"3B base: {_said(default[name])} — {reasons[name]}. Tiny preset: {_said(tiny[name])}."
+            else:
+                hint = f"{reasons[name]}. Default {_said(default[name])}."
+            self.fields[f"hp_{name}"] = _hyperparameter_field(name, spec.default, hint)
+        self.fields["hp_max_length"].help_text += " A base checkpoint's max_input_tokens comes before both."
+
+    def hyperparameter_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.fields if name.startswith("hp_")]
+
+    def round_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.fields if not name.startswith(("hp_", "filled_"))]
+
+    def base(self) -> GuardCheckpoint | None:
+        """The checkpoint the round starts from, as the form stands (valid forms only)."""
+        return self.cleaned_data.get("base_checkpoint") or self.fixed_base
+
+    def effective(self, *, preset: str, base: GuardCheckpoint | None) -> dict[str, Any]:
+        """Every hyperparameter as the round would take it with no override."""
+        return services.round_hyperparameters(stage=self.stage, base=base, tiny=preset == "tiny").to_dict()
 
     def overrides(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        filled = self.effective(
+            preset=data.get("filled_preset") or data["preset"], base=data.get("filled_base") or self.base()
+        )
         return {
-            name.removeprefix("hp_"): value
-            for name, value in self.cleaned_data.items()
-            if name.startswith("hp_") and value not in (None, "")
+            name: value
+            for name, value in ((key.removeprefix("hp_"), data[key]) for key in data if key.startswith("hp_"))
+            if value not in (None, "") and value != filled[name]
         }
+
+    def defaults(self, *, bases: list[GuardCheckpoint]) -> dict[str, Any]:
+        """What the page's script needs to refill the fields left alone when the preset or the base changes:
+        each preset's values, and each base's token budget."""
+        return {
+            "presets": {preset: self.effective(preset=preset, base=None) for preset in ("default", "tiny")},
+            "budgets": {str(c.pk): c.max_input_tokens for c in bases if c.max_input_tokens},
+            "fixed_base": str(self.fixed_base.pk) if self.fixed_base else "",
+            "gpus": settings.GUARDTRACE_TRAIN_GPUS,
+        }
+
+
+def round_initial(stage: str, *, preset: str, base: GuardCheckpoint | None) -> dict[str, Any]:
+    """A fresh launch form's values: the preset, the base, and the hyperparameters they give."""
+    values = services.round_hyperparameters(stage=stage, base=base, tiny=preset == "tiny").to_dict()
+    initial: dict[str, Any] = {f"hp_{name}": value for name, value in values.items()}
+    initial.update(preset=preset, filled_preset=preset, filled_base=base)
+    if stage == Stage.SFT:
+        initial["base_checkpoint"] = base
+    return initial
+
+
+def round_refilled(data, *, form: RoundForm, hyperparameters: dict[str, Any]):
+    """The submitted form again, its hyperparameters set to the config they resolved to (a field that followed a
+    new preset shows the new preset's value), filled for the chosen preset and base."""
+    data = data.copy()
+    for name, value in hyperparameters.items():
+        data[f"hp_{name}"] = _shown(value)
+    base = form.base()
+    data["filled_preset"] = form.cleaned_data["preset"]
+    data["filled_base"] = str(base.pk) if base else ""
+    return data
+
+
+# The run's measured figures, shown to 4 significant figures (the raw float says 0.6931471805599453).
+_FIGURES = ["epoch", "loss", "reward_margin", "reward_accuracy", "samples_per_second"]
+
+
+def _figure(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4g}"
 
 
 @admin.register(TrainingRun)
 class TrainingRunAdmin(AdminRoleModelAdmin):
-    list_display = ["__str__", "stage", "status", "phase", "progress", "loss", "average_f1", "output", "created_by",
-                    "created_at"]  # fmt: skip
+    list_display = ["__str__", "stage", "status", "phase", "progress", "loss_shown", "average_f1", "output",
+                    "created_by", "created_at"]  # fmt: skip
     list_filter = ["stage", "status"]
-    readonly_fields = [f.name for f in TrainingRun._meta.fields if f.name != "history"]
-    exclude = ["history"]
+    readonly_fields = [
+        f"{f.name}_shown" if f.name in _FIGURES else f.name
+        for f in TrainingRun._meta.fields
+        if f.name != "history"
+    ]
+    exclude = ["history", *_FIGURES]
     actions = ["new_dpo_round", "new_ogdpo_round", "cancel", "resume", "activate_output"]
     change_list_template = "admin/training/trainingrun/change_list.html"
     list_select_related = ["evaluation", "created_by"]
@@ -99,6 +205,26 @@ class TrainingRunAdmin(AdminRoleModelAdmin):
             run.percent, run.step, run.max_steps or "?", reverse("training_run", args=[run.pk]),
         )  # fmt: skip
 
+    @admin.display(description="epoch", ordering="epoch")
+    def epoch_shown(self, run: TrainingRun) -> str:
+        return _figure(run.epoch)
+
+    @admin.display(description="loss", ordering="loss")
+    def loss_shown(self, run: TrainingRun) -> str:
+        return _figure(run.loss)
+
+    @admin.display(description="reward margin", ordering="reward_margin")
+    def reward_margin_shown(self, run: TrainingRun) -> str:
+        return _figure(run.reward_margin)
+
+    @admin.display(description="reward accuracy", ordering="reward_accuracy")
+    def reward_accuracy_shown(self, run: TrainingRun) -> str:
+        return _figure(run.reward_accuracy)
+
+    @admin.display(description="samples per second", ordering="samples_per_second")
+    def samples_per_second_shown(self, run: TrainingRun) -> str:
+        return _figure(run.samples_per_second)
+
     @admin.display(description="average F1")
     def average_f1(self, run: TrainingRun) -> str:
         value = run.evaluation.metrics.get("average", {}).get("f1") if run.evaluation else None
@@ -114,7 +240,8 @@ class TrainingRunAdmin(AdminRoleModelAdmin):
         )
 
     def add_view(self, request, form_url="", extra_context=None):
-        """New SFT / DPO / OGDPO round: the snapshot preview, the hyperparameters with their reasons, launch."""
+        """New SFT / DPO / OGDPO round: the snapshot preview, the hyperparameters filled with what the round would
+        use, the resulting config, launch."""
         if not self.has_add_permission(request):
             raise PermissionDenied
         stage = request.GET.get("stage", Stage.SFT)
@@ -126,21 +253,29 @@ class TrainingRunAdmin(AdminRoleModelAdmin):
         # Rounds on the tiny offline checkpoints (the demo's, the tests') start with the tiny preset chosen.
         start = parent.output_checkpoint if parent else GuardCheckpoint.objects.filter(is_active=True).first()
         tiny = start is not None and "tiny" in f"{start.base_model} {start.name}".lower()
-        form = RoundForm(request.POST or None, stage=stage, initial={"preset": "tiny" if tiny else "default"})
+        options = {"stage": stage, "fixed_base": parent.output_checkpoint if parent else None}
+        initial = round_initial(stage, preset="tiny" if tiny else "default", base=start)
+        form = RoundForm(request.POST or None, initial=initial, **options)
+        config = self._config(form, start=start, tiny=tiny)
         # "Preview" counts the chosen set against the chosen base and budget; nothing is queued.
         previewing = "_preview" in request.POST
-        if request.method == "POST" and form.is_valid() and not previewing:
-            try:
-                run = services.training_run_launch(
-                    stage=stage, parent=parent, base_checkpoint=form.cleaned_data.get("base_checkpoint"),
-                    hyperparameters=form.overrides(), tiny=form.cleaned_data["preset"] == "tiny", user=request.user,
-                    snapshot=form.cleaned_data.get("snapshot"),
-                )  # fmt: skip
-            except services.TrainingError as exc:
-                form.add_error(None, str(exc))
-            else:
-                self.message_user(request, f"{run} queued on the gpu worker.")
-                return redirect("training_run", run_id=run.pk)
+        if form.is_bound and form.is_valid():
+            if "hyperparameters" in config:
+                refilled = round_refilled(request.POST, form=form, hyperparameters=config["hyperparameters"])
+                form = RoundForm(refilled, initial=initial, **options)
+                form.is_valid()
+            if not previewing:
+                try:
+                    run = services.training_run_launch(
+                        stage=stage, parent=parent, base_checkpoint=form.cleaned_data.get("base_checkpoint"),
+                        hyperparameters=form.overrides(), tiny=form.cleaned_data["preset"] == "tiny",
+                        user=request.user, snapshot=form.cleaned_data.get("snapshot"),
+                    )  # fmt: skip
+                except services.TrainingError as exc:
+                    form.add_error(None, str(exc))
+                else:
+                    self.message_user(request, f"{run} queued on the gpu worker.")
+                    return redirect("training_run", run_id=run.pk)
         problem = ""
         if stage != Stage.SFT:
             try:
@@ -148,12 +283,44 @@ class TrainingRunAdmin(AdminRoleModelAdmin):
             except services.TrainingError as exc:
                 problem = str(exc)
         preview = {} if problem else self._preview(form, stage, parent, start, tiny)
+        bases = (
+            list(GuardCheckpoint.objects.exclude(path="")) if stage == Stage.SFT else [start] if start else []
+        )
         context = {
             **self.admin_site.each_context(request), "opts": self.model._meta, "form": form, "stage": Stage(stage),
-            "parent": parent, "preview": preview, "problem": problem,
+            "parent": parent, "preview": preview, "problem": problem, "config": config,
+            "defaults": form.defaults(bases=bases),
             "title": f"New {Stage(stage).label} round" + (f" from {parent}" if parent else ""),
         }  # fmt: skip
         return TemplateResponse(request, "admin/training/round_form.html", context)
+
+    @staticmethod
+    def _config(form: RoundForm, *, start: GuardCheckpoint | None, tiny: bool) -> dict[str, Any]:
+        """The config the round would run with, as the form stands (before a POST: as it was filled), or why there
+        is none: the hyperparameters, the base and reference, the effective batch."""
+        stage = form.stage
+        if form.is_bound:
+            if not form.is_valid():
+                return {"error": "correct the fields marked above"}
+            base, snapshot = form.base(), form.cleaned_data.get("snapshot")
+            preset, overrides = form.cleaned_data["preset"], form.overrides()
+        else:
+            base, snapshot, preset, overrides = start, None, "tiny" if tiny else "default", {}
+        try:
+            hp = services.round_hyperparameters(
+                stage=stage, base=base, tiny=preset == "tiny", overrides=overrides
+            )
+        except services.TrainingError as exc:
+            return {"error": str(exc)}
+        gpus = settings.GUARDTRACE_TRAIN_GPUS
+        return {
+            "hyperparameters": hp.to_dict(),
+            "json": json.dumps(hp.to_dict(), indent=2),
+            "base": base,
+            "reference": form.fixed_base,
+            "snapshot": snapshot,
+            "effective_batch": hp.batch_size * hp.gradient_accumulation * gpus,
+        }
 
     @staticmethod
     def _preview(form: RoundForm, stage: str, parent, start, tiny: bool) -> dict[str, Any]:

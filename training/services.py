@@ -563,7 +563,13 @@ class ProgressReader:
                 per_step * (event["step"] - self.last[1]) / max(1e-6, event["time"] - self.last[0])
             )
         self.last = (event["time"], event["step"])
-        entry = {"step": event["step"], "epoch": round(event.get("epoch", 0.0), 4), "loss": event["loss"]}
+        # The time of each logged step: the run page's ETA counts a resumed round's pace from it.
+        entry = {
+            "step": event["step"],
+            "epoch": round(event.get("epoch", 0.0), 4),
+            "loss": event["loss"],
+            "time": round(event["time"], 3),
+        }
         fields.update(epoch=event.get("epoch", 0.0), loss=event["loss"])
         if "rewards/margins" in event:
             entry.update(margin=event["rewards/margins"], accuracy=event.get("rewards/accuracies"))

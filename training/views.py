@@ -14,7 +14,7 @@ from guardmodel.models import GuardCheckpoint
 from guardmodel.services import checkpoint_activate
 from guardmodel.views import comparison_table
 from qta.hyper import Hyperparameters
-from training import services
+from training import selectors, services
 from training.models import DatasetSnapshot, TrainingRun
 
 
@@ -33,7 +33,8 @@ def _progress(run: TrainingRun) -> dict:
         "max_steps": run.max_steps, "epoch": run.epoch, "loss": run.loss, "reward_margin": run.reward_margin,
         "reward_accuracy": run.reward_accuracy, "samples_per_second": run.samples_per_second,
         "finished": run.finished, "stale": services.is_stale(run), "history": run.history,
-        "truncation": run.truncation,
+        "truncation": run.truncation, "elapsed_seconds": selectors.run_elapsed(run),
+        "eta_seconds": selectors.run_eta(run),
     }  # fmt: skip
 
 
@@ -46,8 +47,11 @@ def run_detail(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
     if request.GET.get("format") == "json":
         return JsonResponse(_progress(run))
     reasons = Hyperparameters.reasons()
+    progress = _progress(run)
     context = {
-        "run": run, "progress": _progress(run), "is_admin": is_admin(request.user), "stale": services.is_stale(run),
+        "run": run, "progress": progress, "is_admin": is_admin(request.user), "stale": progress["stale"],
+        "elapsed": selectors.duration_text(progress["elapsed_seconds"]),
+        "eta": selectors.duration_text(progress["eta_seconds"]),
         "hyperparameters": [(k, v, reasons.get(k, "")) for k, v in run.hyperparameters.items()],
         "table": comparison_table([run.evaluation]) if run.evaluation else None,
         "checkpoint": run.output_checkpoint,

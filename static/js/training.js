@@ -1,63 +1,96 @@
-// Live curves on a training run's page: loss (and, for the DPO stages, the reward margin) per logged step,
-// redrawn from the run's JSON every few seconds while it runs. Plain SVG, no library.
+// Curves on a training run's page, drawn with uPlot (static/vendor/uplot): loss and, for the DPO stages, the
+// reward margin per logged step, with labelled axes and ticks. Drag across a chart to zoom in, double-click it to
+// zoom out. htmx refreshes the page's live section every few seconds; it carries the history the charts follow.
 (function () {
   "use strict";
-  const SVG = "http://www.w3.org/2000/svg";
 
-  function draw(svg, points, label) {
-    if (!svg) return;
-    while (svg.firstChild) svg.removeChild(svg.firstChild);
-    const width = +svg.getAttribute("width"), height = +svg.getAttribute("height"), pad = 36;
-    const add = (name, attrs, text) => {
-      const node = document.createElementNS(SVG, name);
-      for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
-      if (text !== undefined) node.textContent = text;
-      svg.appendChild(node);
-      return node;
-    };
-    add("rect", { x: pad, y: 8, width: width - pad - 8, height: height - pad, fill: "none", stroke: "#ccc" });
-    if (!points.length) {
-      add("text", { x: pad + 8, y: height / 2 }, label + ": no steps logged yet");
-      return;
-    }
-    const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
-    const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
-    let y0 = Math.min(...ys, 0), y1 = Math.max(...ys);
-    if (y1 === y0) y1 = y0 + 1;
-    const sx = (x) => pad + ((x - x0) / (x1 - x0)) * (width - pad - 8);
-    const sy = (y) => 8 + (1 - (y - y0) / (y1 - y0)) * (height - pad);
-    add("polyline", { points: points.map((p) => `${sx(p[0])},${sy(p[1])}`).join(" "), fill: "none",
-                      stroke: "#2463eb", "stroke-width": 2 });
-    add("text", { x: pad + 8, y: 22 }, `${label} (last ${ys[ys.length - 1].toFixed(4)})`);
-    add("text", { x: 2, y: 14, "font-size": 10 }, y1.toPrecision(3));
-    add("text", { x: 2, y: height - pad + 8, "font-size": 10 }, y0.toPrecision(3));
-    add("text", { x: pad, y: height - 8, "font-size": 10 }, `step ${x0}`);
-    add("text", { x: width - 70, y: height - 8, "font-size": 10 }, `step ${x1}`);
+  const CURVES = [
+    { id: "curve-loss", key: "loss", color: "#2463eb" },
+    { id: "curve-margin", key: "margin", color: "#b26a00" },
+  ];
+  const charts = new Map();
+
+  function history() {
+    const node = document.getElementById("history");
+    return node ? JSON.parse(node.textContent) : [];
   }
 
-  function render(history) {
-    draw(document.getElementById("curve-loss"), history.map((h) => [h.step, h.loss]), "loss");
-    draw(document.getElementById("curve-margin"),
-         history.filter((h) => h.margin !== undefined && h.margin !== null).map((h) => [h.step, h.margin]),
-         "reward margin");
+  // [[steps…], [values…]] for the entries that carry `key`.
+  function columns(entries, key) {
+    const steps = [], values = [];
+    for (const entry of entries) {
+      if (entry[key] !== undefined && entry[key] !== null) {
+        steps.push(entry.step);
+        values.push(entry[key]);
+      }
+    }
+    return [steps, values];
+  }
+
+  // As wide as its box, with a height that suits a phone as well as a wide screen.
+  function size(box) {
+    const style = getComputedStyle(box);
+    const inner = box.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    const width = Math.max(200, Math.floor(inner));
+    return { width, height: Math.max(240, Math.min(320, Math.round(width * 0.3))) };
+  }
+
+  function zoomed(chart) {
+    const steps = chart.data[0];
+    if (!steps.length) return false;
+    const x = chart.scales.x;
+    return x.min > steps[0] || x.max < steps[steps.length - 1];
+  }
+
+  function create(box, curve, data) {
+    const label = box.dataset.label;
+    const options = {
+      ...size(box),
+      title: label,
+      scales: { x: { time: false } },
+      axes: [
+        { label: "step", stroke: "#1d2430", grid: { stroke: "#e6e9ee" } },
+        { label, stroke: "#1d2430", grid: { stroke: "#e6e9ee" }, size: 64,
+          values: (u, ticks) => ticks.map((v) => +v.toPrecision(4)) },
+      ],
+      series: [
+        { label: "step" },
+        { label, stroke: curve.color, width: 2,
+          value: (u, v) => (v === null || v === undefined ? "—" : v.toPrecision(4)) },
+      ],
+      cursor: { drag: { x: true, y: false } },
+    };
+    return new uPlot(options, data, box);
+  }
+
+  function render() {
+    const entries = history();
+    for (const curve of CURVES) {
+      const box = document.getElementById(curve.id);
+      if (!box) continue;
+      const data = columns(entries, curve.key);
+      let chart = charts.get(curve.id);
+      if (!chart) {
+        chart = create(box, curve, data);
+        charts.set(curve.id, chart);
+      } else {
+        // Keep a zoom the reader chose; otherwise take in the new steps.
+        chart.setData(data, !zoomed(chart));
+      }
+      box.classList.toggle("run-curve-empty", data[0].length === 0);
+    }
   }
 
   document.addEventListener("DOMContentLoaded", () => {
-    const initial = document.getElementById("history");
-    render(initial ? JSON.parse(initial.textContent) : []);
-    const live = document.getElementById("live");
-    if (!live || live.dataset.finished === "1") return;
-    const url = live.dataset.progressUrl;
-    const timer = setInterval(async () => {
-      try {
-        const response = await fetch(url, { headers: { Accept: "application/json" } });
-        if (!response.ok) return;
-        const progress = await response.json();
-        render(progress.history);
-        if (progress.finished) clearInterval(timer);
-      } catch (error) {
-        // A missed poll is retried on the next tick.
-      }
-    }, 3000);
+    if (typeof uPlot === "undefined") return;
+    render();
+    document.body.addEventListener("htmx:afterSettle", render);
+    let pending = null;
+    window.addEventListener("resize", () => {
+      clearTimeout(pending);
+      pending = setTimeout(() => {
+        for (const [id, chart] of charts) chart.setSize(size(document.getElementById(id)));
+      }, 100);
+    });
   });
 })();
