@@ -361,7 +361,8 @@ class ExportJobAdmin(_JobAdmin):
     def add_view(self, request, form_url="", extra_context=None):
         if not self.has_add_permission(request):
             raise PermissionDenied
-        form = ExportJobForm(request.POST or None)
+        # The sample list's "Export these samples" link fills the filters in from its query.
+        form = ExportJobForm(request.POST or None, initial=request.GET.dict())
         if request.method == "POST" and form.is_valid():
             job = exports.export_job_create(filters=form.filters(), user=request.user)
             self.message_user(request, f"Export #{job.pk} is queued on the worker.")

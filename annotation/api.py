@@ -25,7 +25,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation import exports, selectors, services
+from annotation import exports, search, selectors, services
 from annotation.models import (
     JUDGMENT_CHOICES,
     ExportJob,
@@ -37,7 +37,7 @@ from annotation.models import (
     Split,
     Stratum,
 )
-from common.errors import Conflict
+from common.errors import ApplicationError, Conflict
 from common.http import parse_id
 from common.permissions import IsAdminRole
 from common.roles import is_admin
@@ -82,6 +82,13 @@ class SampleOutputSerializer(serializers.ModelSerializer):
             "final_label_origin", "created_at",
         ]  # fmt: skip
 
+    def to_representation(self, sample: Sample) -> dict:
+        data = super().to_representation(sample)
+        if sample.pk in self.context.get("label_hidden", ()):
+            # An expert still deciding this sample sees no training label (it may be imported ground truth).
+            data["final_label"], data["final_label_origin"] = None, ""
+        return data
+
     def get_image(self, sample: Sample) -> dict | None:
         if sample.image is None:
             return None
@@ -118,15 +125,53 @@ def _filtered_samples(params):
     return selectors.sample_list(filters=selectors.clean_filters(params))
 
 
+_LIST_PARAMS = [
+    *_FILTER_PARAMS,
+    OpenApiParameter(
+        "q",
+        str,
+        description='Full-text search of question, reasoning and answer: words (all must occur), "a phrase", '
+        "`or` between two terms, -word to exclude. Only letters and digits are searched.",
+    ),
+    OpenApiParameter(
+        "sort",
+        str,
+        enum=[key for key, _, _ in selectors.SORTS],
+        description=f"Order (default {selectors.DEFAULT_SORT}).",
+    ),
+]
+
+
 class SampleListApi(ListAPIView):
+    """Samples matching the filters and the search, `subset=(none)` for those without a subset."""
+
     serializer_class = SampleOutputSerializer
 
-    @extend_schema(parameters=_FILTER_PARAMS)
+    @extend_schema(parameters=_LIST_PARAMS)
     def get(self, request, *args, **kwargs):
-        return super().get(request, *args, **kwargs)
+        with search.index_plans(search.parse(request.query_params.get("q"))):
+            return super().get(request, *args, **kwargs)
+
+    def get_serializer(self, *args, **kwargs):
+        if args:  # the page's rows: whose training labels this user may not see, in one query
+            rows = list(args[0])
+            context = kwargs.setdefault("context", self.get_serializer_context())
+            context["label_hidden"] = selectors.training_labels_hidden(
+                self.request.user, [r.pk for r in rows]
+            )
+            args = (rows, *args[1:])
+        return super().get_serializer(*args, **kwargs)
 
     def get_queryset(self):
-        return _filtered_samples(self.request.query_params)
+        params = self.request.query_params
+        _refuse_nul(params, [*selectors.FILTERS, "q"])
+        searched = search.parse(params.get("q"))
+        if params.get("q", "").strip() and not searched.active:
+            raise ApplicationError(" ".join(searched.notes), field="q")
+        sort = params.get("sort") or selectors.DEFAULT_SORT
+        if selectors.clean_sort(sort) != sort:
+            raise ApplicationError(f"one of {', '.join(key for key, _, _ in selectors.SORTS)}", field="sort")
+        return selectors.sample_list(filters=selectors.clean_filters(params), search=searched, sort=sort)
 
 
 class SampleDetailApi(APIView):
@@ -136,7 +181,8 @@ class SampleDetailApi(APIView):
             sample = selectors.sample_detail(sample_id=sample_id)
         except Sample.DoesNotExist:
             raise NotFound(f"no sample #{sample_id}") from None
-        data = SampleDetailOutputSerializer(sample).data
+        hidden = selectors.training_labels_hidden(request.user, [sample.pk])
+        data = SampleDetailOutputSerializer(sample, context={"label_hidden": hidden}).data
         # Experts stay blind to other experts' labels on items still being decided.
         visible = selectors.visible_labels(sample.labels.all(), request.user)
         data["labels"] = LabelOutputSerializer(visible, many=True).data

@@ -15,6 +15,7 @@ from annotation.models import (
     Split,
     Stratum,
 )
+from annotation.search import ParsedSearch, index_plans, search_samples
 from annotation.strata import expert_desk
 from common.roles import ADMIN, EXPERT, REVIEWER, user_roles
 
@@ -27,6 +28,21 @@ CHOICE_FILTERS = (
     ("input_variant", "Input variant", InputVariant),
 )
 _CHOICES = {key: choices.values for key, _, choices in CHOICE_FILTERS}
+# The subset filter's value for samples that have no subset (an empty value means "any subset").
+NO_SUBSET = "(none)"
+
+# The list's orders: (parameter, title, ORDER BY). Each ends in the id so pages never overlap, and each is served by
+# an index (the primary key, or the (field, id) indexes on Sample). Ids grow as samples are added, so they stand
+# for the date added.
+SORTS = (
+    ("oldest", "Oldest first", ("id",)),
+    ("newest", "Newest first", ("-id",)),
+    ("stratum", "Stratum", ("stratum", "id")),
+    ("category", "Category", ("category", "id")),
+    ("subset", "Subset", ("subset", "id")),
+)
+DEFAULT_SORT = "oldest"
+_ORDER_BY = {key: order for key, _, order in SORTS}
 
 
 def clean_filters(params) -> dict[str, str]:
@@ -40,8 +56,25 @@ def clean_filters(params) -> dict[str, str]:
     return cleaned
 
 
-def sample_list(*, filters: dict[str, str]) -> QuerySet[Sample]:
-    return Sample.objects.filter(**filters).select_related("image").order_by("id")
+def clean_sort(value: str | None) -> str:
+    """One of SORTS' keys; anything else is the default order."""
+    return value if value in _ORDER_BY else DEFAULT_SORT
+
+
+def _filter_q(filters: dict[str, str]) -> Q:
+    if filters.get("subset") == NO_SUBSET:
+        filters = {**filters, "subset": ""}
+    return Q(**filters)
+
+
+def sample_list(
+    *, filters: dict[str, str], search: ParsedSearch | None = None, sort: str = DEFAULT_SORT
+) -> QuerySet[Sample]:
+    """Samples matching `filters` (clean_filters) and a full-text `search`, in the `sort` order (clean_sort)."""
+    samples = Sample.objects.filter(_filter_q(filters))
+    if search is not None:
+        samples = search_samples(samples, search)
+    return samples.select_related("image").order_by(*_ORDER_BY[clean_sort(sort)])
 
 
 _LIST_COLUMNS = (
@@ -49,21 +82,42 @@ _LIST_COLUMNS = (
 )  # fmt: skip
 
 
-def sample_page(*, filters: dict[str, str], page_number: str | int | None, per_page: int) -> Page:
-    """One page of the sample list.
+def clamp_page(value: str | int | None, *, last: int) -> tuple[int, bool]:
+    """The page asked for, clamped to 1..last, and whether it had to be clamped (a missing value is page 1)."""
+    if value is None or value == "":
+        return 1, False
+    try:
+        number = int(str(value).strip()[:20])
+    except ValueError:
+        return 1, True
+    clamped = min(max(number, 1), max(last, 1))
+    return clamped, clamped != number
 
-    Deep pages stay fast at 100,000+ samples: the OFFSET runs over the id index alone, and only the page's rows
-    are then read, without their (possibly long) texts.
+
+def sample_page(
+    *,
+    filters: dict[str, str],
+    page_number: str | int | None,
+    per_page: int,
+    search: ParsedSearch | None = None,
+    sort: str = DEFAULT_SORT,
+) -> Page:
+    """One page of the sample list; a page number outside the list gives its nearest page.
+
+    Deep pages stay fast at 100,000+ samples: the OFFSET runs over an index (or the search's matches) alone, and
+    only the page's rows are then read, without their (possibly long) texts.
     """
-    ids = sample_list(filters=filters).values_list("id", flat=True)
-    page = Paginator(ids, per_page).get_page(page_number)
-    wanted = list(page.object_list)
-    rows = (
-        Sample.objects.filter(id__in=wanted)
-        .only(*_LIST_COLUMNS)
-        .annotate(question_preview=Left("question", 120))
-    )
-    by_id = {row.pk: row for row in rows}
+    ids = sample_list(filters=filters, search=search, sort=sort).values_list("id", flat=True)
+    paginator = Paginator(ids, per_page)
+    with index_plans(search or ParsedSearch()):
+        page = paginator.page(clamp_page(page_number, last=paginator.num_pages)[0])
+        wanted = list(page.object_list)
+        rows = (
+            Sample.objects.filter(id__in=wanted)
+            .only(*_LIST_COLUMNS)
+            .annotate(question_preview=Left("question", 120))
+        )
+        by_id = {row.pk: row for row in rows}
     # The page was cut from ids; hand the template the rows for those ids, in order.
     page.object_list = [by_id[pk] for pk in wanted]  # type: ignore[misc]
     return page
@@ -146,16 +200,39 @@ def juror_labels(sample_id: int, prompt_version: str) -> list[Label]:
     )
 
 
-def blind_to(user) -> Q | None:
-    """Labels hidden from this user: experts (who are not also reviewers or admins) never see another expert's
-    label on an item that is still being decided, so their own stays independent."""
+def blind_samples(user) -> QuerySet | None:
+    """Ids of the samples whose labels this user may not see in full, or None: for an expert who is not also a
+    reviewer or admin, those the experts are still deciding (their own labels stay independent)."""
     roles = user_roles(user)
     if EXPERT not in roles or roles & {REVIEWER, ADMIN}:
         return None
-    undecided = expert_desk().undecided()
+    return expert_desk().undecided()
+
+
+def blind_to(user) -> Q | None:
+    """Labels hidden from this user. On a sample still being decided, an expert sees their own labels and the
+    jury's, nothing else (no imported ground truth, no guard, no other expert); and not even the jury's when the
+    item checks the jury's reliability."""
+    undecided = blind_samples(user)
     if undecided is None:
         return None
-    return Q(source_kind=Label.SourceKind.EXPERT) & ~Q(created_by_id=user.pk) & Q(sample_id__in=undecided)
+    jury_hidden = expert_desk().undecided(reliability_check=True)
+    others = Q(sample_id__in=undecided) & ~Q(created_by_id=user.pk)
+    return others & (~Q(source_kind=Label.SourceKind.JUROR) | Q(sample_id__in=jury_hidden))
+
+
+def training_labels_hidden(user, sample_ids) -> set[int]:
+    """Those of these samples whose training label this user may not see (one query)."""
+    undecided = blind_samples(user)
+    if undecided is None:
+        return set()
+    return set(undecided.filter(sample_id__in=list(sample_ids)).values_list("sample_id", flat=True))
+
+
+def training_label_hidden(user, sample_id: int) -> bool:
+    """Whether this user may not see the sample's training label (it may come from imported ground truth)."""
+    undecided = blind_samples(user)
+    return undecided is not None and undecided.filter(sample_id=sample_id).exists()
 
 
 def visible_labels(labels: QuerySet[Label], user) -> QuerySet[Label]:

@@ -51,8 +51,9 @@ class ExpertDesk:
         (queued, unqueued). Runs inside stratify's transaction."""
         return 0, 0
 
-    def undecided(self) -> QuerySet | None:
-        """Ids of samples experts are still deciding (their labels are kept blind), or None."""
+    def undecided(self, *, reliability_check: bool = False) -> QuerySet | None:
+        """Ids of samples experts are still deciding (what experts see of them is limited), or None; with
+        `reliability_check`, only those drawn to check the jury (experts do not see the jury's labels on them)."""
         return None
 
     def holds(self, sample_id: int) -> bool:

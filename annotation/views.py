@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET
 from PIL import Image, ImageFilter
 
-from annotation import selectors, services
+from annotation import search, selectors, services
 from annotation.models import ImageAsset, Sample
 from common.http import HtmxHttpRequest, parse_id, role_required
 
@@ -28,20 +28,39 @@ def _get_sample_for_user(request: HtmxHttpRequest, sample_id: int) -> Sample:
 @require_GET
 @role_required
 def dashboard(request: HtmxHttpRequest) -> HttpResponse:
-    return render(request, "annotation/dashboard.html", {"counts": selectors.dashboard_counts()})
+    context = {"counts": selectors.dashboard_counts(), "no_subset": selectors.NO_SUBSET}
+    return render(request, "annotation/dashboard.html", context)
 
 
 @require_GET
 @role_required
 def sample_list(request: HtmxHttpRequest) -> HttpResponse:
     filters = selectors.clean_filters(request.GET)
-    page = selectors.sample_page(filters=filters, page_number=request.GET.get("page"), per_page=PAGE_SIZE)
-    query = urlencode(filters)
+    searched = search.parse(request.GET.get("q"))
+    sort = selectors.clean_sort(request.GET.get("sort"))
+    asked = request.GET.get("page")
+    page = selectors.sample_page(
+        filters=filters, page_number=asked, per_page=PAGE_SIZE, search=searched, sort=sort
+    )
+    # What the links of this page carry: the filters, the search as it was read, and an order other than the default.
+    state = dict(filters)
+    if searched.text:
+        state["q"] = searched.text
+    if sort != selectors.DEFAULT_SORT:
+        state["sort"] = sort
     context = {
         "page": page,
         "filters": filters,
-        "query": query,
+        "state": state,
+        "query": urlencode(state),
+        "export_query": urlencode(filters),
+        "searched": searched,
+        "sort": sort,
+        "sorts": [(key, title) for key, title, _ in selectors.SORTS],
+        "page_moved": selectors.clamp_page(asked, last=page.paginator.num_pages)[1],
+        "label_hidden": selectors.training_labels_hidden(request.user, [s.pk for s in page.object_list]),
         "subsets": selectors.subsets(),
+        "no_subset": selectors.NO_SUBSET,
         "choices": [(key, title, choices.choices) for key, title, choices in selectors.CHOICE_FILTERS],
     }
     template = "annotation/sample_list.html"
@@ -58,6 +77,7 @@ def sample_detail(request: HtmxHttpRequest, sample_id: int) -> HttpResponse:
         "sample": sample,
         "steps": selectors.reasoning_steps(sample.thinking),
         "labels": list(selectors.visible_labels(sample.labels.all(), request.user)),
+        "training_label_hidden": selectors.training_label_hidden(request.user, sample.pk),
         "reveal": request.GET.get("reveal") == "1",
     }
     return render(request, "annotation/sample_detail.html", context)

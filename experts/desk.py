@@ -63,8 +63,11 @@ class QueueDesk(ExpertDesk):
             unqueued_count = deleted.get(Item._meta.label, 0)
         return queued_count, unqueued_count
 
-    def undecided(self) -> QuerySet:
-        return ExpertQueueItem.objects.exclude(status=ReviewStatus.DONE).values("sample_id")
+    def undecided(self, *, reliability_check: bool = False) -> QuerySet:
+        items = ExpertQueueItem.objects.exclude(status=ReviewStatus.DONE)
+        if reliability_check:
+            items = items.filter(reason=ExpertQueueItem.Reason.RELIABILITY)
+        return items.values("sample_id")
 
     def holds(self, sample_id: int) -> bool:
         return ExpertQueueItem.objects.filter(sample_id=sample_id).exists()

@@ -174,6 +174,12 @@ def test_a_queued_export_cancelled_from_its_admin_page_never_runs(
     assert b"Export samples" in client.get(reverse("admin:annotation_exportjob_changelist")).content
     form = client.get(reverse("admin:annotation_exportjob_add")).content.decode()
     assert 'name="split"' in form and 'name="subset"' in form and 'value="Export"' in form
+    # The sample list links here with its filters, which the form starts from.
+    listed = client.get(reverse("sample_list"), {"split": "train", "subset": "unit"}).content.decode()
+    link = reverse("admin:annotation_exportjob_add") + "?subset=unit&amp;split=train"
+    assert f'href="{link}" id="export-link"' in listed
+    prefilled = client.get(link.replace("&amp;", "&")).content.decode()
+    assert '<option value="train" selected>' in prefilled and '<option value="unit" selected>' in prefilled
     with django_capture_on_commit_callbacks(execute=False) as queued:
         response = client.post(
             reverse("admin:annotation_exportjob_add"), {"split": "train", "subset": "unit"}
