@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from common.adminforms import AdminRoleModelAdmin
-from experts.models import ExpertQueueItem, ExpertSlot, ReviewDecision
+from experts.models import ExpertQueueItem, ExpertSlot, Guidelines, ReviewDecision
 
 
 class ExpertSlotInline(admin.TabularInline):
@@ -54,3 +54,19 @@ class ReviewDecisionAdmin(AdminRoleModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(Guidelines)
+class GuidelinesAdmin(AdminRoleModelAdmin):
+    """One text, shown to experts beside every item: added once, then edited."""
+
+    fields = ["text", "updated_at", "updated_by"]
+    readonly_fields = ["updated_at", "updated_by"]
+    list_display = ["__str__", "updated_at", "updated_by"]
+
+    def has_add_permission(self, request) -> bool:
+        return super().has_add_permission(request) and not Guidelines.objects.exists()
+
+    def save_model(self, request, obj, form, change) -> None:
+        obj.updated_by = request.user
+        super().save_model(request, obj, form, change)

@@ -20,6 +20,7 @@ from annotation import selectors as sample_selectors
 from annotation.api import JudgmentField, LabelOutputSerializer
 from common.roles import is_expert
 from common.schema import ErrorSerializer
+from experts import selectors
 from experts import services as review
 from experts.models import ExpertSlot
 
@@ -32,7 +33,8 @@ class IsExpert(BasePermission):
 
 
 class SlotOutputSerializer(serializers.Serializer):
-    """What an expert needs to label: the slot and its claim token, the sample, and the jury's labels."""
+    """What an expert needs to label: the slot and its claim token, the sample, and the jury's labels (none on a
+    reliability-check item: that check measures the jury against experts who have not seen it)."""
 
     slot = serializers.IntegerField(source="pk")
     token = serializers.CharField(source="claim_token")
@@ -62,7 +64,7 @@ class SlotOutputSerializer(serializers.Serializer):
                 "status": label.status,
                 "analysis": label.analysis,
             }
-            for label in sample_selectors.juror_labels(slot.item.sample_id, slot.item.prompt_version)
+            for label in selectors.workspace_jurors(slot.item)
         ]
 
 

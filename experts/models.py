@@ -145,6 +145,15 @@ class ExpertSlot(models.Model):
     def __str__(self) -> str:
         return f"slot {self.index + 1} of {self.item} (round {self.round})"
 
+    @property
+    def revisable(self) -> bool:
+        """A submitted label may be changed by its expert until the item's round is decided (or adjudicated)."""
+        return (
+            self.status == self.Status.SUBMITTED
+            and self.item.status == ReviewStatus.OPEN
+            and self.item.round == self.round
+        )
+
 
 class ExpertSkip(models.Model):
     """An expert passed on an item in a round; it is not offered to them again that round."""
@@ -191,3 +200,26 @@ class ReviewDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_verdict_display()} on sample #{self.sample_id}"
+
+
+class Guidelines(models.Model):
+    """The labelling guidelines shown beside every item (one row, edited by admins in the Django admin)."""
+
+    text = models.TextField(
+        blank=True,
+        help_text="Plain text; blank lines separate paragraphs. Shown to experts beside each item (key g).",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        verbose_name = verbose_name_plural = "expert guidelines"
+
+    def __str__(self) -> str:
+        return "Expert guidelines"
+
+    @classmethod
+    def current(cls) -> Guidelines | None:
+        return cls.objects.order_by("pk").first()

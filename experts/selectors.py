@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.paginator import Page, Paginator
@@ -11,7 +11,7 @@ from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from annotation.models import Label
-from annotation.selectors import clean_filters
+from annotation.selectors import NO_SUBSET, clean_filters, juror_labels
 from experts.models import ExpertQueueItem, ExpertSkip, ExpertSlot, ReviewDecision, ReviewStatus
 from guardmodel.models import GuardCheckpoint
 from qta.protocol import PROMPT_VERSION
@@ -32,6 +32,31 @@ def claimable_slots(*, user) -> QuerySet[ExpertSlot]:
         .exclude(Exists(mine))
         .exclude(Exists(skipped))
         .only("id")
+    )
+
+
+def jury_shown(item: ExpertQueueItem) -> bool:
+    """Whether the expert sees the jury's labels while labelling: not on a reliability-check item, whose purpose is
+    to measure the jury against experts who have not seen it."""
+    return item.reason != ExpertQueueItem.Reason.RELIABILITY
+
+
+def workspace_jurors(item: ExpertQueueItem) -> list[Label]:
+    """The jury's labels an expert labels beside (none on a reliability-check item)."""
+    return juror_labels(item.sample_id, item.prompt_version) if jury_shown(item) else []
+
+
+def revisable_slots(*, user) -> QuerySet[ExpertSlot]:
+    """This expert's submitted labels that they may still change: their item's round is still open."""
+    return (
+        ExpertSlot.objects.filter(
+            expert=user,
+            status=ExpertSlot.Status.SUBMITTED,
+            item__status=ReviewStatus.OPEN,
+            item__round=F("round"),
+        )
+        .select_related("item", "label")
+        .order_by("-submitted_at")
     )
 
 
@@ -74,6 +99,7 @@ def expert_progress(*, user) -> dict:
         "median_seconds": _median(seconds),
         "waiting": waiting,
         "recent": list(done.select_related("label", "item").order_by("-submitted_at")[:10]),
+        "revisable": revisable_slots(user=user).count(),
     }
 
 
@@ -174,7 +200,8 @@ def disagreements(*, guard_name: str, filters: dict[str, str]) -> QuerySet[Label
     ).exclude(judgment=F("sample__final_label"))
     for key in ("subset", "category", "stratum"):
         if key in filters:
-            labels = labels.filter(**{f"sample__{key}": filters[key]})
+            value = "" if key == "subset" and filters[key] == NO_SUBSET else filters[key]
+            labels = labels.filter(**{f"sample__{key}": value})
     if "direction" in filters:
         labels = labels.filter(_DIRECTION_FILTERS[filters["direction"]])
     triaged = Exists(ReviewDecision.objects.filter(sample=OuterRef("sample"), guard_name=guard_name))
@@ -183,6 +210,23 @@ def disagreements(*, guard_name: str, filters: dict[str, str]) -> QuerySet[Label
     elif filters.get("triage") == "triaged":
         labels = labels.filter(triaged)
     return labels.order_by("sample_id")
+
+
+def disagreement_place(*, guard_name: str, filters: dict[str, str], sample_id: int) -> dict[str, int | None]:
+    """Where a sample stands in the filtered disagreements: the next sample after it, and its position of all."""
+    matching = disagreements(guard_name=guard_name, filters=filters)
+    after = matching.filter(sample_id__gt=sample_id).values_list("sample_id", flat=True).first()
+    return {
+        "next": after,
+        "total": matching.count(),
+        "position": matching.filter(sample_id__lt=sample_id).count() + 1,
+    }
+
+
+def last_call(*, user, within_s: int = 900) -> ReviewDecision | None:
+    """The reviewer's most recent call, while it may still be undone (recent enough)."""
+    since = timezone.now() - timedelta(seconds=within_s)
+    return ReviewDecision.objects.filter(reviewer=user, at__gte=since).order_by("-at", "-id").first()
 
 
 def disagreement_page(*, guard_name: str, filters: dict[str, str], page_number, per_page: int) -> Page:

@@ -280,6 +280,42 @@ def _submit(slot: Slot, user, token: str, submission: ExpertSubmission, now: dat
     return label
 
 
+def expert_label_revise(*, slot_id: int, user, submission: ExpertSubmission) -> Label:
+    """Change an expert's own submitted label while its round is still open (not all K labels in, so not decided
+    and not in adjudication). The label keeps its place among the K; the change is written to the audit log with
+    what it replaced."""
+    slot = Slot.objects.select_related("item__sample", "label").filter(pk=slot_id, expert=user).first()
+    if slot is None or slot.label is None:
+        raise ReviewError("You have no submitted label on this item.")
+    _check(submission, len(reasoning_steps(slot.item.sample.thinking)))
+    with transaction.atomic():
+        Sample.objects.select_for_update(no_key=True).filter(pk=slot.item.sample_id).first()
+        item = Item.objects.select_for_update().get(pk=slot.item_id)
+        label = Label.objects.select_for_update().get(pk=slot.label.pk)
+        slot.item = item
+        if not slot.revisable:
+            raise ReviewError(
+                f"Item #{item.pk} is {item.get_status_display().lower()}: its labels can no longer be revised."
+            )
+        before = {"judgment": label.judgment, "first_harmful_step": label.meta.get("first_harmful_step")}
+        label.judgment = submission.judgment
+        label.analysis = submission.analysis.strip()
+        label.meta = {
+            **label.meta,
+            "first_harmful_step": submission.first_harmful_step,
+            "revisions": label.meta.get("revisions", 0) + 1,
+        }
+        label.save(update_fields=["judgment", "analysis", "meta", "updated_at"])
+        AuditEvent.objects.create(
+            user=user,
+            action=AuditEvent.Action.LABEL_WRITE,
+            sample_id=item.sample_id,
+            label=label,
+            detail={"revised": True, "slot": slot.pk, "before": before},
+        )
+    return label
+
+
 def _decide_if_complete(item: Item, now: datetime) -> bool:
     """Decide the item when its round has K labels; True when it now has a (new) decision."""
     labels = list(
@@ -392,7 +428,9 @@ def review_decision_record(
             note=note,
             reviewer=user,
         )
+        queued = None
         if verdict != ReviewDecision.Verdict.GUARD_WRONG:
+            queued = _queue_state(sample)
             expert_queue_send(
                 sample=sample, user=user, note=f"{decision.get_verdict_display()}: {note}".strip(": ")
             )
@@ -400,6 +438,56 @@ def review_decision_record(
             user=user,
             action=AuditEvent.Action.REVIEW,
             sample=sample,
-            detail={"verdict": verdict, "decision": decision.pk},
+            # What the call did to the expert queue, so that it can be undone: the item as it was before.
+            detail={"verdict": verdict, "decision": decision.pk, "queue_before": queued},
         )
+    return decision
+
+
+_QUEUE_FIELDS = ("status", "round", "reason", "sent_by_id", "note", "labels_needed")
+
+
+def _queue_state(sample: Sample) -> dict | None:
+    item = Item.objects.filter(sample=sample).values(*_QUEUE_FIELDS).first()
+    return {"absent": True} if item is None else item
+
+
+def review_decision_undo(*, decision_id: int, user) -> ReviewDecision:
+    """Take back the reviewer's last call: the decision goes, and a sample it sent to the experts leaves their
+    queue again (a new item is removed, a new round closed), provided no expert has started on it."""
+    with transaction.atomic():
+        decision = ReviewDecision.objects.select_for_update().filter(pk=decision_id, reviewer=user).first()
+        if decision is None:
+            raise ReviewError("That call is not yours, or was already undone.")
+        latest = ReviewDecision.objects.filter(reviewer=user).order_by("-at", "-id").values_list("pk").first()
+        if latest != (decision.pk,):
+            raise ReviewError("Only your last call can be undone.")
+        event = (
+            AuditEvent.objects.filter(action=AuditEvent.Action.REVIEW, detail__decision=decision.pk)
+            .order_by("-at")
+            .first()
+        )
+        before = (event.detail.get("queue_before") if event else None) or {}
+        Sample.objects.select_for_update(no_key=True).filter(pk=decision.sample_id).first()
+        item = Item.objects.select_for_update().filter(sample_id=decision.sample_id).first()
+        if item is not None and before and before.get("status") != ReviewStatus.OPEN:
+            round_slots = Slot.objects.filter(item=item, round=item.round)
+            if round_slots.exclude(status=Slot.Status.OPEN).exists():
+                raise ReviewError(
+                    f"An expert has already started on sample #{decision.sample_id}: the call stays."
+                )
+            if before.get("absent"):
+                item.delete()
+            else:
+                round_slots.delete()
+                for name in _QUEUE_FIELDS:
+                    setattr(item, name, before[name])
+                item.save(update_fields=[name.removesuffix("_id") for name in _QUEUE_FIELDS])
+        AuditEvent.objects.create(
+            user=user,
+            action=AuditEvent.Action.REVIEW,
+            sample_id=decision.sample_id,
+            detail={"undo": decision.pk, "verdict": decision.verdict},
+        )
+        decision.delete()
     return decision

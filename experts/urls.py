@@ -9,11 +9,13 @@ urlpatterns = [
     path("expert/slots/<int:slot_id>/submit/", views.expert_submit, name="expert_submit"),
     path("expert/slots/<int:slot_id>/skip/", views.expert_skip, name="expert_skip"),
     path("expert/slots/<int:slot_id>/renew/", views.expert_renew, name="expert_renew"),
+    path("expert/slots/<int:slot_id>/revise/", views.expert_revise, name="expert_revise"),
     path("expert/adjudication/", views.adjudication, name="adjudication"),
     path("expert/agreement/", views.agreement_page, name="agreement"),
     path("expert/agreement/draw/", views.reliability_draw, name="reliability_draw"),
     path("review/disagreements/", views.disagreement_list, name="disagreement_list"),
     path("review/disagreements/<int:sample_id>/", views.disagreement_detail, name="disagreement"),
+    path("review/decisions/<int:decision_id>/undo/", views.disagreement_undo, name="disagreement_undo"),
     path("api/v1/expert/claim", api.ExpertClaimApi.as_view(), name="api_expert_claim"),
     path(
         "api/v1/expert/slots/<int:slot_id>/submit",

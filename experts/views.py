@@ -6,6 +6,7 @@ to other experts (sample_selectors.blind_to)."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -30,7 +31,7 @@ from experts.forms import (
     TokenForm,
     clamped,
 )
-from experts.models import ExpertQueueItem, ExpertSlot, ReviewDecision
+from experts.models import ExpertQueueItem, ExpertSlot, Guidelines, ReviewDecision
 
 PAGE_SIZE = 50
 
@@ -52,7 +53,7 @@ def _get_slot_for_user(request: HtmxHttpRequest, slot_id: int) -> ExpertSlot:
 
 def _workspace(
     request: HtmxHttpRequest, slot: ExpertSlot, *, error: str = "", form: dict | None = None
-) -> dict:
+) -> dict[str, Any]:
     item = slot.item
     sample = item.sample
     return {
@@ -60,7 +61,9 @@ def _workspace(
         "item": item,
         "sample": sample,
         "steps": sample_selectors.reasoning_steps(sample.thinking),
-        "jurors": sample_selectors.juror_labels(sample.pk, item.prompt_version),
+        "jury_shown": selectors.jury_shown(item),
+        "jurors": selectors.workspace_jurors(item),
+        "guidelines": Guidelines.current(),
         "progress": selectors.expert_progress(user=request.user),
         "error": error,
         "form": form or {},
@@ -80,7 +83,7 @@ def expert_home(request: HtmxHttpRequest) -> HttpResponse:
     return render(request, "experts/expert_home.html", context)
 
 
-def _next(request: HtmxHttpRequest, *, message: str = "") -> HttpResponse:
+def _next(request: HtmxHttpRequest, *, message: str = "", saved: int | None = None) -> HttpResponse:
     """Claim the next item: its workspace (htmx swaps it in, no page load) or a redirect to its page."""
     why = "Nothing left in the queue for you. Thank you."
     try:
@@ -97,9 +100,8 @@ def _next(request: HtmxHttpRequest, *, message: str = "") -> HttpResponse:
         return redirect("expert_home")
     url = reverse("expert_slot", args=[slot.pk])
     if request.htmx:
-        context = _workspace(request, slot)
-        context["message"] = message
-        response = render(request, "experts/expert_label.html#workspace", context)
+        workspace = {**_workspace(request, slot), "message": message, "saved": saved}
+        response = render(request, "experts/expert_label.html#workspace", workspace)
         return push_url(response, url)
     return redirect(url)
 
@@ -150,7 +152,7 @@ def expert_submit(request: HtmxHttpRequest, slot_id: int) -> HttpResponse:
         template = "experts/expert_label.html" + ("#workspace" if request.htmx else "")
         # htmx swaps only 2xx answers: the page with the error is the answer.
         return render(request, template, context, status=200 if request.htmx else 400)
-    return _next(request, message="Label saved.")
+    return _next(request, message="Label saved.", saved=slot_id)
 
 
 @require_POST
@@ -173,6 +175,39 @@ def expert_renew(request: HtmxHttpRequest, slot_id: int) -> HttpResponse:
     return HttpResponse(
         f"Held for you until {timezone.localtime(until):%H:%M}; kept while this page is open."
     )
+
+
+@require_http_methods(["GET", "POST"])
+@roles_required(EXPERT)
+def expert_revise(request: HtmxHttpRequest, slot_id: int) -> HttpResponse:
+    """Change one's own submitted label while its item's round is open: the labelling page, filled in."""
+    slot = (
+        ExpertSlot.objects.select_related("item__sample__image", "label")
+        .filter(pk=slot_id, expert_id=request.user.pk, status=ExpertSlot.Status.SUBMITTED)
+        .first()
+    )
+    if slot is None or slot.label is None:
+        raise Http404("You have no submitted label on this item.")
+    if not slot.revisable:
+        messages.warning(request, f"Item #{slot.item_id} is decided: its labels can no longer be revised.")
+        return redirect("expert_home")
+    label = slot.label
+    form = {
+        "judgment": f"{label.judgment:g}",
+        "analysis": label.analysis,
+        "first_harmful_step": str(label.meta.get("first_harmful_step") or ""),
+    }
+    error = ""
+    if request.method == "POST":
+        try:
+            review.expert_label_revise(slot_id=slot.pk, user=request.user, submission=_submission(request))
+        except review.ReviewError as exc:
+            error, form = str(exc), request.POST.dict()
+        else:
+            messages.success(request, f"Your label on item #{slot.item_id} is revised.")
+            return redirect("expert_home")
+    context = {**_workspace(request, slot, error=error, form=form), "revising": True}
+    return render(request, "experts/expert_label.html", context, status=400 if error else 200)
 
 
 # --- adjudication and agreement -----------------------------------------------------------------------------------
@@ -245,7 +280,7 @@ def disagreement_list(request: HtmxHttpRequest) -> HttpResponse:
         "guard": guard,
         "guards": selectors.guard_names(),
         "filters": filters,
-        "query": urlencode({**filters, **({"guard": guard} if guard else {})}),
+        "query": _triage_query(guard, filters),
         "subsets": sample_selectors.subsets(),
         "choices": [
             (k, t, c.choices) for k, t, c in sample_selectors.CHOICE_FILTERS if k in ("category", "stratum")
@@ -261,10 +296,23 @@ def disagreement_list(request: HtmxHttpRequest) -> HttpResponse:
     return render(request, template, context)
 
 
+def _triage_query(guard: str | None, filters: dict[str, str]) -> str:
+    """The list's filters (and the guard) carried from call to call, so the loop stays in the reviewer's view."""
+    return urlencode({**filters, **({"guard": guard} if guard else {})})
+
+
+def _disagreement_url(sample_id: int, query: str) -> str:
+    return f"{reverse('disagreement', args=[sample_id])}?{query}"
+
+
 @require_http_methods(["GET", "POST"])
 @roles_required(REVIEWER, ADMIN)
 def disagreement_detail(request: HtmxHttpRequest, sample_id: int) -> HttpResponse:
+    """One disagreement, in the triage loop: a call (on keys 1 / 2 / 3) is recorded and the next disagreement
+    under the same filters opens; the last call can be undone from there."""
     guard = _guard_name(request)
+    filters = selectors.clean_disagreement_filters(request.GET)
+    query = _triage_query(guard, filters)
     sample = get_object_or_404(Sample.objects.select_related("image"), pk=sample_id)
     error = ""
     if request.method == "POST":
@@ -272,18 +320,28 @@ def disagreement_detail(request: HtmxHttpRequest, sample_id: int) -> HttpRespons
             raise Http404("No guard checkpoint")
         try:
             data = ReviewDecisionForm(request.POST).cleaned_or_raise()
-            review.review_decision_record(
+            decision = review.review_decision_record(
                 sample=sample, guard_name=guard, verdict=data["verdict"], user=request.user, note=data["note"]
             )
         except review.ReviewError as exc:
             error = str(exc)
         else:
-            return redirect(f"{reverse('disagreement', args=[sample.pk])}?{urlencode({'guard': guard})}")
+            place = selectors.disagreement_place(guard_name=guard, filters=filters, sample_id=sample.pk)
+            messages.success(request, f"Recorded on sample #{sample.pk}: {decision.get_verdict_display()}.")
+            if place["next"] is None:
+                messages.info(request, "That was the last disagreement under these filters.")
+                return redirect(f"{reverse('disagreement_list')}?{query}")
+            return redirect(_disagreement_url(place["next"], query))
     labels = list(sample.labels.order_by("source_kind", "source_name", "id"))
     item = ExpertQueueItem.objects.filter(sample=sample).first()
     context = {
         "sample": sample,
         "guard": guard,
+        "query": query,
+        "place": selectors.disagreement_place(guard_name=guard, filters=filters, sample_id=sample.pk)
+        if guard
+        else None,
+        "last_call": selectors.last_call(user=request.user),
         "steps": sample_selectors.reasoning_steps(sample.thinking),
         "guard_labels": [lab for lab in labels if lab.source_kind == "guard" and lab.source_name == guard],
         "jurors": [lab for lab in labels if lab.source_kind == "juror"],
@@ -294,3 +352,17 @@ def disagreement_detail(request: HtmxHttpRequest, sample_id: int) -> HttpRespons
         "error": error,
     }
     return render(request, "experts/disagreement_detail.html", context, status=400 if error else 200)
+
+
+@require_POST
+@roles_required(REVIEWER, ADMIN)
+def disagreement_undo(request: HtmxHttpRequest, decision_id: int) -> HttpResponse:
+    """Undo the reviewer's last call and go back to its sample, filters kept."""
+    query = request.POST.get("query", "")
+    try:
+        decision = review.review_decision_undo(decision_id=decision_id, user=request.user)
+    except review.ReviewError as exc:
+        messages.warning(request, str(exc))
+        return redirect(f"{reverse('disagreement_list')}?{query}")
+    messages.success(request, f"Undone: {decision.get_verdict_display()} on sample #{decision.sample_id}.")
+    return redirect(_disagreement_url(decision.sample_id, query))

@@ -43,7 +43,14 @@ def seed_set(request: HtmxHttpRequest, set_id: int):
         Prefetch("variants", queryset=Variant.objects.select_related("image").order_by("kind", "id"))
     )
     page = Paginator(queries, PAGE).get_page(request.GET.get("page"))
-    context = {"seed_set": seed_set, "page": page, "expansions": expansions, "live": live}
+    has_images = Variant.objects.filter(seed__seed_set=seed_set, image__isnull=False).exists()
+    context = {
+        "seed_set": seed_set,
+        "page": page,
+        "expansions": expansions,
+        "live": live,
+        "has_images": has_images,
+    }
     return render(request, "generation/seed_set.html", context)
 
 

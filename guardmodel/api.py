@@ -127,40 +127,42 @@ class AuditApi(APIView):
     def post(self, request):
         serializer = AuditInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        try:
-            checkpoint = services.active_checkpoint(data["checkpoint"])
-        except CheckpointError as exc:
-            code = status.HTTP_400_BAD_REQUEST if data["checkpoint"] else status.HTTP_503_SERVICE_UNAVAILABLE
-            return Response(
-                {"checkpoint": [str(exc)]} if data["checkpoint"] else {"detail": str(exc)}, status=code
-            )
-        item = AuditInput(data["question"], data["thinking"], data["answer"], data.get("image"))
-        try:
-            verdict = services.audit_on_worker(item, checkpoint)
-        except services.AuditTimeout as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_504_GATEWAY_TIMEOUT)
-        if "checkpoint_error" in verdict:
-            return Response(
-                {"detail": f"checkpoint {checkpoint.name}: {verdict['checkpoint_error']}"},
-                status=status.HTTP_503_SERVICE_UNAVAILABLE,
-            )
-        if verdict["status"] == "failed":
-            return Response(
-                {"detail": f"the guard failed: {verdict['error']}", "checkpoint": checkpoint.name},
-                status=status.HTTP_502_BAD_GATEWAY,
-            )
-        judgment = verdict["judgment"]
-        return Response(
-            {
-                "status": verdict["status"],
-                "judgment": judgment,
-                "harmful": None if judgment is None else judgment >= 0.5,
-                "analysis": verdict["analysis"],
-                "error": verdict["error"],
-                "checkpoint": checkpoint.name,
-                "prompt_version": checkpoint.prompt_version,
-                "latency_ms": round(verdict["latency_ms"], 1),
-                "truncated_tokens": verdict["truncated_tokens"],
-            }
-        )
+        code, body = judge(serializer.validated_data)
+        return Response(body, status=code)
+
+
+def judge(data: dict) -> tuple[int, dict]:
+    """Judge validated audit input with the checkpoint it names (the active one by default): the HTTP status and
+    the body, as the audit API answers and the guard playground shows."""
+    try:
+        checkpoint = services.active_checkpoint(data["checkpoint"])
+    except CheckpointError as exc:
+        if data["checkpoint"]:
+            return status.HTTP_400_BAD_REQUEST, {"checkpoint": [str(exc)]}
+        return status.HTTP_503_SERVICE_UNAVAILABLE, {"detail": str(exc)}
+    item = AuditInput(data["question"], data["thinking"], data["answer"], data.get("image"))
+    try:
+        verdict = services.audit_on_worker(item, checkpoint)
+    except services.AuditTimeout as exc:
+        return status.HTTP_504_GATEWAY_TIMEOUT, {"detail": str(exc)}
+    if "checkpoint_error" in verdict:
+        return status.HTTP_503_SERVICE_UNAVAILABLE, {
+            "detail": f"checkpoint {checkpoint.name}: {verdict['checkpoint_error']}"
+        }
+    if verdict["status"] == "failed":
+        return status.HTTP_502_BAD_GATEWAY, {
+            "detail": f"the guard failed: {verdict['error']}",
+            "checkpoint": checkpoint.name,
+        }
+    judgment = verdict["judgment"]
+    return status.HTTP_200_OK, {
+        "status": verdict["status"],
+        "judgment": judgment,
+        "harmful": None if judgment is None else judgment >= 0.5,
+        "analysis": verdict["analysis"],
+        "error": verdict["error"],
+        "checkpoint": checkpoint.name,
+        "prompt_version": checkpoint.prompt_version,
+        "latency_ms": round(verdict["latency_ms"], 1),
+        "truncated_tokens": verdict["truncated_tokens"],
+    }

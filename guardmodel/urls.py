@@ -6,5 +6,6 @@ urlpatterns = [
     path("evaluations/", views.evaluation_list, name="evaluation_list"),
     path("evaluations/<int:evaluation_id>/", views.evaluation_detail, name="evaluation_detail"),
     path("guard/jobs/<int:job_id>/", views.guard_job, name="guard_job"),
+    path("guard/playground/", views.guard_playground, name="guard_playground"),
     path("api/v1/audit", api.AuditApi.as_view(), name="api_audit"),
 ]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, render
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_http_methods
 
 from common.http import HtmxHttpRequest, parse_ids, role_required
 from guardmodel import services
-from guardmodel.models import Evaluation, GuardJob
+from guardmodel.api import AuditInputSerializer, judge
+from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob
 from qta import metrics
 
 CHART_WIDTH = 560
@@ -131,3 +132,33 @@ def guard_job(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
     job = get_object_or_404(GuardJob.objects.select_related("checkpoint"), pk=job_id)
     template = "guardmodel/guard_job.html#progress" if request.htmx else "guardmodel/guard_job.html"
     return render(request, template, {"job": job})
+
+
+@require_http_methods(["GET", "POST"])
+@role_required
+def guard_playground(request: HtmxHttpRequest) -> HttpResponse:
+    """Try a checkpoint on an input of one's own: question, reasoning, answer and an image in, the guard's analysis
+    and judgment out, as the audit API answers. Nothing entered here is stored."""
+    context: dict[str, object] = {
+        "checkpoints": GuardCheckpoint.objects.order_by("-is_active", "name"),
+        "form": {},
+        "errors": {},
+    }
+    code = 200
+    if request.method == "POST":
+        data: dict[str, object] = {
+            key: request.POST.get(key, "") for key in ("question", "thinking", "answer", "checkpoint")
+        }
+        if request.FILES.get("image"):
+            data["image"] = request.FILES["image"]
+        context["form"] = {k: v for k, v in data.items() if k != "image"}
+        serializer = AuditInputSerializer(data=data)
+        if serializer.is_valid():
+            code, body = judge(serializer.validated_data)
+            context["result" if code == 200 else "failure"] = body
+        else:
+            code = 400
+            context["errors"] = {
+                field: " ".join(str(m) for m in messages) for field, messages in serializer.errors.items()
+            }
+    return render(request, "guardmodel/playground.html", context, status=code)

@@ -28,7 +28,7 @@ from rest_framework.test import APIClient
 
 from annotation.models import AuditEvent, ExportJob, ImportJob, Label, PreferencePair
 from common.roles import ADMIN, AUDITOR, EXPERT, REVIEWER
-from experts.models import ExpertQueueItem, ReviewDecision
+from experts.models import ExpertQueueItem, Guidelines, ReviewDecision
 from experts.services import expert_queue_send, expert_slot_claim
 from generation.models import Expansion, GenerationRun, Generator, ImagePool, SeedQuery, SeedSet, Variant
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob, PromptTemplate
@@ -90,6 +90,7 @@ class Entry:
     # adding and changing to everyone; test_admin_roles proves those answers follow the role).
     model: type | None = None
     view: str = ""
+    login_redirect: bool = False  # an API address that sends a visitor who is not logged in to the login page
 
     def admin_offers(self, user: User, method: str, row) -> bool:
         model_admin = admin.site._registry[self.model]
@@ -136,7 +137,8 @@ ENTRIES: dict[str, Entry] = {
     "login": Entry("open", EVERYONE, frozenset({GET, POST})),
     "logout": Entry("open", EVERYONE, frozenset({POST}), get=405),
     "api_schema": api(AUTHENTICATED),
-    "api_docs": api(AUTHENTICATED),
+    # A browser that is not logged in is sent to log in (and back); a token still opens the docs.
+    "api_docs": Entry("api", AUTHENTICATED, login_redirect=True),
     # Samples, images and what was judged of them: the three roles.
     "dashboard": page(VIEWERS),
     "sample_list": page(VIEWERS),
@@ -151,6 +153,7 @@ ENTRIES: dict[str, Entry] = {
     "evaluation_list": page(VIEWERS),
     "evaluation_detail": page(VIEWERS),
     "guard_job": page(VIEWERS),
+    "guard_playground": page(VIEWERS, GET, POST),
     "jury_run_list": page(VIEWERS),
     "jury_run": page(VIEWERS),
     "training_runs": page(VIEWERS),
@@ -172,6 +175,8 @@ ENTRIES: dict[str, Entry] = {
     "expert_slot": slot_page(foreign_status={302}),
     "expert_submit": slot_page(POST, foreign_status={404}, get=405),
     "expert_skip": slot_page(POST, foreign_status={302}, get=405),
+    # A claimed slot has no submitted label to revise: 404 to its holder and to anyone else.
+    "expert_revise": slot_page(GET, POST, foreign_status={404}, get=404),
     "expert_renew": slot_page(POST, foreign_status={409}, get=405),
     "api_expert_claim": api(EXPERTS, POST, get=405),
     "api_expert_submit": slot_page("api", POST, foreign_status={400, 409}, get=405),
@@ -180,6 +185,7 @@ ENTRIES: dict[str, Entry] = {
     # Reviewing: reviewers and admins.
     "disagreement_list": page(REVIEWERS),
     "disagreement": page(REVIEWERS, GET, POST),
+    "disagreement_undo": page(REVIEWERS, POST, get=405),  # someone else's call: not undone, sent to the list
     "reliability_draw": page(REVIEWERS, POST, get=405),
     # Deciding, importing, exporting, launching and stopping work: admins.
     "adjudication": page(ADMINS, GET, POST),
@@ -323,6 +329,11 @@ class World:
 @pytest.fixture
 def world(settings) -> World:
     settings.CELERY_TASK_ALWAYS_EAGER = False  # nothing a request queues runs inside it
+    return build_world()
+
+
+def build_world() -> World:
+    """Users of every identity and one row of everything a URL can name (the browser layout test walks it too)."""
     users = {
         "oscar": _user("oscar"),
         "sam": _user("sam", staff=True),
@@ -403,6 +414,7 @@ def world(settings) -> World:
             name="gen", backend="openai", model_name="g", base_url="http://127.0.0.1:9/v1"
         ),
         Expansion: Expansion.objects.create(),
+        Guidelines: Guidelines.objects.create(text=f"Guidelines {MARK}"),
     }
     by_model = {type(o): o for o in objects.values()} | rows
     by_model[Label] = label
@@ -421,6 +433,16 @@ def world(settings) -> World:
         assert model in by_model or concrete in by_model, f"no row for {model._meta.label}'s admin pages"
     objects["by_model"] = by_model
     return World(users, objects)
+
+
+def pages_for(identity: str, world: World) -> list[tuple[str, str]]:
+    """(key, URL) of every app page (not the admin, not the API) this identity may open with a 200."""
+    return sorted(
+        (key, _url(key, ROUTES[key], world))
+        for key, entry in ENTRIES.items()
+        if key in ROUTES and entry.kind == "page" and GET in entry.methods and entry.get == 200
+        and not entry.headers and entry.allows(identity, GET)
+    )  # fmt: skip
 
 
 def _url(key: str, route: str, world: World) -> str:
@@ -456,6 +478,7 @@ def _url(key: str, route: str, world: World) -> str:
         "set_id": lambda: o["seed_set"].pk,
         "seed_id": lambda: o["seed"].pk,
         "id": lambda: o["by_model"][User].pk,  # a user's password form in the admin
+        "decision_id": lambda: o["by_model"][ReviewDecision].pk,
     }
     route = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(values[m.group(1)]()), route)
     assert "<" not in route and "(?P" not in route, route
@@ -469,7 +492,9 @@ def _refusals(entry: Entry, identity: str) -> set[int]:
     if entry.kind == "admin":  # staff without the role: refused, or told an app of ours is not there
         return {302} if identity in _NOT_STAFF else {403, 404}
     if entry.kind == "api":
-        return {401} if identity in _NOT_AUTHENTICATED_FOR_API else {403}
+        if identity in _NOT_AUTHENTICATED_FOR_API:
+            return {302, 401} if entry.login_redirect else {401}  # a bad token is still a 401
+        return {403}
     return {302} if identity in _NOT_LOGGED_IN_FOR_PAGES else {403}
 
 

@@ -289,7 +289,11 @@ def test_users_without_a_role_and_auditors_are_offered_no_page_they_may_not_open
     auditor.groups.add(Group.objects.get_or_create(name="auditor")[0])
     for user in (outsider, auditor):
         refused = client_for(user).get(reverse("dashboard"))  # the "not allowed" page, in the app's layout
-        nav = refused.content.decode().split("<nav>", 1)[1].split("</nav>", 1)[0]
+        nav = (
+            refused.content.decode()
+            .split('<nav id="site-nav" aria-label="Main">', 1)[1]
+            .split("</nav>", 1)[0]
+        )
         assert refused.status_code == 403 and f'href="{reverse("api_docs")}"' in nav, user
         for name in ("dashboard", "sample_list", "jury_run_list", "expert_home", "training_runs"):
             assert f'href="{reverse(name)}"' not in nav, (user, name)
@@ -298,6 +302,6 @@ def test_users_without_a_role_and_auditors_are_offered_no_page_they_may_not_open
 @pytest.mark.parametrize("who", ["expert_user", "reviewer_user", "admin_user"])
 def test_each_role_is_offered_the_pages(client_for, request, who):
     page = client_for(request.getfixturevalue(who)).get(reverse("dashboard")).content.decode()
-    nav = page.split("<nav>", 1)[1].split("</nav>", 1)[0]
+    nav = page.split('<nav id="site-nav" aria-label="Main">', 1)[1].split("</nav>", 1)[0]
     for name in ("dashboard", "sample_list", "jury_run_list", "expert_home", "training_runs", "api_docs"):
         assert f'href="{reverse(name)}"' in nav, name

@@ -109,8 +109,15 @@ def test_the_openapi_schema_and_docs_are_served(api_for, client_for, reviewer_us
     paths = json.loads(schema.content)["paths"]
     assert "/api/v1/samples" in paths and "/api/v1/samples/bulk" in paths and "/api/v1/labels" in paths
     assert all(path.startswith("/api/v1/") for path in paths), sorted(paths)
-    docs = client_for(reviewer_user).get(reverse("api_docs"))
+    browser = client_for(reviewer_user)
+    docs = browser.get(reverse("api_docs"))
     assert docs.status_code == 200 and b"swagger-ui" in docs.content and b"cdn" not in docs.content.lower()
+    # A browser that is not logged in is sent to the login page, and back to the docs after it.
+    browser.logout()
+    sent = browser.get(reverse("api_docs"))
+    assert sent.status_code == 302 and sent["Location"] == f"{reverse('login')}?next=/api/docs/"
+    # A token still opens them.
+    assert api_for(reviewer_user).get(reverse("api_docs")).status_code == 200
 
 
 def test_api_imports_refuse_oversized_uploads_and_non_zip_images(api_for, admin_user, settings):

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import html
 import io
+from datetime import timedelta
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 from PIL import Image
 
 from annotation.models import AuditEvent, Label
@@ -279,7 +281,8 @@ def test_the_agreement_page_and_a_reliability_draw(client, reviewer_user):
         for user in crowd:
             label_next(user, 1.0)
     page = client.get(reverse("agreement"), {"n": "150"}).content.decode()
-    assert 'id="rel-accuracy">1.0000' in page and 'id="rel-f1">1.0000' in page
+    # As a percentage with one decimal, as every page shows scores.
+    assert 'id="rel-accuracy">100.0%' in page and 'id="rel-f1">100.0%' in page
 
 
 def _disagreement(final_votes, guard_judgment, **sample_fields):
@@ -310,6 +313,7 @@ def test_reviewers_filter_disagreements_and_triage_them(client, reviewer_user):
     assert listed(direction="false_alarm") == {alarm.pk}
     assert listed(direction="severity") == {severity.pk}
     assert listed(subset="MM-Eval") == {alarm.pk, severity.pk}
+    assert listed(subset="(none)") == set()  # every one has a subset
     assert listed(category="crime") == {missed.pk}
     assert listed(stratum="d2_1") == {severity.pk}
 
@@ -373,3 +377,72 @@ def test_a_reliability_draw_without_a_readable_count_sends_nothing_and_says_why(
     assert response["Location"] == reverse("agreement")
     assert says in client.get(response["Location"]).content.decode()
     assert not ExpertQueueItem.objects.filter(reason="reliability").exists()
+
+
+def test_the_triage_loop_opens_the_next_disagreement_under_the_filters_and_undoes_the_last_call(
+    client, reviewer_user
+):
+    GuardCheckpoint.objects.create(name="guard-1", path="/nowhere", is_active=True)
+    first = _disagreement((1.0, 1.0, 1.0), 0.0, subset="MM-Eval")
+    other = _disagreement((1.0, 1.0, 1.0), 0.0, subset="S-Eval-VL")  # filtered out below
+    second = _disagreement((0.0, 0.0, 0.0), 1.0, subset="MM-Eval")
+    third = _disagreement((1.0, 1.0, 0.5), 0.5, subset="MM-Eval")
+    client.force_login(reviewer_user)
+    query = "subset=MM-Eval&triage=untriaged&guard=guard-1"
+    page = client.get(f"{reverse('disagreement', args=[first.pk])}?{query}").content.decode()
+    assert "1 of 3 under these filters" in page
+    assert f'href="{reverse("disagreement_list")}?{html.escape(query)}"' in page  # back, filters kept
+    assert f'href="{reverse("disagreement", args=[second.pk])}?{html.escape(query)}" id="next-link"' in page
+
+    # A call goes on to the next disagreement under the same filters (the S-Eval-VL one is skipped).
+    done = client.post(f"{reverse('disagreement', args=[first.pk])}?{query}", {"verdict": "guard_wrong"})
+    assert done["Location"] == f"{reverse('disagreement', args=[second.pk])}?{query}"
+    page = client.get(done["Location"]).content.decode()
+    assert f"Recorded on sample #{first.pk}: Guard is wrong" in page and "Your last call" in page
+
+    # "Label is wrong" sends the sample to the experts; undoing it takes it out of their queue again.
+    client.post(f"{reverse('disagreement', args=[second.pk])}?{query}", {"verdict": "label_wrong"})
+    assert ExpertQueueItem.objects.filter(sample=second).exists()
+    call = ReviewDecision.objects.get(sample=second)
+    undone = client.post(reverse("disagreement_undo", args=[call.pk]), {"query": query})
+    assert undone["Location"] == f"{reverse('disagreement', args=[second.pk])}?{query}"
+    assert not ReviewDecision.objects.filter(sample=second).exists()
+    assert not ExpertQueueItem.objects.filter(sample=second).exists()
+    assert AuditEvent.objects.filter(action="review", detail__undo=call.pk, user=reviewer_user).exists()
+    # Only the last call can be undone: with a newer one made, the earlier one stays.
+    client.post(f"{reverse('disagreement', args=[second.pk])}?{query}", {"verdict": "guard_wrong"})
+    earlier = ReviewDecision.objects.get(sample=first)
+    refused = client.post(reverse("disagreement_undo", args=[earlier.pk]), {"query": query}, follow=True)
+    assert "Only your last call can be undone." in refused.content.decode()
+    assert ReviewDecision.objects.filter(sample=first).exists()
+
+    # A new round for a decided item is closed again on undo, unless an expert has started on it.
+    client.post(f"{reverse('disagreement', args=[second.pk])}?{query}", {"verdict": "unclear"})
+    crowd = experts(3)
+    for user in crowd:
+        label_next(user, 0.0)
+    item = ExpertQueueItem.objects.get(sample=second)
+    assert (item.status, item.round) == ("done", 1)
+    ReviewDecision.objects.filter(sample=second).update(at=timezone.now() - timedelta(seconds=1))
+    client.post(
+        f"{reverse('disagreement', args=[second.pk])}?triage=all&guard=guard-1", {"verdict": "label_wrong"}
+    )
+    item.refresh_from_db()
+    assert (item.status, item.round, item.slots.filter(round=2).count()) == ("open", 2, 3)
+    call = ReviewDecision.objects.filter(sample=second).order_by("-at", "-id").first()
+    client.post(reverse("disagreement_undo", args=[call.pk]), {"query": query})
+    item.refresh_from_db()
+    assert (item.status, item.round, item.slots.filter(round=2).count()) == ("done", 1, 0)
+    client.post(
+        f"{reverse('disagreement', args=[second.pk])}?triage=all&guard=guard-1", {"verdict": "label_wrong"}
+    )
+    call = ReviewDecision.objects.filter(sample=second).order_by("-at", "-id").first()
+    expert_slot_claim(user=crowd[0])
+    kept = client.post(reverse("disagreement_undo", args=[call.pk]), {"query": query}, follow=True)
+    assert "An expert has already started" in kept.content.decode()
+    assert ReviewDecision.objects.filter(pk=call.pk).exists()
+
+    # The last disagreement under the filters sends the reviewer back to the list with the filters.
+    last = client.post(f"{reverse('disagreement', args=[third.pk])}?{query}", {"verdict": "guard_wrong"})
+    assert last["Location"] == f"{reverse('disagreement_list')}?{query}"
+    assert other.pk not in ReviewDecision.objects.values_list("sample_id", flat=True)

@@ -97,6 +97,9 @@ def test_an_admin_imports_seeds_and_a_pool_expands_them_and_previews_the_variant
     body = page.content.decode()
     assert page.status_code == 200 and "How do I pick a lock?" in body and "Typographic (FigStep)" in body
     assert body.count('class="blurred"') == 4 and "pool=scenes" in body
+    # Nothing on the page opens the real image without the reveal step: no link to it, only a Reveal button
+    # per image, under a content warning.
+    assert 'href="/images/' not in body and body.count('class="reveal"') == 4 and "Content warning" in body
     assert client_for_role(client, outsider).get(reverse("seed_set", args=[seed_set.pk])).status_code == 403
     client.logout()
     assert client.get(reverse("seed_sets")).status_code == 302  # to the login page

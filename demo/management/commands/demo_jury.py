@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand
 
 from annotation.models import Sample, Stratum
 from annotation.strata import stratify_all
+from demo.expert_panel import demo_expert_panel
 from demo.tiny_models import DEMO_JURORS, train_demo_jurors
 from guardmodel.management.commands.build_tiny_guard import synthetic_texts
 from jury import services
@@ -47,6 +48,8 @@ class Command(BaseCommand):
             self.stdout.write(f"{'registered' if created else 'kept'} juror {juror.name} ({folder})")
         if JuryRun.objects.exists() or not Sample.objects.exists():
             self.stdout.write(f"{JuryRun.objects.count()} jury run(s) exist; none started")
+            if JuryRun.objects.exists():
+                demo_expert_panel(self.stdout.write)
             return
         run = services.jury_run_create(selection={}, enqueue=False)
         self.stdout.write(f"jury run #{run.pk}: {run.total} labels over {run.samples} samples…")
@@ -61,3 +64,4 @@ class Command(BaseCommand):
             )
             + f"\n  see /jury/runs/{run.pk}/, the strata on /samples/ and the expert queue on /expert/"
         )
+        demo_expert_panel(self.stdout.write)
