@@ -112,6 +112,17 @@ class AuditApi(APIView):
                     "prompt_version": serializers.CharField(),
                     "latency_ms": serializers.FloatField(),
                     "truncated_tokens": serializers.IntegerField(),
+                    "scores": inline_serializer(
+                        "AuditScores",
+                        {
+                            "levels": serializers.DictField(child=serializers.FloatField()),
+                            "harmful": serializers.FloatField(),
+                            "harmful_strict": serializers.FloatField(),
+                        },
+                        allow_null=True,
+                        help_text="The guard's own probabilities of each judgment level (P(0), P(0.5), P(1)); "
+                        "harmful = P(0.5) + P(1), harmful_strict = P(1). Null where the guard gives none.",
+                    ),
                 },
             ),
             502: OpenApiResponse(
@@ -165,4 +176,5 @@ def judge(data: dict) -> tuple[int, dict]:
         "prompt_version": checkpoint.prompt_version,
         "latency_ms": round(verdict["latency_ms"], 1),
         "truncated_tokens": verdict["truncated_tokens"],
+        "scores": verdict.get("scores"),
     }

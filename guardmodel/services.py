@@ -583,7 +583,7 @@ def audit_answer(checkpoint_id: int, question: str, thinking: str, answer: str, 
         return {"checkpoint_error": f"checkpoint #{checkpoint_id} no longer exists"}
     except CheckpointError as exc:
         return {"checkpoint_error": str(exc)}
-    fields = ("status", "judgment", "analysis", "error", "latency_ms", "truncated_tokens")
+    fields = ("status", "judgment", "analysis", "error", "latency_ms", "truncated_tokens", "scores")
     return {name: getattr(verdict, name) for name in fields}
 
 

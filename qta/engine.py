@@ -50,6 +50,8 @@ class Verdict:
     attempt_log: list[dict] = field(default_factory=list)
     first_output: str = ""  # the unreadable reply that led to a re-ask
     reasked: bool = False
+    # The guard's own probabilities of each judgment level at its judgment slot (qta/scores.py), when it gives them.
+    scores: dict | None = None
 
     @classmethod
     def from_output(cls, text: str, *, variant: protocol.Variant = "qta", **extra: Any) -> Verdict:
@@ -72,6 +74,7 @@ class Verdict:
             "attempts": self.attempts,
             **({"attempt_log": self.attempt_log} if self.attempt_log else {}),
             **({"first_output": self.first_output} if self.reasked else {}),
+            **({"scores": self.scores} if self.scores is not None else {}),
         }
 
 
@@ -128,6 +131,7 @@ class EngineOptions:
     variant: protocol.Variant = "qta"  # the built-in template of this variant, unless `template` is given
     template: protocol.Template | None = None
     greedy: bool = True  # False: sample (temperature 1), as some served guards are run
+    scores: bool = True  # also score every judgment level (one more forward pass per sample)
 
     @property
     def prompt(self) -> protocol.Template:
@@ -169,6 +173,11 @@ class TransformersGuard:
         )
         self.batch_size = self.options.batch_size
         self.oom_halvings = 0
+        from qta.scores import LevelScorer
+
+        self.scorer = LevelScorer(
+            self.model, self.processor, self.placement.device, levels=self.options.prompt.judgments
+        )
 
     # -- prompt building ---------------------------------------------------------------------------------------
     def _render(self, item: AuditInput, thinking: str, has_image: bool, followup: str | None = None) -> str:
@@ -257,6 +266,20 @@ class TransformersGuard:
             half = len(batch) // 2
             return self._run(batch[:half]) + self._run(batch[half:])
 
+    def _scores(self, batch: list[_Prepared], outputs: list[tuple[str, int]]) -> list[dict | None]:
+        """The level probabilities of each output; a failure here costs the scores, never the verdicts."""
+        if not self.options.scores:
+            return [None] * len(batch)
+        try:
+            scored = self.scorer.score(
+                [(p.text, p.image, text) for p, (text, _) in zip(batch, outputs, strict=True)],
+                batch_size=self.batch_size,
+            )
+        except Exception:
+            log.exception("scoring the judgment levels failed; the verdicts are kept without scores")
+            return [None] * len(batch)
+        return [s.as_dict() for s in scored]
+
     def judge(
         self, items: Sequence[AuditInput], progress: Callable[[int], None] | None = None
     ) -> list[Verdict]:
@@ -307,11 +330,12 @@ class TransformersGuard:
                 for p in batch:
                     verdicts[p.index] = Verdict(status="failed", error=f"{type(exc).__name__}: {exc}")
             else:
+                scores = self._scores(batch, outputs)
                 per_item = (time.perf_counter() - started) * 1000 / len(batch)
-                for p, (text, generated) in zip(batch, outputs, strict=True):
+                for p, (text, generated), score in zip(batch, outputs, scores, strict=True):
                     verdicts[p.index] = Verdict.from_output(
                         text, variant=self.options.prompt.variant, latency_ms=per_item, prompt_tokens=p.prompt_tokens,
-                        completion_tokens=generated, truncated_tokens=p.truncated,
+                        completion_tokens=generated, truncated_tokens=p.truncated, scores=score,
                     )  # fmt: skip
             start += len(batch)
             if progress:

@@ -320,6 +320,11 @@ def _parse_json(text: str, allowed: tuple[float, ...]) -> Parsed | None:
     return Parsed(analysis=analysis, judgment=judgment)
 
 
+def judgment_value_starts(text: str) -> list[int]:
+    """Where each judgment key's value begins in an output, as `parse_output` reads the keys."""
+    return [match.start("value") for match in _JUDGMENT.finditer(text)]
+
+
 def parse_output(text: str, *, variant: Variant = "qta") -> Parsed:
     """Read `Analysis … Judgment …` output; invalid (judgment None) rather than a guess when it cannot be read.
 

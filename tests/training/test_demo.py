@@ -37,6 +37,11 @@ def test_the_demo_trains_its_jurors_once_fills_every_stratum_and_shows_a_finishe
     strata = {value: Sample.objects.filter(stratum=value).count() for value in Stratum.values}
     assert strata[Stratum.D3_0] > 120 and strata[Stratum.D2_1] > 0 and strata[Stratum.D1_1_1] > 0, strata
     assert ExpertQueueItem.objects.filter(sample__stratum=Stratum.D1_1_1).count() == strata[Stratum.D1_1_1]
+    # The demo's expert panel has decided items (a reliability check among them), so the agreement, adjudication
+    # and reliability pages have something to show; the reviewer-sent items wait for the demo expert.
+    assert ExpertQueueItem.objects.filter(reason="reliability", status="done").exists()
+    assert ExpertQueueItem.objects.filter(status="done").count() >= 5
+    assert ExpertQueueItem.objects.filter(reason="reviewer", status="open").count() == 12
 
     call_command("demo_training")
     sft = TrainingRun.objects.get()
