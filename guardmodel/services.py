@@ -24,7 +24,7 @@ from common.models import api_key, validate_base_url
 from common.work import Driver, connection_recover, requeue_abandoned
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob
 from guardmodel.prompts import TemplateError, template_for
-from qta import metrics
+from qta import calibration, metrics
 from qta.engine import AuditInput, EngineOptions, Guard, OpenAIGuard, TransformersGuard, Verdict
 from qta.loading import CheckpointError, check_checkpoint_dir, is_local
 from qta.protocol import PROMPT_VERSION, RELEASE_GENERATION
@@ -470,6 +470,35 @@ def _predictions(sample_ids: list[int], kind: str, name: str, prompt_version: st
     return {sid: majority([v for v in vs if v is not None]) for sid, vs in grouped.items()}
 
 
+def _risk_scores(sample_ids: list[int], kind: str, name: str, prompt_version: str) -> dict[int, dict]:
+    """sample id → the risk scores its label carries (meta.scores), for sources that give them."""
+    if kind == Evaluation.SourceKind.JURY or not name:
+        return {}
+    labels = Label.objects.filter(
+        sample_id__in=sample_ids, source_kind=kind, source_name=name, meta__has_key="scores"
+    )
+    if kind in VERSIONED_SOURCES:
+        labels = labels.filter(prompt_version=prompt_version)
+    return {sid: meta["scores"] for sid, meta in labels.values_list("sample_id", "meta")}
+
+
+def _score_metrics(
+    rows: list[metrics.Row], ids: list[int], scored: dict[int, dict], half_as: str
+) -> dict | None:
+    """Calibration and ranking of the risk scores against the truth, read as the headline reads 0.5 (P(harmful)
+    with 0.5 → harmful, P(1) with 0.5 → safe); None with fewer than ten scored samples."""
+    key = "harmful" if half_as == "harmful" else "harmful_strict"
+    pairs = [
+        (scored[pk][key], metrics.harmful(row.truth, half_as))
+        for pk, row in zip(ids, rows, strict=True)
+        if pk in scored
+    ]
+    if len(pairs) < 10:
+        return None
+    report = calibration.score_report([p for p, _ in pairs], [y for _, y in pairs])
+    return {**report, "reading": half_as}
+
+
 def _asked_with(source_kind: str, source_name: str) -> str:
     """The template a source's labels are asked with: a guard's own; a juror's or the oracle's, as its latest
     labels were; else the sitting jury's."""
@@ -526,18 +555,22 @@ def evaluation_run(
     if not truths:
         raise EvaluationError(f"no {truth} ground-truth labels in {', '.join(subsets)}")
     predicted = _predictions(ids, source_kind, source_name, prompt_version)
+    judged = [(pk, subset, category) for pk, subset, category in samples if pk in truths]
     rows = [
         metrics.Row(subset, category, truths[pk], predicted.get(pk), missing=pk not in predicted)
-        for pk, subset, category in samples
-        if pk in truths
+        for pk, subset, category in judged
     ]
+    result = metrics.evaluate_rows(rows, list(subsets), half_as=half_as)
+    scored = _risk_scores([pk for pk, _, _ in judged], source_kind, source_name, prompt_version)
+    if (score_metrics := _score_metrics(rows, [pk for pk, _, _ in judged], scored, half_as)) is not None:
+        result["scores"] = score_metrics
     return Evaluation.objects.create(
         source_kind=source_kind,
         source_name=source_name,
         prompt_version=prompt_version if source_kind in VERSIONED_SOURCES else "",
         truth=truth,
         subsets=list(subsets),
-        metrics=metrics.evaluate_rows(rows, list(subsets), half_as=half_as),
+        metrics=result,
         created_by=user,
     )
 

@@ -115,6 +115,7 @@ def evaluation_detail(request: HtmxHttpRequest, evaluation_id: int) -> HttpRespo
         for name, s in headline["categories"].items()
     ]
     confusion = list(zip(m["confusion"]["rows"], m["confusion"]["matrix"], strict=True))
+    risk = _risk_view(m.get("scores"), request.GET)
     context = {
         "evaluation": evaluation,
         "readings": shown,
@@ -122,8 +123,60 @@ def evaluation_detail(request: HtmxHttpRequest, evaluation_id: int) -> HttpRespo
         "categories": categories,
         "confusion": confusion,
         "columns": m["confusion"]["columns"],
+        "risk": risk,
     }
     return render(request, "guardmodel/evaluation_detail.html", context)
+
+
+CURVE_SIDE = 180  # pixels: the reliability, ROC and precision–recall charts are squares
+
+
+def _polyline(points) -> str:
+    """Points in [0, 1]² as an SVG polyline's coordinates, y upwards."""
+    return " ".join(f"{x * CURVE_SIDE:.1f},{(1 - y) * CURVE_SIDE:.1f}" for x, y in points)
+
+
+def _risk_view(scores: dict | None, params) -> dict | None:
+    """The evaluation's risk-score figures for the page: the measures, the three charts, and the threshold that
+    meets a target precision or recall the reader asks for (`?target=precision&value=0.9`)."""
+    if not scores:
+        return None
+    bins = [b for b in scores["reliability"] if b["n"]]
+    view = {
+        "n": scores["n"],
+        "reading": metrics.reading_label(scores["reading"]),
+        "ece": f"{scores['ece']:.3f}",
+        "auroc": "—" if scores["auroc"] is None else f"{scores['auroc']:.3f}",
+        "auprc": "—" if scores["auprc"] is None else f"{scores['auprc']:.3f}",
+        "bins": scores["reliability"],
+        "side": CURVE_SIDE,
+        "reliability_line": _polyline((b["mean_score"], b["harmful_rate"]) for b in bins),
+        "roc_line": _polyline(scores["roc"]),
+        "pr_line": _polyline(scores["pr"]),
+        "target": params.get("target") if params.get("target") in ("precision", "recall") else "precision",
+        "value": clamped_fraction(params.get("value"), 0.9),
+    }
+    meeting = [
+        (threshold, precision, recall)
+        for threshold, (recall, precision) in zip(scores["thresholds"], scores["pr"], strict=True)
+        if (precision if view["target"] == "precision" else recall) >= view["value"]
+    ]
+    if meeting:
+        pick = (
+            max(meeting, key=lambda c: (c[2], -c[0]))
+            if view["target"] == "precision"
+            else max(meeting, key=lambda c: c[0])
+        )
+        view["chosen"] = {"threshold": f"{pick[0]:.3f}", "precision": pct(pick[1]), "recall": pct(pick[2])}
+    return view
+
+
+def clamped_fraction(value: str | None, default: float) -> float:
+    try:
+        number = float(value) if value else default
+    except ValueError:
+        return default
+    return min(1.0, max(0.0, number)) if number == number else default
 
 
 @require_GET

@@ -10,6 +10,7 @@ from axe_playwright_python.sync_playwright import Axe
 from django.test import Client
 
 from annotation.models import Label
+from qta.calibration import score_report
 from qta.metrics import Row, evaluate_rows
 from tests.test_access_matrix import ADMIN_ID, EXPERT_1, REVIEWER_ID, World, build_world, pages_for
 
@@ -43,6 +44,11 @@ def _stress(world: World) -> None:
     evaluation = o["evaluation"]
     evaluation.subsets = sorted({r.subset for r in rows})
     evaluation.metrics = evaluate_rows(rows, evaluation.subsets)
+    scores = [i / 40 for i in range(40)]
+    evaluation.metrics["scores"] = {
+        **score_report(scores, [i % 3 > 0 for i in range(40)]),
+        "reading": "harmful",
+    }
     evaluation.save(update_fields=["subsets", "metrics"])
     run = o["training_run"]
     run.log_tail = "\n".join(f"step {i} loss=0.{i:04d} {LONG}" for i in range(50))
