@@ -20,15 +20,23 @@ class Bin:
 
 def reliability(scores: Sequence[float], truth: Sequence[bool], bins: int = 10) -> list[Bin]:
     """Equal-width bins over [0, 1] (a score of exactly 1 falls in the last)."""
-    counts = [[0, 0.0, 0] for _ in range(bins)]  # n, sum of scores, harmful
+    n = [0] * bins
+    total = [0.0] * bins
+    harmful = [0] * bins
     for p, y in zip(scores, truth, strict=True):
         b = min(int(p * bins), bins - 1)
-        counts[b][0] += 1
-        counts[b][1] += p
-        counts[b][2] += int(y)
+        n[b] += 1
+        total[b] += p
+        harmful[b] += int(y)
     return [
-        Bin(i / bins, (i + 1) / bins, n, total / n if n else None, harmful / n if n else None)
-        for i, (n, total, harmful) in enumerate(counts)
+        Bin(
+            i / bins,
+            (i + 1) / bins,
+            n[i],
+            total[i] / n[i] if n[i] else None,
+            harmful[i] / n[i] if n[i] else None,
+        )
+        for i in range(bins)
     ]
 
 
