@@ -18,6 +18,7 @@ from annotation.models import (
 from annotation.search import ParsedSearch, index_plans, search_samples
 from annotation.strata import expert_desk
 from common.roles import ADMIN, EXPERT, REVIEWER, user_roles
+from qta.protocol import reasoning_steps  # noqa: F401 - the pages and services read steps from here
 
 FILTERS = ("subset", "split", "category", "stratum", "input_variant")
 # The filters with a fixed set of values: (parameter, title shown on the list page, choices).
@@ -175,17 +176,6 @@ def subsets() -> list[str]:
 
 def sample_detail(*, sample_id: int) -> Sample:
     return Sample.objects.select_related("image").prefetch_related("labels").get(pk=sample_id)
-
-
-def reasoning_steps(thinking: str) -> list[str]:
-    """The reasoning trace split into its paragraphs (or lines when it has no blank lines)."""
-    text = thinking.strip()
-    if not text:
-        return []
-    parts = (
-        [p.strip() for p in text.split("\n\n")] if "\n\n" in text else [p.strip() for p in text.splitlines()]
-    )
-    return [p for p in parts if p]
 
 
 # --- expert queue -------------------------------------------------------------------------------------------------

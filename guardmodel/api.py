@@ -81,6 +81,11 @@ class AuditInputSerializer(serializers.Serializer):
     image = ImageField(required=False, allow_null=True)
     checkpoint = serializers.SlugField(required=False, allow_blank=True, default="",
                                        help_text="A checkpoint name; the active one when left out.")  # fmt: skip
+    locate = serializers.BooleanField(
+        required=False, default=False,
+        help_text="Also report P(harmful) per segment and per reasoning step, and the first unsafe step (local "
+        "checkpoints; one more pass per step, reusing the key/value cache).",
+    )  # fmt: skip
 
     validate_question = validate_thinking = validate_answer = staticmethod(_check_length)
 
@@ -123,6 +128,18 @@ class AuditApi(APIView):
                         help_text="The guard's own probabilities of each judgment level (P(0), P(0.5), P(1)); "
                         "harmful = P(0.5) + P(1), harmful_strict = P(1). Null where the guard gives none.",
                     ),
+                    "located": inline_serializer(
+                        "AuditLocated",
+                        {
+                            "segments": serializers.DictField(child=serializers.FloatField()),
+                            "steps": serializers.ListField(child=serializers.FloatField()),
+                            "threshold": serializers.FloatField(),
+                            "first_unsafe_step": serializers.IntegerField(allow_null=True),
+                        },
+                        allow_null=True,
+                        help_text="With locate: P(harmful) after the question, the reasoning and the answer, after "
+                        "each reasoning step, and the first step that reaches the threshold.",
+                    ),
                 },
             ),
             502: OpenApiResponse(
@@ -153,7 +170,7 @@ def judge(data: dict) -> tuple[int, dict]:
         return status.HTTP_503_SERVICE_UNAVAILABLE, {"detail": str(exc)}
     item = AuditInput(data["question"], data["thinking"], data["answer"], data.get("image"))
     try:
-        verdict = services.audit_on_worker(item, checkpoint)
+        verdict = services.audit_on_worker(item, checkpoint, data.get("locate", False))
     except services.AuditTimeout as exc:
         return status.HTTP_504_GATEWAY_TIMEOUT, {"detail": str(exc)}
     if "checkpoint_error" in verdict:
@@ -177,4 +194,5 @@ def judge(data: dict) -> tuple[int, dict]:
         "latency_ms": round(verdict["latency_ms"], 1),
         "truncated_tokens": verdict["truncated_tokens"],
         "scores": verdict.get("scores"),
+        "located": verdict.get("located"),
     }

@@ -606,27 +606,35 @@ class AuditTimeout(Exception):
     """The audit worker did not answer in time (none running, or all busy)."""
 
 
-def audit_answer(checkpoint_id: int, question: str, thinking: str, answer: str, image: bytes | None) -> dict:
+def audit_answer(
+    checkpoint_id: int, question: str, thinking: str, answer: str, image: bytes | None, locate: bool = False
+) -> dict:
     """An audit's verdict as plain data (what the audit worker sends back): a CheckpointError becomes
-    {"checkpoint_error": …}."""
+    {"checkpoint_error": …}. With `locate`, a local checkpoint also reports P(harmful) per segment and per reasoning
+    step, and the first unsafe step (`TransformersGuard.prefix_risk`); a served one reports none."""
     try:
         checkpoint = GuardCheckpoint.objects.get(pk=checkpoint_id)
-        verdict = audit(AuditInput(question, thinking, answer, image), checkpoint)
+        item = AuditInput(question, thinking, answer, image)
+        backend = backend_for(checkpoint)
+        verdict = backend.judge([item])[0]
+        located = None
+        if locate and isinstance(backend, TransformersGuard) and verdict.status != "failed":
+            located = backend.prefix_risk(item)
     except GuardCheckpoint.DoesNotExist:
         return {"checkpoint_error": f"checkpoint #{checkpoint_id} no longer exists"}
     except CheckpointError as exc:
         return {"checkpoint_error": str(exc)}
     fields = ("status", "judgment", "analysis", "error", "latency_ms", "truncated_tokens", "scores")
-    return {name: getattr(verdict, name) for name in fields}
+    return {**{name: getattr(verdict, name) for name in fields}, "located": located}
 
 
-def audit_on_worker(item: AuditInput, checkpoint: GuardCheckpoint) -> dict:
+def audit_on_worker(item: AuditInput, checkpoint: GuardCheckpoint, locate: bool = False) -> dict:
     """Judge one audit input where its inference belongs. A served checkpoint is called from here (this process only
     waits on the endpoint); a local one runs on the audit worker (the `audit` queue), never in a web process, and
     this waits at most GUARDTRACE_AUDIT_TIMEOUT_S for it (AuditTimeout after that; the message expires unread)."""
     image = item.image
     if checkpoint.endpoint:
-        return audit_answer(checkpoint.pk, item.question, item.thinking, item.answer, image)
+        return audit_answer(checkpoint.pk, item.question, item.thinking, item.answer, image, locate)
     from celery.exceptions import TimeoutError as CeleryTimeout
 
     from guardmodel.tasks import audit_task
@@ -634,7 +642,7 @@ def audit_on_worker(item: AuditInput, checkpoint: GuardCheckpoint) -> dict:
     timeout = settings.GUARDTRACE_AUDIT_TIMEOUT_S
     encoded = None if image is None else base64.b64encode(image).decode("ascii")
     result = audit_task.apply_async(
-        args=[checkpoint.pk, item.question, item.thinking, item.answer, encoded], expires=timeout
+        args=[checkpoint.pk, item.question, item.thinking, item.answer, encoded, locate], expires=timeout
     )
     try:
         answer = result.get(timeout=timeout, interval=0.02)

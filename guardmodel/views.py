@@ -202,6 +202,7 @@ def guard_playground(request: HtmxHttpRequest) -> HttpResponse:
         data: dict[str, object] = {
             key: request.POST.get(key, "") for key in ("question", "thinking", "answer", "checkpoint")
         }
+        data["locate"] = bool(request.POST.get("locate"))  # a checkbox: sent when ticked
         if request.FILES.get("image"):
             data["image"] = request.FILES["image"]
         context["form"] = {k: v for k, v in data.items() if k != "image"}

@@ -280,6 +280,36 @@ class TransformersGuard:
             return [None] * len(batch)
         return [s.as_dict() for s in scored]
 
+    def prefix_risk(self, item: AuditInput, threshold: float = 0.5) -> dict:
+        """P(harmful) as the guard reads the sample piece by piece, asked for its judgment straight away (no
+        analysis first) after: the question alone; each growing prefix of the reasoning (its steps as the app
+        splits them); the whole reasoning with the answer. The first step whose prefix reaches `threshold` is the
+        predicted first unsafe step. The key/value cache is reused from one prefix to the next."""
+        image = decode_image(item.image, max_pixels=self.options.max_image_pixels) if item.image else None
+        steps = protocol.reasoning_steps(item.thinking)
+
+        def text(thinking: str, answer: str) -> str:
+            return self._render(AuditInput(item.question, thinking, answer), thinking, image is not None) + (
+                "Judgment: "
+            )
+
+        texts = [text("", "")]
+        texts += [text("\n\n".join(steps[: k + 1]), "") for k in range(len(steps))]
+        texts.append(text(item.thinking, item.answer))
+        scored = [s.harmful for s in self.scorer.score_prefixes(texts, image)]
+        by_step = scored[1:-1]
+        first = next((k + 1 for k, p in enumerate(by_step) if p >= threshold), None)
+        return {
+            "segments": {
+                "question": round(scored[0], 6),
+                "reasoning": round(by_step[-1] if by_step else scored[0], 6),
+                "answer": round(scored[-1], 6),
+            },
+            "steps": [round(p, 6) for p in by_step],
+            "threshold": threshold,
+            "first_unsafe_step": first,
+        }
+
     def judge(
         self, items: Sequence[AuditInput], progress: Callable[[int], None] | None = None
     ) -> list[Verdict]:

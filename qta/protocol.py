@@ -360,3 +360,14 @@ def parse_output(text: str, *, variant: Variant = "qta") -> Parsed:
         return Parsed(analysis=text.strip(), judgment=None, reason="conflicting judgments")
     analysis = _strip_analysis_label(text[: matches[0].start()].rstrip(_TRAILING))
     return Parsed(analysis=analysis, judgment=values.pop())
+
+
+def reasoning_steps(thinking: str) -> list[str]:
+    """The reasoning trace split into its steps: its paragraphs, or its lines when it has no blank lines."""
+    text = thinking.strip()
+    if not text:
+        return []
+    parts = (
+        [p.strip() for p in text.split("\n\n")] if "\n\n" in text else [p.strip() for p in text.splitlines()]
+    )
+    return [p for p in parts if p]

@@ -14,6 +14,7 @@ Plain Python around torch; the engine (qta/engine.py) calls it with its own mode
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -102,39 +103,98 @@ class LevelScorer:
             common = common[:n]
         return common, {level: ids[len(common) :] for level, ids in joint.items()}
 
+    def _runs(self, tails: dict[str, list[int]]) -> list[str]:
+        """The levels whose tokens do not begin another level's: only they need a pass of their own."""
+        return [
+            level
+            for level, tail in tails.items()
+            if not any(other != level and len(t) > len(tail) and t[: len(tail)] == tail
+                       for other, t in tails.items())
+        ]  # fmt: skip
+
+    def _level_scores(self, tails: dict[str, list[int]], steps_of: dict[str, Any]) -> Scores:
+        """Scores from each run's next-token log-probabilities ((tail length + 1) × vocab: at each of its tokens and
+        after it): a level's tokens are read along the run it begins, then the number must end."""
+        continuing = self.continuing_ids()
+        level_logs = {}
+        for level, tail in tails.items():
+            run = next(run for run, steps in steps_of.items() if tails[run][: len(tail)] == tail)
+            steps = steps_of[run]
+            lp = sum(float(steps[j, tail[j]]) for j in range(len(tail)))
+            # The number ends after the level: any next token but a digit or a point.
+            ends = 1.0 - float(steps[len(tail)].exp()[continuing].sum())
+            level_logs[level] = lp + math.log(max(ends, 1e-12))
+        return _normalise(level_logs)
+
     def score(self, items: Sequence[tuple[str, Any, str]], batch_size: int = 8) -> list[Scores]:
         rows: list[tuple[str, list[int], Any]] = []  # (text, its tail ids, image)
-        plans: list[dict[str, tuple[int, int]]] = []  # level → (row, tail length)
+        plans: list[tuple[dict[str, list[int]], dict[str, int]]] = []  # (tails, run level → row)
         for prompt, image, output in items:
             base = prompt + judgment_prefix(output)
             tails = self._tails(base)[1]
-            # Only the levels whose tokens do not begin another level's need a pass of their own.
-            runs = [
-                level
-                for level, tail in tails.items()
-                if not any(other != level and len(t) > len(tail) and t[: len(tail)] == tail
-                           for other, t in tails.items())
-            ]  # fmt: skip
-            first = len(rows)
+            runs = self._runs(tails)
+            plans.append((tails, {level: len(rows) + k for k, level in enumerate(runs)}))
             rows.extend((base + level, tails[level], image) for level in runs)
-            plan = {}
-            for level, tail in tails.items():
-                k = next(k for k, run in enumerate(runs) if tails[run][: len(tail)] == tail)
-                plan[level] = (first + k, len(tail))
-            plans.append(plan)
         logs = self._row_logprobs(rows, batch_size)
-        continuing = self.continuing_ids()
-        results = []
-        for plan in plans:
-            level_logs = {}
-            for level, (row, length) in plan.items():
-                steps, tail = logs[row], rows[row][1]
-                lp = sum(float(steps[j, tail[j]]) for j in range(length))
-                # The number ends after the level: any next token but a digit or a point.
-                ends = 1.0 - float(steps[length].exp()[continuing].sum())
-                level_logs[level] = lp + math.log(max(ends, 1e-12))
-            results.append(_normalise(level_logs))
-        return results
+        return [self._level_scores(tails, {run: logs[row] for run, row in at.items()}) for tails, at in plans]
+
+    def score_prefixes(
+        self, texts: Sequence[str], image: Any = None, timings: list[float] | None = None
+    ) -> list[Scores]:
+        """Scores after each of several texts that grow from one another (the reasoning step by step, then the
+        answer), each ending where the judgment is written. The key/value cache of what the texts share is kept
+        from one to the next, so each costs its new tokens and the level tokens, not its whole length."""
+        import torch
+        from transformers import DynamicCache
+
+        language = getattr(self.model, "model", self.model)
+        cache = DynamicCache()
+        cached: list[int] = []  # the token ids the cache holds
+        out = []
+        with torch.inference_mode():
+            for text in texts:
+                started = time.perf_counter()
+                common, tails = self._tails(text)
+                inputs = self.processor(
+                    text=[text], images=[image] if image is not None else None, return_tensors="pt"
+                ).to(self.device)
+                # Where a level's first token would merge with the text's last, the text stops before it.
+                keep = inputs["input_ids"].shape[1] - (len(self.tokenizer.encode(text)) - len(common))
+                for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+                    if key in inputs:
+                        inputs[key] = inputs[key][:, :keep]
+                ids = inputs["input_ids"][0].tolist()
+                shared = 0
+                while shared < min(len(ids), len(cached)) and ids[shared] == cached[shared]:
+                    shared += 1
+                shared = min(shared, len(ids) - 1)  # at least one new token: its logits are the first step
+                if image is not None and shared <= _last_image_token(ids, self.tokenizer):
+                    shared = 0  # the image itself changed place: start again with the pixels
+                if shared == 0:
+                    cache, cached = DynamicCache(), []
+                    language.rope_deltas = None  # positions are worked out afresh from this text
+                    fresh = dict(inputs)
+                else:
+                    _crop_to(cache, shared)
+                    fresh = {"input_ids": inputs["input_ids"][:, shared:]}
+                logits = self.model(**fresh, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+                cached = ids
+                after_text = torch.log_softmax(logits.float(), dim=-1)
+                steps_of = {}
+                for run in self._runs(tails):
+                    tail = tails[run]
+                    rows = [after_text]
+                    if tail:
+                        more = self.model(
+                            input_ids=torch.tensor([tail], device=self.device), cache=cache, use_cache=True
+                        ).logits[0]
+                        rows.extend(torch.log_softmax(more.float(), dim=-1))
+                        _crop_to(cache, len(ids))
+                    steps_of[run] = torch.stack([r.cpu() for r in rows])
+                out.append(self._level_scores(tails, steps_of))
+                if timings is not None:
+                    timings.append(time.perf_counter() - started)
+        return out
 
     def _row_logprobs(self, rows: list[tuple[str, list[int], Any]], batch_size: int) -> list:
         """Per row: log-probabilities of the next token at each of its tail's positions and after its tail, a
@@ -160,3 +220,17 @@ class LevelScorer:
                     )
                 out.append(torch.log_softmax(logits[row, keep - len(tail) - 1 :].float(), dim=-1).cpu())
         return out
+
+
+def _last_image_token(ids: list[int], tokenizer) -> int:
+    """The position of the last image placeholder token in the ids (-1 without an image)."""
+    pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    positions = [i for i, token in enumerate(ids) if token == pad]
+    return positions[-1] if positions else -1
+
+
+def _crop_to(cache, length: int) -> None:
+    """Keep the first `length` positions of a key/value cache (this transformers' crop takes how many to drop)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)

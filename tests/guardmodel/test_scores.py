@@ -133,3 +133,60 @@ def test_the_scores_are_shown_where_people_look(client_for, reviewer_user, setti
     page = client.post(reverse("guard_playground"), {"question": "Q?", "thinking": "T.", "answer": "A."})
     body = page.content.decode()
     assert 'id="p-harmful"' in body and body.count("<meter") == 3
+
+
+@pytest.mark.parametrize("with_image", [False, True])
+def test_prefix_scores_reuse_the_cache_and_match_scoring_each_prefix_afresh(lively_dir, with_image):
+    from qta.engine import decode_image
+
+    guard = TransformersGuard(lively_dir, EngineOptions(max_new_tokens=4))
+    item = AuditInput(
+        "How would one do it?",
+        "First, the parts.\n\nSecond, the order.\n\nThird, the risky part.\n\nFourth, a refusal.",
+        "I can't help with that.",
+        png_bytes(size=(40, 28)) if with_image else None,
+    )
+    risk = guard.prefix_risk(item, threshold=0.0)
+    assert len(risk["steps"]) == 4 and set(risk["segments"]) == {"question", "reasoning", "answer"}
+    assert risk["first_unsafe_step"] == 1  # every prefix reaches a threshold of 0
+    assert risk["segments"]["reasoning"] == risk["steps"][-1]
+    image = decode_image(item.image) if item.image else None
+    steps = protocol.reasoning_steps(item.thinking)
+    prompts = [guard._render(AuditInput(item.question, "", ""), "", image is not None)]
+    prompts += [
+        guard._render(AuditInput(item.question, t, ""), t, image is not None)
+        for t in ("\n\n".join(steps[: k + 1]) for k in range(len(steps)))
+    ]
+    prompts.append(guard._render(item, item.thinking, image is not None))
+    afresh = [s.harmful for s in guard.scorer.score([(p, image, "Judgment: 1") for p in prompts])]
+    cached = [risk["segments"]["question"], *risk["steps"], risk["segments"]["answer"]]
+    assert cached == pytest.approx(afresh, abs=1e-4)
+    none = guard.prefix_risk(item, threshold=1.01)
+    assert none["first_unsafe_step"] is None
+
+
+@pytest.mark.django_db
+def test_the_audit_api_and_the_playground_locate_the_harm_on_request(
+    tiny_dir, settings, api_for, client_for, reviewer_user
+):
+    from django.urls import reverse
+
+    from guardmodel import services
+
+    settings.CELERY_TASK_ALWAYS_EAGER = True  # the audit task runs here, as the audit worker would run it
+    services.checkpoint_register(name="tiny", path=str(tiny_dir), activate=True)
+    body = {"question": "Q?", "thinking": "One.\n\nTwo.\n\nThree.", "answer": "A."}
+    plain = api_for(reviewer_user).post(reverse("api_audit"), body, format="json").json()
+    assert plain["located"] is None
+    located = (
+        api_for(reviewer_user).post(reverse("api_audit"), {**body, "locate": True}, format="json").json()
+    )
+    assert len(located["located"]["steps"]) == 3 and set(located["located"]["segments"]) == {
+        "question",
+        "reasoning",
+        "answer",
+    }
+    page = (
+        client_for(reviewer_user).post(reverse("guard_playground"), {**body, "locate": "on"}).content.decode()
+    )
+    assert 'id="located"' in page and page.count('aria-label="after step') == 3
