@@ -156,13 +156,38 @@ class GuardCheckpointAdmin(EndpointAdmin):
         "name", "is_active", "path", "endpoint", "prompt_version", "base_model", "created_at"
     ]  # fmt: skip
     list_filter = ["is_active"]
-    readonly_fields = ["is_active"]
-    actions = ["make_active", "judge_test_subsets", "test_connection"]
+    readonly_fields = ["is_active", "calibration_summary"]
+    actions = ["make_active", "judge_test_subsets", "calibrate", "test_connection"]
     fieldsets = [
         (None, {"fields": ["name", "path", "endpoint", "served_model", "api_key_env", "base_model",
                            "is_active"]}),
         ("How it is asked", {"fields": ["prompt_version", "preset", "max_new_tokens", "max_input_tokens", "greedy"]}),
+        ("Risk scores", {"fields": ["calibration_summary", "threshold"]}),
     ]  # fmt: skip
+
+    @admin.display(description="calibration")
+    def calibration_summary(self, obj: GuardCheckpoint) -> str:
+        c = obj.calibration
+        if not c:
+            return "not calibrated: judge the test subsets, then run the action “Calibrate the risk scores”"
+        return (
+            f"temperature {c['temperature']} fitted on {c['n']} held-out samples ({c['fitted_at']}); "
+            f"ECE of P(harmful) {c['ece_before']} → {c['ece_after']}"
+        )
+
+    @admin.action(description="Calibrate the risk scores (fit a temperature)", permissions=["admin_role"])
+    def calibrate(self, request, queryset: QuerySet[GuardCheckpoint]):
+        for checkpoint in queryset:
+            try:
+                fitted = services.checkpoint_calibrate(checkpoint)
+            except services.EvaluationError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(
+                    request,
+                    f"{checkpoint.name}: temperature {fitted['temperature']} on {fitted['n']} samples; "
+                    f"ECE {fitted['ece_before']} → {fitted['ece_after']}.",
+                )
 
     def endpoint_target(self, obj: GuardCheckpoint) -> EndpointTarget:
         return services.checkpoint_endpoint_target(obj)

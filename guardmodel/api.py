@@ -128,6 +128,19 @@ class AuditApi(APIView):
                         help_text="The guard's own probabilities of each judgment level (P(0), P(0.5), P(1)); "
                         "harmful = P(0.5) + P(1), harmful_strict = P(1). Null where the guard gives none.",
                     ),
+                    "calibrated": inline_serializer(
+                        "AuditCalibrated",
+                        {
+                            "levels": serializers.DictField(child=serializers.FloatField()),
+                            "harmful": serializers.FloatField(),
+                            "temperature": serializers.FloatField(allow_null=True),
+                            "threshold": serializers.FloatField(allow_null=True),
+                            "flagged": serializers.BooleanField(allow_null=True),
+                        },
+                        allow_null=True,
+                        help_text="The scores under the checkpoint's fitted temperature, and whether P(harmful) "
+                        "reaches its threshold (null without one).",
+                    ),
                     "located": inline_serializer(
                         "AuditLocated",
                         {
@@ -195,4 +208,5 @@ def judge(data: dict) -> tuple[int, dict]:
         "truncated_tokens": verdict["truncated_tokens"],
         "scores": verdict.get("scores"),
         "located": verdict.get("located"),
+        "calibrated": verdict.get("calibrated"),
     }

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -72,6 +73,16 @@ class GuardCheckpoint(models.Model):
     is_active = models.BooleanField(
         default=False, help_text="The checkpoint the audit API and inspector use."
     )
+    calibration = models.JSONField(
+        default=dict, blank=True,
+        help_text="Temperature fitted on held-out samples (qta/calibration.py), with its sample count and ECE before "
+        "and after; the audit API's calibrated scores use it.",
+    )  # fmt: skip
+    threshold = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="P(harmful) from which the audit API flags a sample (calibrated when a temperature is fitted); "
+        "empty: the judgment decides.",
+    )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -16,7 +16,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from annotation.models import Label, Sample, Split
+from annotation.models import Label, LabelOrigin, Sample, Split
 from annotation.strata import jury_prompt_version, majority
 from common.endpoints import EndpointTarget
 from common.errors import ApplicationError, MissingApiKey
@@ -27,7 +27,7 @@ from guardmodel.prompts import TemplateError, template_for
 from qta import calibration, metrics
 from qta.engine import AuditInput, EngineOptions, Guard, OpenAIGuard, TransformersGuard, Verdict
 from qta.loading import CheckpointError, check_checkpoint_dir, is_local
-from qta.protocol import PROMPT_VERSION, RELEASE_GENERATION
+from qta.protocol import PROMPT_VERSION, RELEASE_GENERATION, format_judgment
 
 log = logging.getLogger(__name__)
 CHUNK = 64  # samples per commit: a killed worker loses at most this much work
@@ -587,6 +587,83 @@ def evaluations_latest(limit: int = 12) -> list[Evaluation]:
     return latest[:limit]
 
 
+# -- calibration ------------------------------------------------------------------------------------------------
+
+CALIBRATION_ORIGINS = (LabelOrigin.EXPERT, LabelOrigin.JURY_CONSENSUS)
+
+
+def calibration_set(checkpoint: GuardCheckpoint) -> list[tuple[list[float], int]]:
+    """The held-out calibration samples the checkpoint has scored: test-split samples whose training label the
+    experts decided or the jury gave 3:0 (never trained on), with the level probabilities of the checkpoint's label
+    and the index of the true level."""
+    rows = Label.objects.filter(
+        source_kind=Label.SourceKind.GUARD,
+        source_name=checkpoint.name,
+        prompt_version=checkpoint.prompt_version,
+        meta__has_key="scores",
+        sample__split=Split.TEST,
+        sample__final_label__isnull=False,
+        sample__final_label_origin__in=CALIBRATION_ORIGINS,
+    ).values_list("meta", "sample__final_label")
+    pairs = []
+    for meta, truth in rows:
+        probabilities = meta["scores"]["levels"]
+        levels = sorted(probabilities, key=float)  # safe first, as the protocol orders them
+        label = format_judgment(truth) if truth is not None else ""
+        if label in levels:
+            pairs.append(([probabilities[level] for level in levels], levels.index(label)))
+    return pairs
+
+
+def checkpoint_calibrate(checkpoint: GuardCheckpoint, *, minimum: int = 30) -> dict:
+    """Fit the temperature of the checkpoint's level probabilities on its calibration set and store it, with the
+    set's size and its ECE of P(harmful) before and after."""
+    pairs = calibration_set(checkpoint)
+    if len(pairs) < minimum:
+        raise EvaluationError(
+            f"{checkpoint.name}: {len(pairs)} scored calibration samples (test split, decided by experts or a 3:0 "
+            f"jury); at least {minimum} are needed: judge the test subsets with it first"
+        )
+    probabilities, truth = [p for p, _ in pairs], [t for _, t in pairs]
+    temperature = calibration.fit_temperature(probabilities, truth)
+    first_harmful = 1  # the levels are ordered safe → harmful: every level after the first is harmful
+    harmful = [t >= first_harmful for t in truth]
+
+    def p_harmful(rows: list[list[float]]) -> list[float]:
+        return [sum(row[first_harmful:]) for row in rows]
+
+    scaled = [calibration.apply_temperature(row, temperature) for row in probabilities]
+    checkpoint.calibration = {
+        "temperature": round(temperature, 4),
+        "n": len(pairs),
+        "ece_before": round(calibration.expected_calibration_error(p_harmful(probabilities), harmful), 4),
+        "ece_after": round(calibration.expected_calibration_error(p_harmful(scaled), harmful), 4),
+        "fitted_at": timezone.now().isoformat(timespec="seconds"),
+    }
+    checkpoint.save(update_fields=["calibration"])
+    return checkpoint.calibration
+
+
+def calibrated(scores: dict | None, checkpoint: GuardCheckpoint) -> dict | None:
+    """The audit answer's view of a verdict's scores under the checkpoint's temperature and threshold: the
+    calibrated levels and P(harmful), and whether the threshold is crossed (None without a threshold)."""
+    if not scores:
+        return None
+    temperature = checkpoint.calibration.get("temperature")
+    levels = list(scores["levels"])
+    values = [scores["levels"][level] for level in levels]
+    if temperature:
+        values = calibration.apply_temperature(values, temperature)
+    harmful = sum(v for level, v in zip(levels, values, strict=True) if float(level) > 0)
+    return {
+        "levels": {level: round(v, 6) for level, v in zip(levels, values, strict=True)},
+        "harmful": round(harmful, 6),
+        "temperature": temperature,
+        "threshold": checkpoint.threshold,
+        "flagged": None if checkpoint.threshold is None else harmful >= checkpoint.threshold,
+    }
+
+
 # -- the audit API ------------------------------------------------------------------------------------------------
 
 
@@ -625,7 +702,8 @@ def audit_answer(
     except CheckpointError as exc:
         return {"checkpoint_error": str(exc)}
     fields = ("status", "judgment", "analysis", "error", "latency_ms", "truncated_tokens", "scores")
-    return {**{name: getattr(verdict, name) for name in fields}, "located": located}
+    result = {name: getattr(verdict, name) for name in fields}
+    return {**result, "located": located, "calibrated": calibrated(verdict.scores, checkpoint)}
 
 
 def audit_on_worker(item: AuditInput, checkpoint: GuardCheckpoint, locate: bool = False) -> dict:

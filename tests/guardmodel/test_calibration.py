@@ -129,3 +129,58 @@ def test_an_evaluation_keeps_the_calibration_of_the_guards_scores_and_its_page_c
         reverse("evaluation_detail", args=[evaluation.pk]), {"target": "recall", "value": "nonsense"}
     )
     assert "flag as harmful when" in impossible.content.decode()  # an unreadable value falls back to 0.9
+
+
+def _overconfident_labels(checkpoint, count: int, seed: int = 3) -> None:
+    """Scored guard labels on decided test samples whose level probabilities are three times too sure."""
+    from annotation.models import Label
+    from tests.annotation.factories import LabelFactory, SampleFactory
+
+    rng = random.Random(seed)
+    for _ in range(count):
+        logits = [rng.gauss(0, 1.2) for _ in range(3)]
+        honest = cal.apply_temperature([math.exp(v) for v in logits], 1.0)
+        truth = (0.0, 0.5, 1.0)[rng.choices(range(3), weights=honest)[0]]
+        sure = cal.apply_temperature([math.exp(v) for v in logits], 1 / 3)
+        sample = SampleFactory(split="test", final_label=truth, final_label_origin="expert")
+        scores = {"levels": dict(zip(("0", "0.5", "1"), sure, strict=True)), "harmful": sure[1] + sure[2],
+                  "harmful_strict": sure[2]}  # fmt: skip
+        LabelFactory(sample=sample, source_kind=Label.SourceKind.GUARD, source_name=checkpoint.name,
+                     prompt_version=checkpoint.prompt_version, judgment=1.0, meta={"scores": scores})  # fmt: skip
+    # Not in the calibration set: a training sample, and a test sample the jury split 2:1.
+    for split, origin in (("train", "expert"), ("test", "jury_majority")):
+        sample = SampleFactory(split=split, final_label=1.0, final_label_origin=origin)
+        LabelFactory(sample=sample, source_kind=Label.SourceKind.GUARD, source_name=checkpoint.name,
+                     prompt_version=checkpoint.prompt_version, judgment=1.0,
+                     meta={"scores": {"levels": {"0": 1.0, "0.5": 0.0, "1": 0.0}}})  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_a_checkpoint_is_calibrated_on_held_out_samples_and_the_audit_api_flags_by_its_threshold(
+    tiny_dir, settings, api_for, reviewer_user
+):
+    from django.core.management import CommandError, call_command
+    from django.urls import reverse
+
+    from guardmodel import services
+
+    checkpoint = services.checkpoint_register(name="tiny", path=str(tiny_dir), activate=True)
+    with pytest.raises(CommandError, match="0 scored calibration samples"):
+        call_command("calibrate_guard", "tiny")
+    _overconfident_labels(checkpoint, 1500)
+    assert len(services.calibration_set(checkpoint)) == 1500
+    call_command("calibrate_guard", "tiny", "--threshold", "0.6")
+    checkpoint.refresh_from_db()
+    fitted = checkpoint.calibration
+    assert fitted["n"] == 1500 and fitted["temperature"] == pytest.approx(3.0, rel=0.2)
+    assert fitted["ece_after"] < fitted["ece_before"] / 2 and checkpoint.threshold == 0.6
+
+    settings.CELERY_TASK_ALWAYS_EAGER = True  # the audit task runs here, as the audit worker would run it
+    body = {"question": "Q?", "thinking": "T.", "answer": "A."}
+    answer = api_for(reviewer_user).post(reverse("api_audit"), body, format="json").json()
+    raw, calibrated = answer["scores"], answer["calibrated"]
+    expected = cal.apply_temperature([raw["levels"][k] for k in ("0", "0.5", "1")], fitted["temperature"])
+    assert [calibrated["levels"][k] for k in ("0", "0.5", "1")] == pytest.approx(expected, abs=1e-5)
+    assert calibrated["flagged"] == (calibrated["harmful"] >= 0.6) and calibrated["threshold"] == 0.6
+    with pytest.raises(CommandError, match="between 0 and 1"):
+        call_command("calibrate_guard", "tiny", "--threshold", "1.5")
