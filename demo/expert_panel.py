@@ -60,20 +60,20 @@ def _reference(item: ExpertQueueItem) -> float:
     return 0.5 if value is None else value
 
 
-def _vote(member: int, item: ExpertQueueItem) -> float:
-    """Mostly the reference. On every 6th sample (from the 3rd) expert2 and expert3 agree on another level, so the
-    panel's decision differs from the jury there; on every 8th, the three give three levels, to adjudicate."""
+def _vote(member: int, item: ExpertQueueItem, place: int) -> float:
+    """Mostly the reference. On every 6th item the panel decides (from the 4th) expert2 and expert3 agree on another
+    level, so the panel's decision differs from the jury there; on every 8th (from the 1st) the three give three
+    levels, to adjudicate. `place` is the item's position among those items, so the pattern does not depend on ids."""
     truth = _reference(item)
     others = [v for v in WORDS if v != truth]
-    pk = item.sample_id
-    if pk % 6 == 3 and member in (0, 1):
+    if place % 6 == 3 and member in (0, 1):
         return others[0]
-    if pk % 8 == 0 and member:
+    if place % 8 == 0 and member:
         return others[0] if member == 1 else others[-1]
     return truth
 
 
-def _work_through(user, member: int) -> int:
+def _work_through(user, member: int, places: dict[int, int]) -> int:
     labelled = 0
     while True:
         try:
@@ -86,7 +86,7 @@ def _work_through(user, member: int) -> int:
         if member == 2 and item.reason == ExpertQueueItem.Reason.REVIEWER:
             expert_slot_skip(slot_id=slot.pk, user=user, token=slot.claim_token)
             continue
-        value = _vote(member, item)
+        value = _vote(member, item, places.get(item.pk, 1))
         analysis = f"Demo panel ({user.username}): judged {WORDS[value]} from the reasoning and the answer."
         try:
             expert_label_submit(
@@ -117,6 +117,16 @@ def demo_expert_panel(write: Callable[[str], None]) -> None:
     except ReviewError as exc:
         drawn = 0
         write(f"no reliability draw for the demo panel: {exc}")
+    # The items the panel decides (not those a reviewer sent, which the demo expert completes), in queue order.
+    places = {
+        pk: place
+        for place, pk in enumerate(
+            ExpertQueueItem.objects.filter(status=ExpertQueueItem.Status.OPEN)
+            .exclude(reason=ExpertQueueItem.Reason.REVIEWER)
+            .order_by("id")
+            .values_list("pk", flat=True)
+        )
+    }
     counts = []
     for member, (name, password) in enumerate(PANEL):
         user, created = User.objects.get_or_create(username=name)
@@ -124,7 +134,7 @@ def demo_expert_panel(write: Callable[[str], None]) -> None:
             user.set_password(password)
             user.save()
             user.groups.add(group)
-        counts.append(f"{name} {_work_through(user, member)}")
+        counts.append(f"{name} {_work_through(user, member, places)}")
     statuses = dict.fromkeys(ExpertQueueItem.Status.values, 0)
     for status in ExpertQueueItem.objects.values_list("status", flat=True):
         statuses[status] += 1
