@@ -89,19 +89,21 @@ class LevelScorer:
             self._continuing = torch.tensor(sorted(ids), dtype=torch.long)
         return self._continuing
 
-    def _tails(self, base: str) -> tuple[list[int], dict[str, list[int]]]:
-        """The token ids the base text and every level share, and each level's own tokens after them. Tokenized
-        jointly, as the model reads them; where a level's first token merges with the base's last, the shared part
-        is shorter."""
+    def _tails(self, base: str, window: int = 64) -> tuple[int, dict[str, list[int]]]:
+        """Each level's own tokens after what it shares with the base text, tokenized jointly as the model reads
+        them, and how many of the base's last tokens a level's first token merges with (usually none). Only the
+        base's last characters are tokenized: a merge reaches back a token or two, never `window` characters."""
         encode = self.tokenizer.encode
-        joint = {level: encode(base + level, add_special_tokens=False) for level in self.levels}
-        common = encode(base, add_special_tokens=False)
+        end = base[-window:]
+        joint = {level: encode(end + level, add_special_tokens=False) for level in self.levels}
+        own = encode(end, add_special_tokens=False)
+        common = len(own)
         for ids in joint.values():
             n = 0
-            while n < min(len(common), len(ids)) and common[n] == ids[n]:
+            while n < min(common, len(ids)) and own[n] == ids[n]:
                 n += 1
-            common = common[:n]
-        return common, {level: ids[len(common) :] for level, ids in joint.items()}
+            common = n
+        return len(own) - common, {level: ids[common:] for level, ids in joint.items()}
 
     def _runs(self, tails: dict[str, list[int]]) -> list[str]:
         """The levels whose tokens do not begin another level's: only they need a pass of their own."""
@@ -154,12 +156,12 @@ class LevelScorer:
         with torch.inference_mode():
             for text in texts:
                 started = time.perf_counter()
-                common, tails = self._tails(text)
+                merged, tails = self._tails(text)
                 inputs = self.processor(
                     text=[text], images=[image] if image is not None else None, return_tensors="pt"
                 ).to(self.device)
                 # Where a level's first token would merge with the text's last, the text stops before it.
-                keep = inputs["input_ids"].shape[1] - (len(self.tokenizer.encode(text)) - len(common))
+                keep = inputs["input_ids"].shape[1] - merged
                 for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
                     if key in inputs:
                         inputs[key] = inputs[key][:, :keep]
@@ -170,31 +172,51 @@ class LevelScorer:
                 shared = min(shared, len(ids) - 1)  # at least one new token: its logits are the first step
                 if image is not None and shared <= _last_image_token(ids, self.tokenizer):
                     shared = 0  # the image itself changed place: start again with the pixels
+                runs = self._runs(tails)
+                # The new tokens and the first level's go in one call; the other levels each in one more.
+                first = tails[runs[0]]
                 if shared == 0:
                     cache, cached = DynamicCache(), []
                     language.rope_deltas = None  # positions are worked out afresh from this text
                     fresh = dict(inputs)
+                    if first:
+                        fresh["input_ids"] = torch.cat([fresh["input_ids"], self._ids(first)], dim=1)
+                        if "attention_mask" in fresh:
+                            fresh["attention_mask"] = torch.ones_like(fresh["input_ids"])
+                        if "mm_token_type_ids" in fresh:
+                            pad = torch.zeros((1, len(first)), dtype=fresh["mm_token_type_ids"].dtype)
+                            fresh["mm_token_type_ids"] = torch.cat(
+                                [fresh["mm_token_type_ids"], pad.to(self.device)], 1
+                            )
                 else:
                     _crop_to(cache, shared)
-                    fresh = {"input_ids": inputs["input_ids"][:, shared:]}
-                logits = self.model(**fresh, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+                    fresh = {
+                        "input_ids": torch.cat([inputs["input_ids"][:, shared:], self._ids(first)], dim=1)
+                    }
+                logits = self.model(
+                    **fresh, cache=cache, use_cache=True, logits_to_keep=len(first) + 1
+                ).logits[0]
+                _crop_to(cache, len(ids))
                 cached = ids
-                after_text = torch.log_softmax(logits.float(), dim=-1)
-                steps_of = {}
-                for run in self._runs(tails):
+                steps = torch.log_softmax(logits.float(), dim=-1).cpu()
+                steps_of = {runs[0]: steps}
+                for run in runs[1:]:
                     tail = tails[run]
-                    rows = [after_text]
-                    if tail:
-                        more = self.model(
-                            input_ids=torch.tensor([tail], device=self.device), cache=cache, use_cache=True
-                        ).logits[0]
-                        rows.extend(torch.log_softmax(more.float(), dim=-1))
-                        _crop_to(cache, len(ids))
-                    steps_of[run] = torch.stack([r.cpu() for r in rows])
+                    if not tail:
+                        steps_of[run] = steps[:1]
+                        continue
+                    more = self.model(input_ids=self._ids(tail), cache=cache, use_cache=True).logits[0]
+                    _crop_to(cache, len(ids))
+                    steps_of[run] = torch.cat([steps[:1], torch.log_softmax(more.float(), dim=-1).cpu()])
                 out.append(self._level_scores(tails, steps_of))
                 if timings is not None:
                     timings.append(time.perf_counter() - started)
         return out
+
+    def _ids(self, tokens: list[int]):
+        import torch
+
+        return torch.tensor([tokens], dtype=torch.long, device=self.device)
 
     def _row_logprobs(self, rows: list[tuple[str, list[int], Any]], batch_size: int) -> list:
         """Per row: log-probabilities of the next token at each of its tail's positions and after its tail, a
