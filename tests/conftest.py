@@ -144,3 +144,17 @@ def lively_dir(tmp_path_factory) -> Path:
     return build_tiny_guard(
         tmp_path_factory.mktemp("lively") / "guard", spec=TinySpec(initializer_range=0.6, seed=3)
     )
+
+
+def admin_action(client, changelist: str, action: str, rows, **extra) -> list[tuple[int, str]]:
+    """Run a Django admin action on `rows` from the changelist named `changelist` (e.g.
+    "admin:jury_juror_changelist"); the (level, text) of each message it leaves."""
+    from django.urls import reverse
+
+    response = client.post(
+        reverse(changelist),
+        {"action": action, "_selected_action": [row.pk for row in rows], **extra},
+        follow=True,
+    )
+    assert response.status_code == 200
+    return [(m.level, m.message) for m in response.context["messages"]]

@@ -8,6 +8,7 @@ from django.contrib.messages import constants
 from django.urls import reverse
 
 from generation.models import Generator
+from tests.conftest import admin_action
 from tests.loopback import LoopbackOpenAI, closed_port_url
 
 
@@ -23,13 +24,7 @@ def _generator(url: str, name: str, model: str = "reasoner", **fields) -> Genera
 
 
 def _test(client, *generators: Generator) -> list[tuple[int, str]]:
-    response = client.post(
-        reverse("admin:generation_generator_changelist"),
-        {"action": "test_connection", "_selected_action": [g.pk for g in generators]},
-        follow=True,
-    )
-    assert response.status_code == 200
-    return [(m.level, m.message) for m in response.context["messages"]]
+    return admin_action(client, "admin:generation_generator_changelist", "test_connection", generators)
 
 
 def test_each_generator_gets_its_answer_in_one_action(admin_client, monkeypatch):

@@ -8,6 +8,7 @@ from django.contrib.messages import constants
 from django.urls import reverse
 
 from guardmodel.models import GuardCheckpoint
+from tests.conftest import admin_action
 from tests.loopback import LoopbackOpenAI, closed_port_url
 
 
@@ -19,13 +20,9 @@ def admin_client(client_for, admin_user):
 
 
 def _test(client, *checkpoints: GuardCheckpoint, **extra) -> list[tuple[int, str]]:
-    response = client.post(
-        reverse("admin:guardmodel_guardcheckpoint_changelist"),
-        {"action": "test_connection", "_selected_action": [c.pk for c in checkpoints], **extra},
-        follow=True,
+    return admin_action(
+        client, "admin:guardmodel_guardcheckpoint_changelist", "test_connection", checkpoints, **extra
     )
-    assert response.status_code == 200
-    return [(m.level, m.message) for m in response.context["messages"]]
 
 
 def test_a_served_checkpoint_is_asked_for_the_model_it_is_called_with(admin_client, settings):

@@ -15,6 +15,7 @@ from django.contrib.messages import constants
 from django.urls import reverse
 
 from jury.models import Juror
+from tests.conftest import admin_action
 from tests.loopback import LoopbackOpenAI, closed_port_url
 
 KEY = "sk-loopback-secret-7f3a"
@@ -38,14 +39,7 @@ def _juror(url: str, name: str = "alpha", model: str = "qwen-vl", **fields) -> J
 
 
 def _test(client, *jurors: Juror) -> list[tuple[int, str]]:
-    """Run the action on the list; (level, text) of each message it leaves."""
-    response = client.post(
-        reverse("admin:jury_juror_changelist"),
-        {"action": "test_connection", "_selected_action": [j.pk for j in jurors]},
-        follow=True,
-    )
-    assert response.status_code == 200
-    return [(m.level, m.message) for m in response.context["messages"]]
+    return admin_action(client, "admin:jury_juror_changelist", "test_connection", jurors)
 
 
 def test_a_served_model_is_reachable_with_its_status_latency_and_name(admin_client, keyed):
