@@ -73,10 +73,14 @@ def sample_list(request: HtmxHttpRequest) -> HttpResponse:
 @role_required
 def sample_detail(request: HtmxHttpRequest, sample_id: int) -> HttpResponse:
     sample = _get_sample_for_user(request, sample_id)
+    labels = list(selectors.visible_labels(sample.labels.all(), request.user))
     context = {
         "sample": sample,
         "steps": selectors.reasoning_steps(sample.thinking),
-        "labels": list(selectors.visible_labels(sample.labels.all(), request.user)),
+        "labels": labels,
+        # Where guards locate the harm, beside the steps the experts marked as its start.
+        "located": [label for label in labels if label.meta.get("located")],
+        "marks": sorted({m for label in labels if (m := label.meta.get("first_harmful_step"))}),
         "training_label_hidden": selectors.training_label_hidden(request.user, sample.pk),
         "reveal": request.GET.get("reveal") == "1",
     }

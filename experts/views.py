@@ -346,6 +346,7 @@ def disagreement_detail(request: HtmxHttpRequest, sample_id: int) -> HttpRespons
         "guard_labels": [lab for lab in labels if lab.source_kind == "guard" and lab.source_name == guard],
         "jurors": [lab for lab in labels if lab.source_kind == "juror"],
         "experts": [lab for lab in labels if lab.source_kind == "expert"],
+        "marks": sorted({m for lab in labels if (m := lab.meta.get("first_harmful_step"))}),
         "item": item,
         "decisions": ReviewDecision.objects.filter(sample=sample).select_related("reviewer"),
         "verdicts": ReviewDecision.Verdict.choices,

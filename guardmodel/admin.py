@@ -236,6 +236,11 @@ class JudgeSamplesForm(forms.Form):
     checkpoint = CheckpointChoiceField(
         GuardCheckpoint.objects.all(), widget=forms.RadioSelect, empty_label=None
     )
+    locate = forms.BooleanField(
+        required=False,
+        label="Also locate the harm",
+        help_text="Score P(harmful) after each reasoning step and keep the first unsafe one (local checkpoints).",
+    )
 
 
 # Run from the Samples list, whose admin checks has_admin_role_permission (AdminRoleModelAdmin).
@@ -250,6 +255,7 @@ def judge_samples_action(modeladmin, request, queryset: QuerySet[Sample]):
             checkpoint=form.cleaned_data["checkpoint"],
             sample_ids=queryset.values_list("pk", flat=True),
             user=request.user,
+            locate=form.cleaned_data["locate"],
         )
         modeladmin.message_user(request, f"{job} queued for {job.total} samples.")
         return redirect(reverse("guard_job", args=[job.pk]))

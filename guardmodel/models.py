@@ -103,6 +103,10 @@ class GuardJob(LongWork):
 
     checkpoint = models.ForeignKey(GuardCheckpoint, on_delete=models.CASCADE, related_name="jobs")
     prompt_version = models.CharField(max_length=32)
+    locate = models.BooleanField(
+        default=False,
+        help_text="Also score P(harmful) after each reasoning step and locate the first unsafe one (local checkpoints).",
+    )
     sample_ids = models.JSONField(default=list)
     done = models.PositiveIntegerField(default=0, help_text="Samples with a guard label, valid or not.")
     skipped = models.PositiveIntegerField(default=0, help_text="Already judged before this job ran.")

@@ -124,6 +124,7 @@ def evaluation_detail(request: HtmxHttpRequest, evaluation_id: int) -> HttpRespo
         "confusion": confusion,
         "columns": m["confusion"]["columns"],
         "risk": risk,
+        "localisation": m.get("localisation"),
     }
     return render(request, "guardmodel/evaluation_detail.html", context)
 

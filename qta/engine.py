@@ -52,6 +52,8 @@ class Verdict:
     reasked: bool = False
     # The guard's own probabilities of each judgment level at its judgment slot (qta/scores.py), when it gives them.
     scores: dict | None = None
+    # P(harmful) per segment and per reasoning step, and the first unsafe step (TransformersGuard.prefix_risk).
+    located: dict | None = None
 
     @classmethod
     def from_output(cls, text: str, *, variant: protocol.Variant = "qta", **extra: Any) -> Verdict:
@@ -75,6 +77,7 @@ class Verdict:
             **({"attempt_log": self.attempt_log} if self.attempt_log else {}),
             **({"first_output": self.first_output} if self.reasked else {}),
             **({"scores": self.scores} if self.scores is not None else {}),
+            **({"located": self.located} if self.located is not None else {}),
         }
 
 

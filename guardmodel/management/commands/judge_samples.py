@@ -18,6 +18,10 @@ class Command(BaseCommand):
         )
         parser.add_argument("--sync", action="store_true", help="Run in this process instead of the worker.")
         parser.add_argument("--evaluate", action="store_true", help="Record an evaluation at the end.")
+        parser.add_argument(
+            "--locate", action="store_true",
+            help="Also score each reasoning step and keep the first unsafe one on the labels (local checkpoints).",
+        )  # fmt: skip
 
     def handle(self, *args, **o):
         try:
@@ -30,7 +34,7 @@ class Command(BaseCommand):
             raise CommandError(f"no samples in {', '.join(subsets) or 'any test subset'}")
         job = services.guard_job_create(
             checkpoint=checkpoint, sample_ids=ids, evaluate_subsets=subsets if o["evaluate"] else None,
-            enqueue=not o["sync"],
+            enqueue=not o["sync"], locate=o["locate"],
         )  # fmt: skip
         if o["sync"]:
             services.guard_job_run(job_id=job.pk)
