@@ -5,6 +5,11 @@ from guardmodel import api, views
 urlpatterns = [
     path("evaluations/", views.evaluation_list, name="evaluation_list"),
     path("evaluations/<int:evaluation_id>/", views.evaluation_detail, name="evaluation_detail"),
+    path(
+        "evaluations/<int:evaluation_id>/threshold/",
+        views.evaluation_threshold,
+        name="evaluation_threshold",
+    ),
     path("guard/jobs/<int:job_id>/", views.guard_job, name="guard_job"),
     path("guard/playground/", views.guard_playground, name="guard_playground"),
     path("api/v1/audit", api.AuditApi.as_view(), name="api_audit"),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.http import HttpResponse
-from django.shortcuts import get_object_or_404, render
-from django.views.decorators.http import require_GET, require_http_methods
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from common.http import HtmxHttpRequest, parse_ids, role_required
+from common.http import HtmxHttpRequest, parse_ids, role_required, roles_required
+from common.roles import ADMIN
 from guardmodel import services
 from guardmodel.api import AuditInputSerializer, judge
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob
@@ -116,6 +119,12 @@ def evaluation_detail(request: HtmxHttpRequest, evaluation_id: int) -> HttpRespo
     ]
     confusion = list(zip(m["confusion"]["rows"], m["confusion"]["matrix"], strict=True))
     risk = _risk_view(m.get("scores"), request.GET)
+    if risk is not None:
+        risk["checkpoint_threshold"] = (
+            GuardCheckpoint.objects.filter(name=evaluation.source_name)
+            .values_list("threshold", flat=True)
+            .first()
+        )
     context = {
         "evaluation": evaluation,
         "readings": shown,
@@ -186,6 +195,41 @@ def guard_job(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
     job = get_object_or_404(GuardJob.objects.select_related("checkpoint"), pk=job_id)
     template = "guardmodel/guard_job.html#progress" if request.htmx else "guardmodel/guard_job.html"
     return render(request, template, {"job": job})
+
+
+@require_POST
+@roles_required(ADMIN)
+def evaluation_threshold(request: HtmxHttpRequest, evaluation_id: int) -> HttpResponse:
+    """Keep the threshold chosen on an evaluation's page as its guard checkpoint's: the audit API flags from it."""
+    evaluation = get_object_or_404(Evaluation, pk=evaluation_id)
+    back = f"{reverse('evaluation_detail', args=[evaluation.pk])}#risk-scores"
+    checkpoint = (
+        GuardCheckpoint.objects.filter(name=evaluation.source_name).first()
+        if evaluation.source_kind == Evaluation.SourceKind.GUARD and evaluation.source_name
+        else None
+    )
+    if checkpoint is None:
+        messages.error(
+            request, "This evaluation is not of a registered guard checkpoint: no threshold was kept."
+        )
+        return redirect(back)
+    value = clamped_fraction(request.POST.get("threshold"), -1.0)
+    if not 0 < value <= 1 or value != _number(request.POST.get("threshold")):
+        messages.error(
+            request, f"threshold: {request.POST.get('threshold', '')!r} is not a probability above 0"
+        )
+        return redirect(back)
+    checkpoint.threshold = value
+    checkpoint.save(update_fields=["threshold"])
+    messages.success(request, f"{checkpoint.name} now flags from P(harmful) ≥ {value:g} in the audit API.")
+    return redirect(back)
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
 
 
 @require_http_methods(["GET", "POST"])

@@ -152,6 +152,7 @@ ENTRIES: dict[str, Entry] = {
     "api_strata": api(VIEWERS),
     "evaluation_list": page(VIEWERS),
     "evaluation_detail": page(VIEWERS),
+    "evaluation_threshold": page(ADMINS, POST, get=405),
     "guard_job": page(VIEWERS),
     "guard_playground": page(VIEWERS, GET, POST),
     "jury_run_list": page(VIEWERS),

@@ -184,3 +184,49 @@ def test_a_checkpoint_is_calibrated_on_held_out_samples_and_the_audit_api_flags_
     assert calibrated["flagged"] == (calibrated["harmful"] >= 0.6) and calibrated["threshold"] == 0.6
     with pytest.raises(CommandError, match="between 0 and 1"):
         call_command("calibrate_guard", "tiny", "--threshold", "1.5")
+
+
+@pytest.mark.django_db
+def test_the_threshold_chosen_on_an_evaluation_becomes_the_checkpoints(client_for, admin_user, reviewer_user):
+    from django.urls import reverse
+
+    from guardmodel.models import Evaluation, GuardCheckpoint
+
+    checkpoint = GuardCheckpoint.objects.create(name="g", path="/nowhere")
+    scores, truth = _data(200, 4)
+    metrics = {"scores": {**cal.score_report(scores, truth), "reading": "harmful"}}
+    evaluation = Evaluation.objects.create(source_kind="guard", source_name="g", truth="imported", subsets=["T"],
+                                           metrics={**_minimal_metrics(), **metrics})  # fmt: skip
+    page = client_for(admin_user).get(reverse("evaluation_detail", args=[evaluation.pk]), {"value": "0.8"})
+    chosen = cal.threshold_for(scores, truth, precision=0.8)
+    assert chosen is not None and 'id="keep-threshold"' in page.content.decode()
+    kept = client_for(admin_user).post(
+        reverse("evaluation_threshold", args=[evaluation.pk]),
+        {"threshold": f"{chosen.threshold:.3f}"},
+        follow=True,
+    )
+    checkpoint.refresh_from_db()
+    assert (
+        checkpoint.threshold == pytest.approx(chosen.threshold, abs=1e-3)
+        and "now flags" in kept.content.decode()
+    )
+    for bad in ("", "1.5", "nan", "-0.2", "0"):
+        client_for(admin_user).post(reverse("evaluation_threshold", args=[evaluation.pk]), {"threshold": bad})
+        checkpoint.refresh_from_db()
+        assert checkpoint.threshold == pytest.approx(chosen.threshold, abs=1e-3), bad
+    assert (
+        "keep-threshold"
+        not in client_for(reviewer_user)
+        .get(reverse("evaluation_detail", args=[evaluation.pk]))
+        .content.decode()
+    )
+    assert (
+        client_for(reviewer_user).post(reverse("evaluation_threshold", args=[evaluation.pk])).status_code
+        == 403
+    )
+
+
+def _minimal_metrics() -> dict:
+    from qta.metrics import Row, evaluate_rows
+
+    return evaluate_rows([Row("T", "other", 1.0, 1.0), Row("T", "other", 0.0, 0.0)], ["T"])
