@@ -264,6 +264,11 @@ def guard_names() -> list[str]:
     return list(GuardCheckpoint.objects.order_by("-is_active", "name").values_list("name", flat=True))
 
 
+def guard_threshold(name: str) -> float | None:
+    """The P(harmful) from which the checkpoint flags a sample, when one is kept."""
+    return GuardCheckpoint.objects.filter(name=name).values_list("threshold", flat=True).first()
+
+
 def active_guard_name() -> str | None:
 
     return GuardCheckpoint.objects.filter(is_active=True).values_list("name", flat=True).first()

@@ -347,6 +347,7 @@ def disagreement_detail(request: HtmxHttpRequest, sample_id: int) -> HttpRespons
         "jurors": [lab for lab in labels if lab.source_kind == "juror"],
         "experts": [lab for lab in labels if lab.source_kind == "expert"],
         "marks": sorted({m for lab in labels if (m := lab.meta.get("first_harmful_step"))}),
+        "threshold": selectors.guard_threshold(guard) if guard else None,
         "item": item,
         "decisions": ReviewDecision.objects.filter(sample=sample).select_related("reviewer"),
         "verdicts": ReviewDecision.Verdict.choices,

@@ -190,3 +190,24 @@ def test_the_audit_api_and_the_playground_locate_the_harm_on_request(
         client_for(reviewer_user).post(reverse("guard_playground"), {**body, "locate": "on"}).content.decode()
     )
     assert 'id="located"' in page and page.count('aria-label="after step') == 3
+
+
+@pytest.mark.django_db
+def test_the_inspector_says_whether_the_guard_flags_at_its_threshold(client_for, reviewer_user):
+    from django.urls import reverse
+
+    from annotation.models import Label
+    from guardmodel.models import GuardCheckpoint
+    from tests.annotation.factories import LabelFactory, SampleFactory
+
+    checkpoint = GuardCheckpoint.objects.create(name="g", path="/nowhere", is_active=True)
+    sample = SampleFactory(final_label=0.0, final_label_origin="expert")
+    scores = {"levels": {"0": 0.3, "0.5": 0.3, "1": 0.4}, "harmful": 0.7, "harmful_strict": 0.4}
+    LabelFactory(sample=sample, source_kind=Label.SourceKind.GUARD, source_name="g", judgment=1.0,
+                 meta={"scores": scores})  # fmt: skip
+    url = reverse("disagreement", args=[sample.pk])
+    assert 'id="flag"' not in client_for(reviewer_user).get(url).content.decode()  # no threshold kept
+    for threshold, says in ((0.6, "<strong>flagged</strong> at the checkpoint's threshold 60.0%"),
+                            (0.8, "under the checkpoint's threshold 80.0%")):  # fmt: skip
+        GuardCheckpoint.objects.filter(pk=checkpoint.pk).update(threshold=threshold)
+        assert says in client_for(reviewer_user).get(url).content.decode()
