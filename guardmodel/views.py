@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from django.contrib import messages
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -182,11 +184,9 @@ def _risk_view(scores: dict | None, params) -> dict | None:
 
 
 def clamped_fraction(value: str | None, default: float) -> float:
-    try:
-        number = float(value) if value else default
-    except ValueError:
-        return default
-    return min(1.0, max(0.0, number)) if number == number else default
+    """A fraction typed in a form, clamped to [0, 1]; `default` when it is not a number."""
+    number = _number(value)
+    return default if number is None else min(1.0, max(0.0, number))
 
 
 @require_GET
@@ -213,8 +213,8 @@ def evaluation_threshold(request: HtmxHttpRequest, evaluation_id: int) -> HttpRe
             request, "This evaluation is not of a registered guard checkpoint: no threshold was kept."
         )
         return redirect(back)
-    value = clamped_fraction(request.POST.get("threshold"), -1.0)
-    if not 0 < value <= 1 or value != _number(request.POST.get("threshold")):
+    value = _number(request.POST.get("threshold"))
+    if value is None or not 0 < value <= 1:
         messages.error(
             request, f"threshold: {request.POST.get('threshold', '')!r} is not a probability above 0"
         )
@@ -226,10 +226,12 @@ def evaluation_threshold(request: HtmxHttpRequest, evaluation_id: int) -> HttpRe
 
 
 def _number(text: str | None) -> float | None:
+    """A finite number typed in a form, or None."""
     try:
-        return float(text) if text else None
+        number = float(text) if text else None
     except ValueError:
         return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 @require_http_methods(["GET", "POST"])
