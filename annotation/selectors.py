@@ -219,12 +219,6 @@ def training_labels_hidden(user, sample_ids) -> set[int]:
     return set(undecided.filter(sample_id__in=list(sample_ids)).values_list("sample_id", flat=True))
 
 
-def training_label_hidden(user, sample_id: int) -> bool:
-    """Whether this user may not see the sample's training label (it may come from imported ground truth)."""
-    undecided = blind_samples(user)
-    return undecided is not None and undecided.filter(sample_id=sample_id).exists()
-
-
 def visible_labels(labels: QuerySet[Label], user) -> QuerySet[Label]:
     hidden = blind_to(user)
     return labels if hidden is None else labels.exclude(hidden)

@@ -81,7 +81,7 @@ def sample_detail(request: HtmxHttpRequest, sample_id: int) -> HttpResponse:
         # Where guards locate the harm, beside the steps the experts marked as its start.
         "located": [label for label in labels if label.meta.get("located")],
         "marks": sorted({m for label in labels if (m := label.meta.get("first_harmful_step"))}),
-        "training_label_hidden": selectors.training_label_hidden(request.user, sample.pk),
+        "training_label_hidden": bool(selectors.training_labels_hidden(request.user, [sample.pk])),
         "reveal": request.GET.get("reveal") == "1",
     }
     return render(request, "annotation/sample_detail.html", context)
