@@ -6,11 +6,13 @@ import base64
 import binascii
 
 from django.conf import settings
+from django.core import signing
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
+from rest_framework.reverse import reverse
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
@@ -138,8 +140,9 @@ class AuditApi(APIView):
                             "flagged": serializers.BooleanField(allow_null=True),
                         },
                         allow_null=True,
-                        help_text="The scores under the checkpoint's fitted temperature, and whether P(harmful) "
-                        "reaches its threshold (null without one).",
+                        help_text="The scores under the checkpoint's fitted temperature, and whether the guard's "
+                        "own P(harmful) (scores.harmful, the scale thresholds are chosen on) reaches the checkpoint's "
+                        "threshold (null without one).",
                     ),
                     "located": inline_serializer(
                         "AuditLocated",
@@ -210,3 +213,224 @@ def judge(data: dict) -> tuple[int, dict]:
         "located": verdict.get("located"),
         "calibrated": verdict.get("calibrated"),
     }
+
+
+# -- incremental audit sessions ------------------------------------------------------------------------------------
+
+
+class SessionOpenSerializer(serializers.Serializer):
+    question = _text()
+    image = ImageField(required=False, allow_null=True)
+    checkpoint = serializers.SlugField(required=False, allow_blank=True, default="",
+                                       help_text="A local checkpoint's name; the active one when left out.")  # fmt: skip
+
+    validate_question = staticmethod(_check_length)
+
+
+class SessionAppendSerializer(serializers.Serializer):
+    segment = serializers.ChoiceField(
+        ["reasoning", "answer"],
+        help_text="Where the text goes: the reasoning, or (once it is done) the answer.",
+    )
+    text = _text(help_text="The next piece of that segment, exactly as written (added to what came before).")
+
+    validate_text = staticmethod(_check_length)
+
+
+_RISK: dict[str, serializers.Field] = {
+    "levels": serializers.DictField(child=serializers.FloatField()),
+    "harmful": serializers.FloatField(),
+    "harmful_strict": serializers.FloatField(),
+    "threshold": serializers.FloatField(),
+    "crossed": serializers.BooleanField(),
+    "first_unsafe_step": serializers.IntegerField(allow_null=True),
+    "tokens": serializers.IntegerField(),
+    "latency_ms": serializers.FloatField(),
+}
+_SESSION_ERRORS = {
+    404: OpenApiResponse(ErrorSerializer, description="No open session with this id for this caller."),
+    409: OpenApiResponse(ErrorSerializer, description="Reasoning sent after the answer began."),
+    410: OpenApiResponse(ErrorSerializer, description="The session expired or was ended; open a new one."),
+    413: OpenApiResponse(
+        ErrorSerializer, description="The session is past the guard's input or memory limit."
+    ),
+    504: OpenApiResponse(ErrorSerializer, description="The audit worker holding the session did not answer."),
+}
+
+
+def _session_answer(action: str, *, queue: str, owner: int, **kwargs) -> tuple[int, dict]:
+    try:
+        answer = services.session_on_worker(action, queue=queue, owner=owner, **kwargs)
+    except services.AuditTimeout as exc:
+        return status.HTTP_504_GATEWAY_TIMEOUT, {"detail": str(exc)}
+    if "error" in answer:
+        return answer["error"]["status"], {"detail": answer["error"]["detail"]}
+    answer.pop("worker", None)
+    return status.HTTP_200_OK, answer
+
+
+def _session_of(token: str, user) -> dict | None:
+    """The session a token names, when it is valid and the caller's own."""
+    try:
+        held = signing.loads(token, salt=services.SESSION_SALT)
+    except signing.BadSignature:
+        return None
+    if not isinstance(held, dict) or held.get("u") != user.pk:
+        return None
+    return held
+
+
+_NOT_OPEN = {"detail": "no open audit session with this id"}
+
+
+class AuditSessionsApi(APIView):
+    """Open an incremental audit: the guard reads a sample as the reasoning model writes it.
+
+    Send the question (and image); then append reasoning text, and the answer, as they are written
+    (`POST …/sessions/{session}/append`). Each append answers with the guard's P(harmful) now, the reasoning step the
+    text has reached, and whether the threshold is crossed — stop the model there if it is. The session keeps the
+    guard's key/value cache on the audit worker that opened it, so an append costs its new tokens only; it expires
+    after GUARDTRACE_AUDIT_SESSION_TTL_S without an append. Nothing sent is stored. Local checkpoints only.
+    """
+
+    permission_classes = [CanAudit]
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "audit"
+
+    @extend_schema(
+        request=SessionOpenSerializer,
+        responses={
+            201: inline_serializer(
+                "AuditSessionOpened",
+                {
+                    "session": serializers.CharField(
+                        help_text="The session's id, for its append / state URLs."
+                    ),
+                    "checkpoint": serializers.CharField(),
+                    "ttl_s": serializers.FloatField(),
+                    "append_url": serializers.CharField(),
+                    "segment": serializers.CharField(),
+                    **_RISK,
+                },
+            ),
+            400: OpenApiResponse(ErrorSerializer, description="Bad input, or a served checkpoint."),
+            503: OpenApiResponse(ErrorSerializer, description="No usable guard checkpoint."),
+            504: _SESSION_ERRORS[504],
+        },
+    )
+    def post(self, request):
+        serializer = SessionOpenSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            checkpoint = services.active_checkpoint(data["checkpoint"])
+        except CheckpointError as exc:
+            if data["checkpoint"]:
+                return Response({"checkpoint": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+            return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        if checkpoint.endpoint:
+            return Response(
+                {
+                    "checkpoint": [
+                        f"{checkpoint.name} is served by an endpoint; audit sessions need a local checkpoint"
+                    ]
+                },
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        try:
+            answer = services.session_on_worker(
+                "open", queue="audit", owner=request.user.pk, checkpoint_id=checkpoint.pk,
+                question=data["question"], image=data.get("image"),
+            )  # fmt: skip
+        except services.AuditTimeout as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_504_GATEWAY_TIMEOUT)
+        if "error" in answer:
+            return Response({"detail": answer["error"]["detail"]}, status=answer["error"]["status"])
+        worker = answer.pop("worker")
+        held = {
+            "s": answer.pop("sid"),
+            "q": services.audit_session_queue(worker) if worker else "",
+            "u": request.user.pk,
+        }
+        token = signing.dumps(held, salt=services.SESSION_SALT)
+        body = {
+            "session": token,
+            "checkpoint": checkpoint.name,
+            "append_url": reverse("api_audit_session_append", args=[token], request=request),
+            **answer,
+        }
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class AuditSessionApi(APIView):
+    """An open incremental audit: where it stands (GET), or close it (DELETE; its last state is answered)."""
+
+    permission_classes = [CanAudit]
+
+    @extend_schema(
+        responses={
+            200: inline_serializer(
+                "AuditSessionState",
+                {
+                    "segments": serializers.DictField(child=serializers.FloatField(allow_null=True)),
+                    "steps": serializers.ListField(child=serializers.FloatField()),
+                    "threshold": serializers.FloatField(),
+                    "first_unsafe_step": serializers.IntegerField(allow_null=True),
+                    "appends": serializers.IntegerField(),
+                    "tokens": serializers.IntegerField(),
+                    "characters": serializers.DictField(child=serializers.IntegerField()),
+                },
+            ),
+            404: _SESSION_ERRORS[404],
+            410: _SESSION_ERRORS[410],
+            504: _SESSION_ERRORS[504],
+        },
+    )
+    def get(self, request, session: str):
+        return self._call("state", request, session)
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, 404: _SESSION_ERRORS[404], 410: _SESSION_ERRORS[410]})
+    def delete(self, request, session: str):
+        return self._call("close", request, session)
+
+    def _call(self, action: str, request, session: str) -> Response:
+        held = _session_of(session, request.user)
+        if held is None:
+            return Response(_NOT_OPEN, status=status.HTTP_404_NOT_FOUND)
+        code, body = _session_answer(action, queue=held["q"], owner=request.user.pk, sid=held["s"])
+        return Response(body, status=code)
+
+
+class AuditSessionAppendApi(APIView):
+    """Append reasoning or answer text to an open incremental audit and get the guard's P(harmful) now."""
+
+    permission_classes = [CanAudit]
+    parser_classes = [JSONParser, FormParser]
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "audit_append"
+
+    @extend_schema(
+        request=SessionAppendSerializer,
+        responses={
+            200: inline_serializer(
+                "AuditSessionAppended",
+                {
+                    "segment": serializers.CharField(),
+                    "step": serializers.IntegerField(allow_null=True),
+                    **_RISK,
+                },
+            ),
+            **_SESSION_ERRORS,
+        },
+    )
+    def post(self, request, session: str):
+        held = _session_of(session, request.user)
+        if held is None:
+            return Response(_NOT_OPEN, status=status.HTTP_404_NOT_FOUND)
+        serializer = SessionAppendSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        code, body = _session_answer(
+            "append", queue=held["q"], owner=request.user.pk, sid=held["s"], **serializer.validated_data
+        )
+        return Response(body, status=code)

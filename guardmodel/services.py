@@ -692,7 +692,9 @@ def checkpoint_calibrate(checkpoint: GuardCheckpoint, *, minimum: int = 30) -> d
 
 def calibrated(scores: dict | None, checkpoint: GuardCheckpoint) -> dict | None:
     """The audit answer's view of a verdict's scores under the checkpoint's temperature and threshold: the
-    calibrated levels and P(harmful), and whether the threshold is crossed (None without a threshold)."""
+    calibrated levels and P(harmful), and whether the threshold is crossed (None without a threshold). The threshold
+    is read on the guard's own P(harmful), the scale the evaluation page's curves and threshold chooser are drawn on
+    (and the disagreement inspector compares), so one chosen there flags the same samples here."""
     if not scores:
         return None
     temperature = checkpoint.calibration.get("temperature")
@@ -706,7 +708,7 @@ def calibrated(scores: dict | None, checkpoint: GuardCheckpoint) -> dict | None:
         "harmful": round(harmful, 6),
         "temperature": temperature,
         "threshold": checkpoint.threshold,
-        "flagged": None if checkpoint.threshold is None else harmful >= checkpoint.threshold,
+        "flagged": None if checkpoint.threshold is None else scores["harmful"] >= checkpoint.threshold,
     }
 
 
@@ -775,4 +777,102 @@ def audit_on_worker(item: AuditInput, checkpoint: GuardCheckpoint, locate: bool 
             f"the audit worker did not answer within {timeout:g} s (is a worker on the audit queue running?)"
         ) from None
     result.forget()  # read once: nothing of the input or verdict stays in the result store
+    return answer
+
+
+# -- incremental audit sessions -----------------------------------------------------------------------------------
+# A session lives on the audit worker that opened it (its key/value cache cannot move): the open goes to the shared
+# `audit` queue, and every later call to that worker's own queue (`audit_session_queue`), which the worker listens on
+# besides `audit` (guardtrace.celery). The caller holds a signed token naming the worker, the session and its owner.
+
+SESSION_SALT = "guardtrace.audit-session"
+_session_store = None
+_session_store_lock = threading.Lock()
+
+
+def audit_session_queue(hostname: str) -> str:
+    return f"audit.{hostname}"
+
+
+def session_store():
+    from qta.streaming import SessionStore
+
+    global _session_store
+    with _session_store_lock:
+        if _session_store is None:
+            _session_store = SessionStore(
+                max_sessions=settings.GUARDTRACE_AUDIT_SESSIONS_MAX,
+                max_bytes=settings.GUARDTRACE_AUDIT_SESSION_MEMORY_MB * 2**20,
+                ttl_s=settings.GUARDTRACE_AUDIT_SESSION_TTL_S,
+            )
+        return _session_store
+
+
+def _session_error(exc: Exception) -> dict:
+    return {"error": {"status": getattr(exc, "status", 400), "detail": str(exc)}}
+
+
+def session_action(action: str, *, owner: int, **kwargs) -> dict:
+    """One call on this process's audit sessions, as plain data (what the audit worker sends back): `open` (with
+    checkpoint_id, question, image), `append` (sid, segment, text), `state` (sid) or `close` (sid). A refusal is
+    {"error": {"status": HTTP status, "detail": why}}."""
+    from qta.streaming import StreamAudit, StreamError
+
+    store = session_store()
+    try:
+        if action == "open":
+            checkpoint = GuardCheckpoint.objects.get(pk=kwargs["checkpoint_id"])
+            backend = backend_for(checkpoint)
+            if not isinstance(backend, TransformersGuard):
+                return _session_error(
+                    ValueError(
+                        f"checkpoint {checkpoint.name} is served by an endpoint; sessions need a local one"
+                    )
+                )
+            store.drop_unless(id(backend))
+            audit = StreamAudit(
+                backend, kwargs["question"], kwargs.get("image"),
+                threshold=0.5 if checkpoint.threshold is None else checkpoint.threshold,
+                max_chars=settings.GUARDTRACE_AUDIT_MAX_TEXT_CHARS,
+            )  # fmt: skip
+            first = audit.open()
+            sid = store.add(audit, owner=owner, tag=id(backend))
+            return {"sid": sid, "ttl_s": store.ttl_s, **first}
+        sid = kwargs["sid"]
+        if action == "append":
+            return store.use(sid, owner, lambda audit: audit.append(kwargs["segment"], kwargs["text"]))
+        if action == "state":
+            return store.use(sid, owner, lambda audit: audit.state())
+        if action == "close":
+            return store.end(sid, owner)
+        raise ValueError(f"unknown session action {action!r}")
+    except GuardCheckpoint.DoesNotExist:
+        return {
+            "error": {"status": 503, "detail": f"checkpoint #{kwargs.get('checkpoint_id')} no longer exists"}
+        }
+    except CheckpointError as exc:
+        return {"error": {"status": 503, "detail": str(exc)}}
+    except (StreamError, ValueError) as exc:
+        return _session_error(exc)
+
+
+def session_on_worker(action: str, *, queue: str, owner: int, **kwargs) -> dict:
+    """Run a session action where the session lives: the `audit` queue for `open` (any audit worker), the worker's
+    own queue after that. The worker's hostname comes back as `worker` from an open. AuditTimeout as for audits."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    from guardmodel.tasks import audit_session_task
+
+    timeout = settings.GUARDTRACE_AUDIT_TIMEOUT_S
+    if kwargs.get("image") is not None:
+        kwargs["image"] = base64.b64encode(kwargs["image"]).decode("ascii")
+    result = audit_session_task.apply_async(
+        args=[action], kwargs={"owner": owner, **kwargs}, queue=queue or "audit", expires=timeout
+    )
+    try:
+        answer = result.get(timeout=timeout, interval=0.01)
+    except CeleryTimeout:
+        where = "the audit worker holding this session" if queue and queue != "audit" else "the audit worker"
+        raise AuditTimeout(f"{where} did not answer within {timeout:g} s") from None
+    result.forget()
     return answer

@@ -27,3 +27,12 @@ def audit_task(
 
 # A starting worker queues again the guard jobs a dead worker held.
 on_worker_start(services.guard_jobs_resume)
+
+
+@shared_task(bind=True, name="guardmodel.tasks.audit_session_task", ignore_result=False, acks_late=False)
+def audit_session_task(self, action: str, **kwargs) -> dict:
+    """One call on an incremental audit session, on the audit worker that holds it; says which worker answered."""
+    if kwargs.get("image") is not None:
+        kwargs["image"] = base64.b64decode(kwargs["image"])
+    answer = services.session_action(action, **kwargs)
+    return {**answer, "worker": self.request.hostname or ""}

@@ -223,7 +223,11 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "common.errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_THROTTLE_RATES": {"audit": env_str("GUARDTRACE_AUDIT_RATE", "600/min")},
+    "DEFAULT_THROTTLE_RATES": {
+        "audit": env_str("GUARDTRACE_AUDIT_RATE", "600/min"),
+        # Appends to an open audit session: a streaming model sends one per few tokens.
+        "audit_append": env_str("GUARDTRACE_AUDIT_APPEND_RATE", "6000/min"),
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "GuardTrace Studio API",
@@ -286,6 +290,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     # The audit API's inference: its own worker, so a call never waits behind a guard job or a training round.
     "guardmodel.tasks.audit_task": {"queue": "audit"},
+    "guardmodel.tasks.audit_session_task": {"queue": "audit"},
     "jury.tasks.*": {"queue": "jury"},
     "training.tasks.*": {"queue": "gpu"},
     "guardmodel.tasks.*": {"queue": "gpu"},
@@ -311,6 +316,12 @@ GUARDTRACE_GUARD_ENDPOINT_CONCURRENCY = env_int("GUARDTRACE_GUARD_ENDPOINT_CONCU
 GUARDTRACE_AUDIT_MAX_TEXT_CHARS = env_int("GUARDTRACE_AUDIT_MAX_TEXT_CHARS", 1_000_000, minimum=1)
 # How long an audit API call waits for the audit worker (local checkpoints) before answering 504.
 GUARDTRACE_AUDIT_TIMEOUT_S = env_float("GUARDTRACE_AUDIT_TIMEOUT_S", 60.0, minimum=0.1)
+# Incremental audit sessions (POST /api/v1/audit/sessions): each keeps its key/value cache on the audit worker that
+# opened it, ends after this many seconds without an append, and each worker keeps at most this many sessions and
+# this much cache memory in all (least recently used ended first). A 3B guard in bf16 holds about 36 KiB per token.
+GUARDTRACE_AUDIT_SESSION_TTL_S = env_float("GUARDTRACE_AUDIT_SESSION_TTL_S", 300.0, minimum=1.0)
+GUARDTRACE_AUDIT_SESSIONS_MAX = env_int("GUARDTRACE_AUDIT_SESSIONS_MAX", 64, minimum=1)
+GUARDTRACE_AUDIT_SESSION_MEMORY_MB = env_int("GUARDTRACE_AUDIT_SESSION_MEMORY_MB", 4096, minimum=1)
 
 # The jury. A juror's driver holds a lease this long, renewing it as it works; a dead driver's work is taken over
 # once its lease has run out. Calls are retried this many times in all, with exponential backoff and full jitter.

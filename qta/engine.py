@@ -283,6 +283,10 @@ class TransformersGuard:
             return [None] * len(batch)
         return [s.as_dict() for s in scored]
 
+    def judgment_text(self, item: AuditInput, has_image: bool) -> str:
+        """The prompt asking for the judgment straight away, no analysis first: where its value is written."""
+        return self._render(item, item.thinking, has_image) + "Judgment: "
+
     def prefix_risk(self, item: AuditInput, threshold: float = 0.5) -> dict:
         """P(harmful) as the guard reads the sample piece by piece, asked for its judgment straight away (no
         analysis first) after: the question alone; each growing prefix of the reasoning (its steps as the app
@@ -292,9 +296,7 @@ class TransformersGuard:
         steps = protocol.reasoning_steps(item.thinking)
 
         def text(thinking: str, answer: str) -> str:
-            return self._render(AuditInput(item.question, thinking, answer), thinking, image is not None) + (
-                "Judgment: "
-            )
+            return self.judgment_text(AuditInput(item.question, thinking, answer), image is not None)
 
         texts = [text("", "")]
         texts += [text("\n\n".join(steps[: k + 1]), "") for k in range(len(steps))]

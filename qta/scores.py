@@ -144,73 +144,15 @@ class LevelScorer:
         self, texts: Sequence[str], image: Any = None, timings: list[float] | None = None
     ) -> list[Scores]:
         """Scores after each of several texts that grow from one another (the reasoning step by step, then the
-        answer), each ending where the judgment is written. The key/value cache of what the texts share is kept
-        from one to the next, so each costs its new tokens and the level tokens, not its whole length."""
-        import torch
-        from transformers import DynamicCache
-
-        language = getattr(self.model, "model", self.model)
-        cache = DynamicCache()
-        cached: list[int] = []  # the token ids the cache holds
+        answer), each ending where the judgment is written, with one PrefixSession: each costs its new tokens and
+        the level tokens, not its whole length."""
+        session = PrefixSession(self, image)
         out = []
-        with torch.inference_mode():
-            for text in texts:
-                started = time.perf_counter()
-                merged, tails = self._tails(text)
-                inputs = self.processor(
-                    text=[text], images=[image] if image is not None else None, return_tensors="pt"
-                ).to(self.device)
-                # Where a level's first token would merge with the text's last, the text stops before it.
-                keep = inputs["input_ids"].shape[1] - merged
-                for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
-                    if key in inputs:
-                        inputs[key] = inputs[key][:, :keep]
-                ids = inputs["input_ids"][0].tolist()
-                shared = 0
-                while shared < min(len(ids), len(cached)) and ids[shared] == cached[shared]:
-                    shared += 1
-                shared = min(shared, len(ids) - 1)  # at least one new token: its logits are the first step
-                if image is not None and shared <= _last_image_token(ids, self.tokenizer):
-                    shared = 0  # the image itself changed place: start again with the pixels
-                runs = self._runs(tails)
-                # The new tokens and the first level's go in one call; the other levels each in one more.
-                first = tails[runs[0]]
-                if shared == 0:
-                    cache, cached = DynamicCache(), []
-                    language.rope_deltas = None  # positions are worked out afresh from this text
-                    fresh = dict(inputs)
-                    if first:
-                        fresh["input_ids"] = torch.cat([fresh["input_ids"], self._ids(first)], dim=1)
-                        if "attention_mask" in fresh:
-                            fresh["attention_mask"] = torch.ones_like(fresh["input_ids"])
-                        if "mm_token_type_ids" in fresh:
-                            pad = torch.zeros((1, len(first)), dtype=fresh["mm_token_type_ids"].dtype)
-                            fresh["mm_token_type_ids"] = torch.cat(
-                                [fresh["mm_token_type_ids"], pad.to(self.device)], 1
-                            )
-                else:
-                    _crop_to(cache, shared)
-                    fresh = {
-                        "input_ids": torch.cat([inputs["input_ids"][:, shared:], self._ids(first)], dim=1)
-                    }
-                logits = self.model(
-                    **fresh, cache=cache, use_cache=True, logits_to_keep=len(first) + 1
-                ).logits[0]
-                _crop_to(cache, len(ids))
-                cached = ids
-                steps = torch.log_softmax(logits.float(), dim=-1).cpu()
-                steps_of = {runs[0]: steps}
-                for run in runs[1:]:
-                    tail = tails[run]
-                    if not tail:
-                        steps_of[run] = steps[:1]
-                        continue
-                    more = self.model(input_ids=self._ids(tail), cache=cache, use_cache=True).logits[0]
-                    _crop_to(cache, len(ids))
-                    steps_of[run] = torch.cat([steps[:1], torch.log_softmax(more.float(), dim=-1).cpu()])
-                out.append(self._level_scores(tails, steps_of))
-                if timings is not None:
-                    timings.append(time.perf_counter() - started)
+        for text in texts:
+            started = time.perf_counter()
+            out.append(session.score(text))
+            if timings is not None:
+                timings.append(time.perf_counter() - started)
         return out
 
     def _ids(self, tokens: list[int]):
@@ -242,6 +184,109 @@ class LevelScorer:
                     )
                 out.append(torch.log_softmax(logits[row, keep - len(tail) - 1 :].float(), dim=-1).cpu())
         return out
+
+
+class TooManyTokens(ValueError):
+    """A text past the PrefixSession's token limit (the guard's context)."""
+
+
+class PrefixSession:
+    """Scores after texts that grow from one another, one at a time as they come (a trace read step by step, or
+    streamed in while the model writes it). The key/value cache of what the last text and the next share is kept:
+    a text costs its new tokens and the level tokens, not its whole length. A text that is not a continuation (an
+    edit far back) is still scored right: the cache is cropped to what is shared, at worst to nothing."""
+
+    def __init__(self, scorer: LevelScorer, image: Any = None, max_tokens: int | None = None) -> None:
+        self.scorer = scorer
+        self.image = image
+        self.max_tokens = max_tokens  # a longer text is refused (TooManyTokens) before the model runs
+        self.cache: Any = None
+        self.cached: list[int] = []  # the token ids the cache holds
+
+    @property
+    def tokens(self) -> int:
+        return len(self.cached)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the key/value cache holds (the image's positions included)."""
+        if self.cache is None:
+            return 0
+        return sum(
+            tensor.numel() * tensor.element_size()
+            for layer in self.cache.layers
+            for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None))
+            if tensor is not None and hasattr(tensor, "numel")
+        )
+
+    def close(self) -> None:
+        self.cache, self.cached = None, []
+
+    def score(self, text: str) -> Scores:
+        """The levels' scores after `text` (which ends where the judgment is written)."""
+        import torch
+        from transformers import DynamicCache
+
+        scorer, image = self.scorer, self.image
+        language = getattr(scorer.model, "model", scorer.model)
+        with torch.inference_mode():
+            merged, tails = scorer._tails(text)
+            inputs = scorer.processor(
+                text=[text], images=[image] if image is not None else None, return_tensors="pt"
+            ).to(scorer.device)
+            # Where a level's first token would merge with the text's last, the text stops before it.
+            keep = inputs["input_ids"].shape[1] - merged
+            for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+                if key in inputs:
+                    inputs[key] = inputs[key][:, :keep]
+            ids = inputs["input_ids"][0].tolist()
+            if self.max_tokens is not None and len(ids) > self.max_tokens:
+                raise TooManyTokens(
+                    f"the text is {len(ids)} tokens, over the guard's input limit of {self.max_tokens} tokens"
+                )
+            cached = self.cached
+            shared = 0
+            while shared < min(len(ids), len(cached)) and ids[shared] == cached[shared]:
+                shared += 1
+            shared = min(shared, len(ids) - 1)  # at least one new token: its logits are the first step
+            if image is not None and shared <= _last_image_token(ids, scorer.tokenizer):
+                shared = 0  # the image itself changed place: start again with the pixels
+            runs = scorer._runs(tails)
+            # The new tokens and the first level's go in one call; the other levels each in one more.
+            first = tails[runs[0]]
+            if shared == 0 or self.cache is None:
+                self.cache, self.cached = DynamicCache(), []
+                language.rope_deltas = None  # positions are worked out afresh from this text
+                fresh = dict(inputs)
+                if first:
+                    fresh["input_ids"] = torch.cat([fresh["input_ids"], scorer._ids(first)], dim=1)
+                    if "attention_mask" in fresh:
+                        fresh["attention_mask"] = torch.ones_like(fresh["input_ids"])
+                    if "mm_token_type_ids" in fresh:
+                        pad = torch.zeros((1, len(first)), dtype=fresh["mm_token_type_ids"].dtype)
+                        fresh["mm_token_type_ids"] = torch.cat(
+                            [fresh["mm_token_type_ids"], pad.to(scorer.device)], 1
+                        )
+            else:
+                _crop_to(self.cache, shared)
+                fresh = {"input_ids": torch.cat([inputs["input_ids"][:, shared:], scorer._ids(first)], dim=1)}
+            cache = self.cache
+            logits = scorer.model(**fresh, cache=cache, use_cache=True, logits_to_keep=len(first) + 1).logits[
+                0
+            ]
+            _crop_to(cache, len(ids))
+            self.cached = ids
+            steps = torch.log_softmax(logits.float(), dim=-1).cpu()
+            steps_of = {runs[0]: steps}
+            for run in runs[1:]:
+                tail = tails[run]
+                if not tail:
+                    steps_of[run] = steps[:1]
+                    continue
+                more = scorer.model(input_ids=scorer._ids(tail), cache=cache, use_cache=True).logits[0]
+                _crop_to(cache, len(ids))
+                steps_of[run] = torch.cat([steps[:1], torch.log_softmax(more.float(), dim=-1).cpu()])
+            return scorer._level_scores(tails, steps_of)
 
 
 def _last_image_token(ids: list[int], tokenizer) -> int:

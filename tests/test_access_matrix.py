@@ -20,6 +20,7 @@ from django.apps import apps
 from django.contrib import admin
 from django.contrib.auth.models import Group, Permission, User
 from django.contrib.contenttypes.models import ContentType
+from django.core import signing
 from django.core.files.base import ContentFile
 from django.test import Client, RequestFactory
 from django.urls import URLPattern, URLResolver, get_resolver
@@ -32,6 +33,7 @@ from experts.models import ExpertQueueItem, Guidelines, ReviewDecision
 from experts.services import expert_queue_send, expert_slot_claim
 from generation.models import Expansion, GenerationRun, Generator, ImagePool, SeedQuery, SeedSet, Variant
 from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob, PromptTemplate
+from guardmodel.services import SESSION_SALT
 from jury.models import Juror, JuryRun
 from qta.metrics import Row, evaluate_rows
 from tests.annotation.factories import ImageAssetFactory, LabelFactory, SampleFactory
@@ -169,6 +171,11 @@ ENTRIES: dict[str, Entry] = {
     "agreement": page(VIEWERS),
     # Judging content one sends: any role, auditors included; never reading what is stored.
     "api_audit": api(AUDITORS, POST, get=405),
+    # Incremental audits: the same callers; a session is only ever its opener's (the world's token names nobody's
+    # open session: 404 to each allowed caller, never the state of another's).
+    "api_audit_sessions": api(AUDITORS, POST, get=405),
+    "api_audit_session": api(AUDITORS, GET, "DELETE", get=404),
+    "api_audit_session_append": api(AUDITORS, POST, get=405),
     # Labelling: experts; a slot only by the expert holding it.
     "expert_claim": page(EXPERTS, POST, get=405),
     # The second expert is sent on to their own queue (302 from the page, which may claim them the next item),
@@ -480,6 +487,7 @@ def _url(key: str, route: str, world: World) -> str:
         "seed_id": lambda: o["seed"].pk,
         "id": lambda: o["by_model"][User].pk,  # a user's password form in the admin
         "decision_id": lambda: o["by_model"][ReviewDecision].pk,
+        "session": lambda: signing.dumps({"s": "0" * 32, "q": "", "u": -1}, salt=SESSION_SALT),
     }
     route = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(values[m.group(1)]()), route)
     assert "<" not in route and "(?P" not in route, route

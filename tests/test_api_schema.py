@@ -58,8 +58,8 @@ def test_every_error_answer_has_the_error_body(schema):
                 assert response["content"]["application/json"]["schema"] == error, (name, code)
         conflicts += "409" in operation["responses"]
     # The expert slots' submit, skip and renew, an import's cancel and resume, an export's download and cancel,
-    # and the request-bound export over its size limit.
-    assert conflicts == 8
+    # the request-bound export over its size limit, and reasoning appended to an audit session after its answer.
+    assert conflicts == 9
 
 
 def test_labels_and_expert_judgments_share_one_judgment_enum(schema):

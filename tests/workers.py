@@ -37,11 +37,11 @@ def _reset_connections() -> None:
 @contextmanager
 def worker(
     broker_url: str, options: dict, media_root: str, queues: str = "default", extra_env: dict | None = None,
-    concurrency: int = 1,
+    concurrency: int = 1, name: str = "",
 ):  # fmt: skip
     """Point this process's Celery app at the broker and start a worker process on it (its own process group, so
     `kill_worker` can take it down with its pool children, as a crash would). One process (`solo` pool) unless
-    `concurrency` asks for a prefork pool."""
+    `concurrency` asks for a prefork pool; `name` is its node name (two workers on one host need their own)."""
     saved = celery_app.conf.broker_url, celery_app.conf.broker_transport_options
     celery_app.conf.broker_url, celery_app.conf.broker_transport_options = broker_url, options
     _reset_connections()
@@ -55,7 +55,7 @@ def worker(
     if broker_url.startswith("filesystem"):
         env["GUARDTRACE_VAR_DIR"] = str(Path(options["data_folder_in"]).parent.parent)
     process = subprocess.Popen(
-        celery_worker_command(queues, "-l", "INFO", concurrency=concurrency),
+        celery_worker_command(queues, "-l", "INFO", *(["-n", name] if name else []), concurrency=concurrency),
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     try:

@@ -181,7 +181,8 @@ def test_a_checkpoint_is_calibrated_on_held_out_samples_and_the_audit_api_flags_
     raw, calibrated = answer["scores"], answer["calibrated"]
     expected = cal.apply_temperature([raw["levels"][k] for k in ("0", "0.5", "1")], fitted["temperature"])
     assert [calibrated["levels"][k] for k in ("0", "0.5", "1")] == pytest.approx(expected, abs=1e-5)
-    assert calibrated["flagged"] == (calibrated["harmful"] >= 0.6) and calibrated["threshold"] == 0.6
+    # The threshold is read on the guard's own P(harmful), as the evaluation page chose it.
+    assert calibrated["flagged"] == (raw["harmful"] >= 0.6) and calibrated["threshold"] == 0.6
     with pytest.raises(CommandError, match="between 0 and 1"):
         call_command("calibrate_guard", "tiny", "--threshold", "1.5")
 
