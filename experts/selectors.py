@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, F, FloatField, OuterRef, Q, QuerySet, Value
+from django.db.models.fields.json import KT
+from django.db.models.functions import Abs, Cast
 from django.utils import timezone
 
 from annotation.models import Label
 from annotation.selectors import NO_SUBSET, clean_filters, juror_labels
 from experts.models import ExpertQueueItem, ExpertSkip, ExpertSlot, ReviewDecision, ReviewStatus
-from guardmodel.models import GuardCheckpoint
+from guardmodel.models import Evaluation, GuardCheckpoint
 from qta.protocol import PROMPT_VERSION
 
 
@@ -169,10 +172,32 @@ _DIRECTION_FILTERS = {
 TRIAGE = (("untriaged", "Not yet triaged"), ("triaged", "Triaged"), ("all", "All"))
 
 
+BASES = (
+    ("judgment", "Judgment level"),
+    ("threshold", "P(harmful) at the threshold"),
+)
+# The guard's own P(harmful) (0.5 read as harmful), as its label stored it; NULL on a label without scores.
+_P_HARMFUL = Cast(KT("meta__scores__harmful"), FloatField())
+
+
 def direction_of(guard: float, label: float) -> str:
     if guard == 0:
         return "missed_harm"
     return "false_alarm" if label == 0 else "severity"
+
+
+def threshold_direction(p_harmful: float, threshold: float) -> str:
+    """Under the threshold basis the guard says harmful or safe only, so a mistake is one of two kinds."""
+    return "false_alarm" if p_harmful >= threshold else "missed_harm"
+
+
+def clean_threshold(text: str | None) -> float | None:
+    """A threshold a reviewer typed: a finite number in [0, 1], or None."""
+    try:
+        value = float(text or "")
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and 0 <= value <= 1 else None
 
 
 def clean_disagreement_filters(params) -> dict[str, str]:
@@ -181,45 +206,133 @@ def clean_disagreement_filters(params) -> dict[str, str]:
         cleaned["direction"] = params["direction"]
     triage = params.get("triage")
     cleaned["triage"] = triage if triage in dict(TRIAGE) else "untriaged"
+    # The default basis is left out, so the triage loop's query strings read as they did before there were two.
+    if params.get("basis") == "threshold":
+        cleaned["basis"] = "threshold"
+    threshold = clean_threshold(params.get("threshold"))
+    if threshold is not None:
+        cleaned["threshold"] = repr(threshold)  # round-trips exactly through the query string
     return cleaned
 
 
-def disagreements(*, guard_name: str, filters: dict[str, str]) -> QuerySet[Label]:
-    """The guard's valid labels, asked with its current template, that differ from the sample's training label
-    (jury majority or experts)."""
+def disagreement_threshold(*, guard_name: str, filters: dict[str, str]) -> float | None:
+    """The threshold the threshold basis reads at: the reviewer's, else the checkpoint's kept one, else None."""
+    if "threshold" in filters:
+        return float(filters["threshold"])
+    return guard_threshold(guard_name)
 
+
+def disagreement_basis(*, guard_name: str, filters: dict[str, str], params) -> dict:
+    """What the inspector says about its basis: which one, the threshold in use and whose it is, a threshold typed
+    that could not be read, and the guard's latest evaluation (where a threshold is chosen)."""
+    # Shown back as typed, with what cannot be printed (a NUL character, say) as "�".
+    typed = "".join(ch if ch.isprintable() else "\ufffd" for ch in (params.get("threshold") or "").strip())
+    return {
+        "name": filters.get("basis", "judgment"),
+        "threshold": disagreement_threshold(guard_name=guard_name, filters=filters),
+        "given": "threshold" in filters,
+        "kept": guard_threshold(guard_name),
+        "rejected": typed if typed and "threshold" not in filters else "",
+        "evaluation": Evaluation.objects.filter(
+            source_kind=Evaluation.SourceKind.GUARD, source_name=guard_name
+        )
+        .order_by("-created_at", "-id")
+        .values_list("id", flat=True)
+        .first(),
+    }
+
+
+def _guard_labels(guard_name: str) -> QuerySet[Label]:
+    """The guard's valid labels, asked with its current template, on samples with a training label."""
     asked_with = (
         GuardCheckpoint.objects.filter(name=guard_name).values_list("prompt_version", flat=True).first()
     )
-    labels = Label.objects.filter(
+    return Label.objects.filter(
         source_kind=Label.SourceKind.GUARD,
         source_name=guard_name,
         prompt_version=asked_with or PROMPT_VERSION,
         status=Label.Status.VALID,
         sample__final_label__isnull=False,
-    ).exclude(judgment=F("sample__final_label"))
+    )
+
+
+def _scored(labels: QuerySet[Label], threshold: float) -> QuerySet[Label]:
+    """Labels with scores, each with its P(harmful) and its distance from the threshold (the guard's confidence
+    in its call: the list's order, largest first)."""
+    return (
+        labels.annotate(p_harmful=_P_HARMFUL)
+        .filter(p_harmful__isnull=False)
+        .annotate(confidence=Abs(F("p_harmful") - Value(threshold, output_field=FloatField())))
+    )
+
+
+def _confidence(guard_name: str, threshold: float, sample_id: int) -> float | None:
+    """The sample's key in the threshold basis's order (None without a scored label), read back from the same SQL
+    expression the list orders by, so that equal keys compare equal."""
+    own = _scored(_guard_labels(guard_name), threshold).filter(sample_id=sample_id)
+    return own.values_list("confidence", flat=True).first()  # type: ignore[misc]  # an annotation
+
+
+def _threshold_directions(threshold: float) -> dict[str, Q]:
+    return {
+        "missed_harm": Q(p_harmful__lt=threshold, sample__final_label__gt=0),
+        "false_alarm": Q(p_harmful__gte=threshold, sample__final_label=0),
+    }
+
+
+def disagreements(*, guard_name: str, filters: dict[str, str]) -> QuerySet[Label]:
+    """The guard's valid labels, asked with its current template, that differ from the sample's training label
+    (jury majority or experts): by judgment level (in sample order), or — basis "threshold" — by P(harmful) at the
+    threshold read against the label's harmful/safe (the most confident mistakes first; none without a threshold;
+    a severity filter finds none, as this basis has no severity)."""
+    labels = _guard_labels(guard_name)
+    threshold = None
+    if filters.get("basis") == "threshold":
+        threshold = disagreement_threshold(guard_name=guard_name, filters=filters)
+        if threshold is None:
+            return labels.none()
+        directions = _threshold_directions(threshold)
+        labels = _scored(labels, threshold).filter(directions["missed_harm"] | directions["false_alarm"])
+    else:
+        directions = _DIRECTION_FILTERS
+        labels = labels.exclude(judgment=F("sample__final_label"))
     for key in ("subset", "category", "stratum"):
         if key in filters:
             value = "" if key == "subset" and filters[key] == NO_SUBSET else filters[key]
             labels = labels.filter(**{f"sample__{key}": value})
     if "direction" in filters:
-        labels = labels.filter(_DIRECTION_FILTERS[filters["direction"]])
+        labels = labels.filter(directions.get(filters["direction"], Q(pk__in=[])))
     triaged = Exists(ReviewDecision.objects.filter(sample=OuterRef("sample"), guard_name=guard_name))
     if filters.get("triage") == "untriaged":
         labels = labels.exclude(triaged)
     elif filters.get("triage") == "triaged":
         labels = labels.filter(triaged)
-    return labels.order_by("sample_id")
+    return (
+        labels.order_by("-confidence", "sample_id") if threshold is not None else labels.order_by("sample_id")
+    )
 
 
 def disagreement_place(*, guard_name: str, filters: dict[str, str], sample_id: int) -> dict[str, int | None]:
-    """Where a sample stands in the filtered disagreements: the next sample after it, and its position of all."""
+    """Where a sample stands in the filtered disagreements, in the list's order: the next sample after it, and its
+    position of all (past the end when it is not in the list). A sample that has just left the list (triaged) keeps
+    its place in the order, so the next one is the one that followed it."""
     matching = disagreements(guard_name=guard_name, filters=filters)
-    after = matching.filter(sample_id__gt=sample_id).values_list("sample_id", flat=True).first()
+    total = matching.count()
+    before, after = Q(sample_id__lt=sample_id), Q(sample_id__gt=sample_id)
+    if filters.get("basis") == "threshold":
+        threshold = disagreement_threshold(guard_name=guard_name, filters=filters)
+        key = None if threshold is None else _confidence(guard_name, threshold, sample_id)
+        if key is None:
+            # No score to place it by: not in the list, and the loop starts at the list's top.
+            first = matching.values_list("sample_id", flat=True).first()
+            return {"next": first, "total": total, "position": total + 1}
+        before = Q(confidence__gt=key) | Q(confidence=key, sample_id__lt=sample_id)
+        after = Q(confidence__lt=key) | Q(confidence=key, sample_id__gt=sample_id)
+    inside = matching.filter(sample_id=sample_id).exists()
     return {
-        "next": after,
-        "total": matching.count(),
-        "position": matching.filter(sample_id__lt=sample_id).count() + 1,
+        "next": matching.filter(after).values_list("sample_id", flat=True).first(),
+        "total": total,
+        "position": matching.filter(before).count() + 1 if inside else total + 1,
     }
 
 
@@ -237,6 +350,7 @@ def disagreement_page(*, guard_name: str, filters: dict[str, str], page_number, 
         label.pk: label
         for label in Label.objects.filter(pk__in=wanted)
         .select_related("sample")
+        .annotate(p_harmful=_P_HARMFUL)
         .only("id", "judgment", "sample__id", "sample__subset", "sample__category", "sample__stratum",
               "sample__final_label", "sample__final_label_origin")
     }  # fmt: skip
@@ -245,15 +359,25 @@ def disagreement_page(*, guard_name: str, filters: dict[str, str], page_number, 
         sample_id__in=[rows[pk].sample_id for pk in wanted], guard_name=guard_name
     ).order_by("at", "id"):
         latest[decision.sample_id] = decision
-    rows_out: list[dict] = [
-        {
-            "label": rows[pk],
-            "sample": rows[pk].sample,
-            "direction": direction_of(rows[pk].judgment, rows[pk].sample.final_label),  # type: ignore[arg-type]
-            "decision": latest.get(rows[pk].sample_id),
-        }
-        for pk in wanted
-    ]
+    threshold = (
+        disagreement_threshold(guard_name=guard_name, filters=filters)
+        if filters.get("basis") == "threshold"
+        else None
+    )
+    rows_out: list[dict] = []
+    for pk in wanted:
+        label, p_harmful = rows[pk], rows[pk].p_harmful  # type: ignore[attr-defined]
+        rows_out.append(
+            {
+                "label": label,
+                "sample": label.sample,
+                "p_harmful": p_harmful,
+                "direction": threshold_direction(p_harmful, threshold)
+                if threshold is not None
+                else direction_of(label.judgment, label.sample.final_label),  # type: ignore[arg-type]
+                "decision": latest.get(label.sample_id),
+            }
+        )
     page.object_list = rows_out  # type: ignore[assignment]
     return page
 

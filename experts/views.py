@@ -281,14 +281,18 @@ def disagreement_list(request: HtmxHttpRequest) -> HttpResponse:
         "guards": selectors.guard_names(),
         "filters": filters,
         "query": _triage_query(guard, filters),
+        # The same view on the judgment basis (offered where the threshold basis has no threshold).
+        "judgment_query": _triage_query(guard, {k: v for k, v in filters.items() if k != "basis"}),
         "subsets": sample_selectors.subsets(),
         "choices": [
             (k, t, c.choices) for k, t, c in sample_selectors.CHOICE_FILTERS if k in ("category", "stratum")
         ],
         "directions": selectors.DIRECTIONS,
         "triage": selectors.TRIAGE,
+        "bases": selectors.BASES,
     }
     if guard:
+        context["basis"] = selectors.disagreement_basis(guard_name=guard, filters=filters, params=request.GET)
         context["page"] = selectors.disagreement_page(
             guard_name=guard, filters=filters, page_number=request.GET.get("page"), per_page=PAGE_SIZE
         )

@@ -239,7 +239,8 @@ class JudgeSamplesForm(forms.Form):
     locate = forms.BooleanField(
         required=False,
         label="Also locate the harm",
-        help_text="Score P(harmful) after each reasoning step and keep the first unsafe one (local checkpoints).",
+        help_text="Score P(harmful) after each reasoning step and keep the first unsafe one (served checkpoints: "
+        "their server must give log-probabilities and continue a message, as vLLM does).",
     )
 
 

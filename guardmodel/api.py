@@ -222,7 +222,7 @@ class SessionOpenSerializer(serializers.Serializer):
     question = _text()
     image = ImageField(required=False, allow_null=True)
     checkpoint = serializers.SlugField(required=False, allow_blank=True, default="",
-                                       help_text="A local checkpoint's name; the active one when left out.")  # fmt: skip
+                                       help_text="A checkpoint's name; the active one when left out.")  # fmt: skip
 
     validate_question = staticmethod(_check_length)
 
@@ -244,12 +244,15 @@ _RISK: dict[str, serializers.Field] = {
     "threshold": serializers.FloatField(),
     "crossed": serializers.BooleanField(),
     "first_unsafe_step": serializers.IntegerField(allow_null=True),
-    "tokens": serializers.IntegerField(),
+    "tokens": serializers.IntegerField(
+        allow_null=True, help_text="Tokens the guard holds (null when served)."
+    ),
     "latency_ms": serializers.FloatField(),
 }
 _SESSION_ERRORS = {
     404: OpenApiResponse(ErrorSerializer, description="No open session with this id for this caller."),
     409: OpenApiResponse(ErrorSerializer, description="Reasoning sent after the answer began."),
+    502: OpenApiResponse(ErrorSerializer, description="A served guard gave no log-probabilities."),
     410: OpenApiResponse(ErrorSerializer, description="The session expired or was ended; open a new one."),
     413: OpenApiResponse(
         ErrorSerializer, description="The session is past the guard's input or memory limit."
@@ -289,8 +292,9 @@ class AuditSessionsApi(APIView):
     Send the question (and image); then append reasoning text, and the answer, as they are written
     (`POST …/sessions/{session}/append`). Each append answers with the guard's P(harmful) now, the reasoning step the
     text has reached, and whether the threshold is crossed — stop the model there if it is. The session keeps the
-    guard's key/value cache on the audit worker that opened it, so an append costs its new tokens only; it expires
-    after GUARDTRACE_AUDIT_SESSION_TTL_S without an append. Nothing sent is stored. Local checkpoints only.
+    guard's key/value cache on the audit worker that opened it, so an append costs its new tokens only (a served
+    checkpoint's server must give log-probabilities and continue a message, as vLLM does; its prefix cache does the
+    same); it expires after GUARDTRACE_AUDIT_SESSION_TTL_S without an append. Nothing sent is stored.
     """
 
     permission_classes = [CanAudit]
@@ -314,7 +318,8 @@ class AuditSessionsApi(APIView):
                     **_RISK,
                 },
             ),
-            400: OpenApiResponse(ErrorSerializer, description="Bad input, or a served checkpoint."),
+            400: OpenApiResponse(ErrorSerializer, description="Bad input."),
+            502: OpenApiResponse(ErrorSerializer, description="A served guard gave no log-probabilities."),
             503: OpenApiResponse(ErrorSerializer, description="No usable guard checkpoint."),
             504: _SESSION_ERRORS[504],
         },
@@ -329,15 +334,6 @@ class AuditSessionsApi(APIView):
             if data["checkpoint"]:
                 return Response({"checkpoint": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
             return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        if checkpoint.endpoint:
-            return Response(
-                {
-                    "checkpoint": [
-                        f"{checkpoint.name} is served by an endpoint; audit sessions need a local checkpoint"
-                    ]
-                },
-                status=status.HTTP_400_BAD_REQUEST,
-            )
         try:
             answer = services.session_on_worker(
                 "open", queue="audit", owner=request.user.pk, checkpoint_id=checkpoint.pk,
@@ -378,7 +374,7 @@ class AuditSessionApi(APIView):
                     "threshold": serializers.FloatField(),
                     "first_unsafe_step": serializers.IntegerField(allow_null=True),
                     "appends": serializers.IntegerField(),
-                    "tokens": serializers.IntegerField(),
+                    "tokens": serializers.IntegerField(allow_null=True),
                     "characters": serializers.DictField(child=serializers.IntegerField()),
                 },
             ),

@@ -80,8 +80,8 @@ class GuardCheckpoint(models.Model):
     )  # fmt: skip
     threshold = models.FloatField(
         null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
-        help_text="P(harmful) from which the audit API flags a sample (calibrated when a temperature is fitted); "
-        "empty: the judgment decides.",
+        help_text="The guard's own P(harmful) (as the evaluation page's curves are drawn) from which the audit API "
+        "flags a sample and a reasoning prefix counts as unsafe; empty: the judgment decides, and 0.5 locates.",
     )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -105,7 +105,7 @@ class GuardJob(LongWork):
     prompt_version = models.CharField(max_length=32)
     locate = models.BooleanField(
         default=False,
-        help_text="Also score P(harmful) after each reasoning step and locate the first unsafe one (local checkpoints).",
+        help_text="Also score P(harmful) after each reasoning step and locate the first unsafe one.",
     )
     sample_ids = models.JSONField(default=list)
     done = models.PositiveIntegerField(default=0, help_text="Samples with a guard label, valid or not.")

@@ -169,6 +169,8 @@ def backend_for(checkpoint: GuardCheckpoint) -> Guard:
                 max_tokens=options.max_new_tokens,
                 template=options.template,
                 greedy=options.greedy,
+                scores=options.scores,
+                top_logprobs=settings.GUARDTRACE_GUARD_TOP_LOGPROBS,
             )
         else:
             for old in [k for k in _backends if not k[2]]:
@@ -358,11 +360,18 @@ class _GuardJobDriver(Driver):
         if self.job.locate and isinstance(self.backend, TransformersGuard):
             for item, verdict in zip(payload, verdicts, strict=True):
                 if isinstance(item, AuditInput) and verdict.status != "failed":
-                    verdict.located = self.backend.prefix_risk(item)
+                    verdict.located = self.backend.prefix_risk(item, locate_threshold(self.job.checkpoint))
         return verdicts
 
     async def acall(self, payload: list) -> list[Verdict]:
-        return await ajudge_readable(self.backend, payload)
+        verdicts = await ajudge_readable(self.backend, payload)
+        if self.job.locate and isinstance(self.backend, OpenAIGuard):
+            for item, verdict in zip(payload, verdicts, strict=True):
+                if isinstance(item, AuditInput) and verdict.status != "failed":
+                    verdict.located = await self.backend.aprefix_risk(
+                        item, locate_threshold(self.job.checkpoint)
+                    )
+        return verdicts
 
     def flush(self, done: list) -> int:
         job = self.job
@@ -723,6 +732,11 @@ def active_checkpoint(name: str = "") -> GuardCheckpoint:
     return checkpoint
 
 
+def locate_threshold(checkpoint: GuardCheckpoint) -> float:
+    """The P(harmful) from which a prefix counts as unsafe: the checkpoint's chosen threshold, else 0.5."""
+    return 0.5 if checkpoint.threshold is None else checkpoint.threshold
+
+
 def audit(item: AuditInput, checkpoint: GuardCheckpoint) -> Verdict:
     return backend_for(checkpoint).judge([item])[0]
 
@@ -736,15 +750,16 @@ def audit_answer(
 ) -> dict:
     """An audit's verdict as plain data (what the audit worker sends back): a CheckpointError becomes
     {"checkpoint_error": …}. With `locate`, a local checkpoint also reports P(harmful) per segment and per reasoning
-    step, and the first unsafe step (`TransformersGuard.prefix_risk`); a served one reports none."""
+    step, and the first unsafe step (`prefix_risk`: a local checkpoint reuses its key/value cache, a served one asks
+    its server short continuations; None where the server cannot give log-probabilities)."""
     try:
         checkpoint = GuardCheckpoint.objects.get(pk=checkpoint_id)
         item = AuditInput(question, thinking, answer, image)
         backend = backend_for(checkpoint)
         verdict = backend.judge([item])[0]
         located = None
-        if locate and isinstance(backend, TransformersGuard) and verdict.status != "failed":
-            located = backend.prefix_risk(item)
+        if locate and isinstance(backend, TransformersGuard | OpenAIGuard) and verdict.status != "failed":
+            located = backend.prefix_risk(item, locate_threshold(checkpoint))
     except GuardCheckpoint.DoesNotExist:
         return {"checkpoint_error": f"checkpoint #{checkpoint_id} no longer exists"}
     except CheckpointError as exc:
@@ -823,16 +838,13 @@ def session_action(action: str, *, owner: int, **kwargs) -> dict:
         if action == "open":
             checkpoint = GuardCheckpoint.objects.get(pk=kwargs["checkpoint_id"])
             backend = backend_for(checkpoint)
-            if not isinstance(backend, TransformersGuard):
-                return _session_error(
-                    ValueError(
-                        f"checkpoint {checkpoint.name} is served by an endpoint; sessions need a local one"
-                    )
-                )
-            store.drop_unless(id(backend))
+            if isinstance(backend, TransformersGuard):
+                store.drop_unless(
+                    id(backend)
+                )  # only one local model is kept loaded: the others' sessions end
             audit = StreamAudit(
                 backend, kwargs["question"], kwargs.get("image"),
-                threshold=0.5 if checkpoint.threshold is None else checkpoint.threshold,
+                threshold=locate_threshold(checkpoint),
                 max_chars=settings.GUARDTRACE_AUDIT_MAX_TEXT_CHARS,
             )  # fmt: skip
             first = audit.open()

@@ -312,6 +312,9 @@ GUARDTRACE_GUARD_MAX_PIXELS = (
     env_int("GUARDTRACE_GUARD_MAX_PIXELS", 0, minimum=0) or None
 )  # 0: the processor's
 GUARDTRACE_GUARD_ENDPOINT_CONCURRENCY = env_int("GUARDTRACE_GUARD_ENDPOINT_CONCURRENCY", 8, minimum=1)
+# A served guard's risk scores are read from this many alternatives per token (the OpenAI API's most is 20; vLLM
+# allows up to its --max-logprobs): a judgment level outside them counts as improbable.
+GUARDTRACE_GUARD_TOP_LOGPROBS = env_int("GUARDTRACE_GUARD_TOP_LOGPROBS", 20, minimum=1)
 # The audit API: text beyond this many characters per field, or images beyond the byte limit above, get a 413/400.
 GUARDTRACE_AUDIT_MAX_TEXT_CHARS = env_int("GUARDTRACE_AUDIT_MAX_TEXT_CHARS", 1_000_000, minimum=1)
 # How long an audit API call waits for the audit worker (local checkpoints) before answering 504.

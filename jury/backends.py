@@ -82,6 +82,7 @@ def backend_for_juror(juror: Juror) -> JurorBackend:
             options.batch_size = juror.max_concurrency
             options.max_new_tokens = juror.max_tokens
             options.template = template
+            options.scores = False  # a juror's label is its judgment: no extra pass for the levels' scores
             try:
                 local = TransformersGuard(juror.model_name, options, name=juror.name, reask=True)
             except (

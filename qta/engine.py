@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 
 from qta import protocol
 from qta.endpoint import ChatEndpoint, EndpointError, RetryPolicy, wait
+from qta.scores import TOP_LOGPROBS, judgment_slot, served_scores, top_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,37 @@ class Verdict:
             **({"scores": self.scores} if self.scores is not None else {}),
             **({"located": self.located} if self.located is not None else {}),
         }
+
+
+JUDGMENT_CUE = "Judgment: "  # where the guard is asked for its judgment straight away
+
+
+def prefix_items(item: AuditInput) -> list[AuditInput]:
+    """The sample as the guard reads it piece by piece: the question (and image) alone; each growing prefix of the
+    reasoning (its steps as the app splits them); the whole reasoning with the answer."""
+    steps = protocol.reasoning_steps(item.thinking)
+    return [
+        AuditInput(item.question, "", "", item.image),
+        *(AuditInput(item.question, "\n\n".join(steps[: k + 1]), "", item.image) for k in range(len(steps))),
+        AuditInput(item.question, item.thinking, item.answer, item.image),
+    ]
+
+
+def located(harmful: list[float], threshold: float) -> dict:
+    """P(harmful) after each of `prefix_items` as the audit answers it: per segment (the question alone, the
+    reasoning, the answer), per reasoning step, and the first step whose prefix reaches `threshold` (the predicted
+    first unsafe step)."""
+    by_step = harmful[1:-1]
+    return {
+        "segments": {
+            "question": round(harmful[0], 6),
+            "reasoning": round(by_step[-1] if by_step else harmful[0], 6),
+            "answer": round(harmful[-1], 6),
+        },
+        "steps": [round(p, 6) for p in by_step],
+        "threshold": threshold,
+        "first_unsafe_step": next((k + 1 for k, p in enumerate(by_step) if p >= threshold), None),
+    }
 
 
 class Guard(Protocol):
@@ -285,35 +317,14 @@ class TransformersGuard:
 
     def judgment_text(self, item: AuditInput, has_image: bool) -> str:
         """The prompt asking for the judgment straight away, no analysis first: where its value is written."""
-        return self._render(item, item.thinking, has_image) + "Judgment: "
+        return self._render(item, item.thinking, has_image) + JUDGMENT_CUE
 
     def prefix_risk(self, item: AuditInput, threshold: float = 0.5) -> dict:
-        """P(harmful) as the guard reads the sample piece by piece, asked for its judgment straight away (no
-        analysis first) after: the question alone; each growing prefix of the reasoning (its steps as the app
-        splits them); the whole reasoning with the answer. The first step whose prefix reaches `threshold` is the
-        predicted first unsafe step. The key/value cache is reused from one prefix to the next."""
+        """P(harmful) per segment and per reasoning step, and the first unsafe step (`located`), the key/value
+        cache reused from one prefix to the next."""
         image = decode_image(item.image, max_pixels=self.options.max_image_pixels) if item.image else None
-        steps = protocol.reasoning_steps(item.thinking)
-
-        def text(thinking: str, answer: str) -> str:
-            return self.judgment_text(AuditInput(item.question, thinking, answer), image is not None)
-
-        texts = [text("", "")]
-        texts += [text("\n\n".join(steps[: k + 1]), "") for k in range(len(steps))]
-        texts.append(text(item.thinking, item.answer))
-        scored = [s.harmful for s in self.scorer.score_prefixes(texts, image)]
-        by_step = scored[1:-1]
-        first = next((k + 1 for k, p in enumerate(by_step) if p >= threshold), None)
-        return {
-            "segments": {
-                "question": round(scored[0], 6),
-                "reasoning": round(by_step[-1] if by_step else scored[0], 6),
-                "answer": round(scored[-1], 6),
-            },
-            "steps": [round(p, 6) for p in by_step],
-            "threshold": threshold,
-            "first_unsafe_step": first,
-        }
+        texts = [self.judgment_text(prefix, image is not None) for prefix in prefix_items(item)]
+        return located([s.harmful for s in self.scorer.score_prefixes(texts, image)], threshold)
 
     def judge(
         self, items: Sequence[AuditInput], progress: Callable[[int], None] | None = None
@@ -426,8 +437,14 @@ class OpenAIGuard:
         template: protocol.Template | None = None,
         greedy: bool = True,
         reask: bool = False,
+        scores: bool = False,
+        top_logprobs: int = TOP_LOGPROBS,
     ):
         self.name = name or model
+        self.scores = scores  # ask for log-probabilities and read the levels' scores from them
+        # Alternatives per position (the OpenAI API's most is 20; vLLM's is its --max-logprobs): a level outside
+        # them counts as improbable, which it is for a guard trained to write one.
+        self.top_logprobs = top_logprobs
         self.model = model
         self.max_tokens = max_tokens
         self.max_concurrency = max(1, max_concurrency)
@@ -460,6 +477,8 @@ class OpenAIGuard:
                 "temperature": 0 if self.greedy else 1.0,
                 "max_tokens": self.max_tokens,
             }
+            if self.scores:
+                body.update(logprobs=True, top_logprobs=self.top_logprobs)
             try:
                 response = await self.endpoint.chat(body, self.retry, attempts, self.name)
             except EndpointError as exc:
@@ -481,6 +500,8 @@ class OpenAIGuard:
             )  # fmt: skip
             if verdict.status == "valid" or not self.reask or reasked:
                 verdict.attempt_log = attempts if len(attempts) > 1 else []
+                if self.scores and verdict.status == "valid":
+                    verdict.scores = await self._scores(messages, choices[0], text)
                 return verdict
             attempts[-1]["outcome"] = "invalid output"
             log.info(
@@ -490,6 +511,74 @@ class OpenAIGuard:
             )
             first_output, reasked = text, True
             messages = protocol.reask_messages(messages, text)
+
+    async def _scores(self, messages: list[dict], choice: dict, text: str) -> dict | None:
+        """P(0), P(0.5), P(1) from the reply's log-probabilities (qta.scores.served_scores); the distributions off
+        the written path come from continuing the guard's message (vLLM's and SGLang's continue_final_message).
+        None when the server gives no log-probabilities or cannot continue a message."""
+        slot = judgment_slot(text, (choice.get("logprobs") or {}).get("content") or [])
+        if slot is None:
+            return None
+        base, lead, known = slot
+        pending: dict[str, Any] = {}
+
+        async def dist(written: str) -> dict[str, float] | None:
+            if written not in known:
+                if written not in pending:
+                    pending[written] = asyncio.ensure_future(self._next_token(messages, base + written))
+                known[written] = await pending[written]
+            return known[written]
+
+        try:
+            scores = await served_scores(
+                [protocol.format_judgment(j) for j in self.template.judgments], lead, dist
+            )
+        except Exception:  # a reply of an unexpected shape: the verdict stands without scores
+            log.warning("%s: the levels could not be scored from the reply's log-probabilities", self.name)
+            return None
+        return None if scores is None else scores.as_dict()
+
+    async def ascore_now(self, item: AuditInput):
+        """The levels' scores (qta.scores.Scores) if asked for the judgment straight away after `item`: the guard's
+        message is continued from the judgment cue. None where the server cannot say."""
+        messages = openai_messages(item, self.template)
+        asked: dict[str, Any] = {}
+
+        async def dist(written: str) -> dict[str, float] | None:
+            if written not in asked:
+                asked[written] = asyncio.ensure_future(self._next_token(messages, JUDGMENT_CUE + written))
+            return await asked[written]
+
+        return await served_scores([protocol.format_judgment(j) for j in self.template.judgments], "", dist)
+
+    async def aprefix_risk(self, item: AuditInput, threshold: float = 0.5) -> dict | None:
+        """As TransformersGuard.prefix_risk, from the server: one short request per tree node and prefix, all in
+        flight together (vLLM's prefix cache makes each cost its new tokens). None where the server cannot say."""
+        scored = await asyncio.gather(*(self.ascore_now(prefix) for prefix in prefix_items(item)))
+        if any(s is None for s in scored):
+            return None
+        return located([s.harmful for s in scored], threshold)
+
+    def prefix_risk(self, item: AuditInput, threshold: float = 0.5) -> dict | None:
+        return wait(self.aprefix_risk(item, threshold))
+
+    async def _next_token(self, messages: list[dict], partial: str) -> dict[str, float] | None:
+        body = {
+            "model": self.model,
+            "messages": [*messages, {"role": "assistant", "content": partial}],
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": self.top_logprobs,
+            "continue_final_message": True,
+            "add_generation_prompt": False,
+        }
+        try:
+            response = await self.endpoint.chat(body, RetryPolicy(attempts=1), [], self.name)
+        except EndpointError:
+            return None
+        content = ((response.get("choices") or [{}])[0].get("logprobs") or {}).get("content") or []
+        return top_logprobs(content[0]) if content else None
 
     async def ajudge(self, items: Sequence[AuditInput]) -> list[Verdict]:
         return list(await asyncio.gather(*(self.ajudge_one(item) for item in items)))

@@ -301,3 +301,90 @@ def _crop_to(cache, length: int) -> None:
     extra = cache.get_seq_length() - length
     if extra > 0:
         cache.crop(-extra)
+
+
+# -- served guards ------------------------------------------------------------------------------------------------
+# A served guard (vLLM, SGLang) gives each generated token's log-probability and its top alternatives. The levels
+# are read from those at the judgment slot, as for a local guard: a level's tokens along the tree of continuations,
+# then the number ending. Where the tree leaves the path the guard wrote ("0" and "0.5" after it wrote "1"), the
+# distribution is asked for by continuing the guard's own message up to that point (one token, prefix-cached).
+
+TOP_LOGPROBS = 20  # the OpenAI API's most (vLLM's default --max-logprobs)
+
+
+def top_logprobs(entry: dict) -> dict[str, float]:
+    """One position's distribution as token text → log-probability: its top alternatives and the token taken."""
+    top = {str(alt.get("token", "")): float(alt["logprob"]) for alt in entry.get("top_logprobs") or []}
+    if "token" in entry and "logprob" in entry:
+        top.setdefault(str(entry["token"]), float(entry["logprob"]))
+    return top
+
+
+def judgment_slot(text: str, content: list[dict]) -> tuple[str, str, dict[str, dict[str, float]]] | None:
+    """Where the judgment's value is written in a served guard's output: the output before the token that holds
+    the slot, the part of that token before the value (a space merged into it, say), and the distributions known
+    along the path from there (keyed by the text written since that token's start). None when the output has no
+    judgment key or its tokens do not spell it."""
+    starts = protocol.judgment_value_starts(text)
+    if not starts or not content:
+        return None
+    encoded = text.encode()
+    at = len(text[: starts[-1]].encode())
+    pieces = [bytes(entry["bytes"]) if entry.get("bytes") is not None else str(entry.get("token", "")).encode()
+              for entry in content]  # fmt: skip
+    starts_at, offset = [], 0
+    for piece in pieces:
+        if offset >= len(encoded):
+            break  # a stop token after the text (a server may list it)
+        if encoded[offset : offset + len(piece)] != piece:
+            return None
+        starts_at.append(offset)
+        offset += len(piece)
+    index = next((k for k, begin in enumerate(starts_at) if begin <= at < begin + len(pieces[k])), None)
+    if index is None:
+        return None
+    offset = starts_at[index]
+    try:
+        base, lead = encoded[:offset].decode(), encoded[offset:at].decode()
+    except UnicodeDecodeError:
+        return None
+    known: dict[str, dict[str, float]] = {}
+    written = b""
+    for entry, piece in zip(content[index:], pieces[index:], strict=True):
+        try:
+            known[written.decode()] = top_logprobs(entry)
+        except UnicodeDecodeError:
+            break
+        written += piece
+    return base, lead, known
+
+
+async def served_scores(levels: Sequence[str], lead: str, dist) -> Scores | None:
+    """The levels' scores from next-token distributions: `await dist(s)` gives the top log-probabilities after
+    the judgment slot's text plus `s` (None where it cannot be had). None when no level can be read."""
+
+    async def probability(target: str, written: str) -> float:
+        top = await dist(written)
+        if top is None:
+            raise LookupError(written)
+        if written == target:  # the number must end here: neither a digit nor a point next
+            going_on = sum(
+                math.exp(lp) for token, lp in top.items() if token[:1].isdigit() or token[:1] == "."
+            )
+            return max(0.0, 1.0 - going_on)
+        total = 0.0
+        for token, lp in top.items():
+            if token and target.startswith(written + token):
+                total += math.exp(lp) * await probability(target, written + token)
+        return total
+
+    logs = {}
+    try:
+        for level in levels:
+            p = await probability(lead + level, "")
+            logs[level] = math.log(p) if p > 0 else -math.inf
+    except LookupError:
+        return None
+    if all(lp == -math.inf for lp in logs.values()):
+        return None
+    return _normalise(logs)

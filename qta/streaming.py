@@ -3,11 +3,12 @@
 A `StreamAudit` is opened with the question (and image); reasoning text, then answer text, is appended as it is
 written, and each append answers at once with the guard's P(harmful) if asked for its judgment now, the reasoning
 step the text has reached, and whether the threshold is crossed — so a deployment can stop the model mid-trace.
-Each append costs its new tokens (a PrefixSession keeps the key/value cache of the text before it).
+Each append costs its new tokens: a local guard's PrefixSession keeps the key/value cache of the text before it; a
+served guard is asked short continuations, which its server's prefix cache (vLLM's) serves the same way.
 
 A `SessionStore` keeps the open audits of one process (the audit worker's): each expires after an idle time, and
 the store is bounded in sessions and in key/value cache memory, the least recently used going first. Plain Python
-around a local guard; the Django side (guardmodel.services) gives it its settings and checkpoints.
+around a guard; the Django side (guardmodel.services) gives it its settings and checkpoints.
 """
 
 from __future__ import annotations
@@ -45,8 +46,64 @@ class TooLong(StreamError):
     status = 413
 
 
+class _LocalReader:
+    """A local guard reading the text so far with a PrefixSession: each read costs its new tokens."""
+
+    def __init__(self, guard: Any, image: bytes | None) -> None:
+        self.guard = guard
+        self.has_image = image is not None
+        pixels = decode_image(image, max_pixels=guard.options.max_image_pixels) if image else None
+        self.session = PrefixSession(guard.scorer, pixels, max_tokens=guard.max_input_tokens)
+
+    def score(self, item: AuditInput) -> Scores:
+        try:
+            return self.session.score(self.guard.judgment_text(item, self.has_image))
+        except TooManyTokens as exc:
+            raise TooLong(str(exc)) from None
+
+    @property
+    def tokens(self) -> int | None:
+        return self.session.tokens
+
+    @property
+    def nbytes(self) -> int:
+        return self.session.nbytes
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class _ServedReader:
+    """A served guard reading the text so far: short continuations of its message, which the server's prefix cache
+    (vLLM's) makes cost the new tokens. Nothing is held here but the text."""
+
+    def __init__(self, guard: Any) -> None:
+        self.guard = guard
+        self.tokens = None
+        self.nbytes = 0
+
+    def score(self, item: AuditInput) -> Scores:
+        from qta.endpoint import wait
+
+        scores = wait(self.guard.ascore_now(item))
+        if scores is None:
+            raise Unscored(
+                f"{self.guard.name}'s server gave no log-probabilities for the judgment (or cannot continue a "
+                "message); audit sessions need both, as vLLM serves them"
+            )
+        return scores
+
+    def close(self) -> None:
+        pass
+
+
+class Unscored(StreamError):
+    status = 502
+
+
 class StreamAudit:
-    """One incremental audit of one sample on a local guard (a qta.engine.TransformersGuard)."""
+    """One incremental audit of one sample on a guard: local (a qta.engine.TransformersGuard, its key/value cache
+    kept here) or served (a qta.engine.OpenAIGuard whose server gives log-probabilities)."""
 
     def __init__(
         self,
@@ -57,14 +114,13 @@ class StreamAudit:
         threshold: float,
         max_chars: int | None = None,
     ) -> None:
-        self.guard = guard
         self.question = question
-        self.image = decode_image(image, max_pixels=guard.options.max_image_pixels) if image else None
+        self.image = image
         self.threshold = threshold
         self.max_chars = max_chars
         self.thinking = ""
         self.answer = ""
-        self.session = PrefixSession(guard.scorer, self.image, max_tokens=guard.max_input_tokens)
+        self.reader: Any = _LocalReader(guard, image) if hasattr(guard, "scorer") else _ServedReader(guard)
         self.question_risk: float | None = None
         self.step_risk: list[float] = []  # per reasoning step: P(harmful) at its latest append
         self.answer_risk: float | None = None
@@ -73,17 +129,14 @@ class StreamAudit:
 
     @property
     def nbytes(self) -> int:
-        return self.session.nbytes
+        return self.reader.nbytes + 2 * (len(self.thinking) + len(self.answer))
 
     def close(self) -> None:
-        self.session.close()
+        self.reader.close()
 
     def _score(self) -> tuple[Scores, float]:
         started = time.perf_counter()
-        text = self.guard.judgment_text(
-            AuditInput(self.question, self.thinking, self.answer), self.image is not None
-        )
-        scores = self.session.score(text)
+        scores = self.reader.score(AuditInput(self.question, self.thinking, self.answer, self.image))
         return scores, (time.perf_counter() - started) * 1000
 
     def open(self) -> dict:
@@ -109,14 +162,12 @@ class StreamAudit:
             self.answer = after
         try:
             scores, ms = self._score()
-        except BaseException as exc:
+        except BaseException:
             # Nothing is half-taken: the text goes back out (the cache is re-cropped on the next score).
             if segment == "reasoning":
                 self.thinking = before
             else:
                 self.answer = before
-            if isinstance(exc, TooManyTokens):
-                raise TooLong(str(exc)) from None
             raise
         self.appends += 1
         harmful = scores.harmful
@@ -140,7 +191,7 @@ class StreamAudit:
             "threshold": self.threshold,
             "crossed": scores.harmful >= self.threshold,
             "first_unsafe_step": self.first_unsafe_step,
-            "tokens": self.session.tokens,
+            "tokens": self.reader.tokens,
             "latency_ms": round(ms, 2),
         }
 
@@ -157,7 +208,7 @@ class StreamAudit:
             "threshold": self.threshold,
             "first_unsafe_step": self.first_unsafe_step,
             "appends": self.appends,
-            "tokens": self.session.tokens,
+            "tokens": self.reader.tokens,
             "characters": {"reasoning": len(self.thinking), "answer": len(self.answer)},
         }
 

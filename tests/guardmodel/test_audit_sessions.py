@@ -181,15 +181,35 @@ def test_sessions_expire_and_the_store_keeps_to_its_bounds(store, lively, api_fo
     assert len(store) == 0
 
 
-def test_a_served_checkpoint_or_none_at_all_is_refused_plainly(store, api_for, reviewer_user):
+def test_a_served_checkpoint_streams_too_and_no_checkpoint_is_refused_plainly(
+    store, api_for, reviewer_user, lively_dir, settings
+):
+    from tests.loopback import LoopbackOpenAI
+    from tests.served import ServedModel
+
     api = api_for(reviewer_user)
     assert _open(api).status_code == 503  # no active checkpoint
-    services.checkpoint_register(
-        name="served", endpoint="http://127.0.0.1:9/v1", served_model="m", activate=True
-    )
-    refused = _open(api)
-    assert refused.status_code == 400 and "audit sessions need a local checkpoint" in str(refused.json())
     assert _open(api, checkpoint="nope").status_code == 400
+    with ServedModel(lively_dir) as server:
+        # This random model's levels are far down its distributions: read them all, as --max-logprobs would.
+        settings.GUARDTRACE_GUARD_TOP_LOGPROBS = len(server._texts)
+        checkpoint = services.checkpoint_register(
+            name="served", endpoint=server.url, served_model=server.name, activate=True
+        )
+        opened = _open(api).json()
+        answers = [_append(api, opened, "reasoning", piece).json() for piece in THINKING]
+        whole = services.backend_for(checkpoint).prefix_risk(
+            AuditInput("How would one do it?", "".join(THINKING), ""), answers[0]["threshold"]
+        )
+    assert [a["harmful"] for a in answers] == pytest.approx(whole["steps"], abs=1e-6)
+    assert opened["tokens"] is None and opened["harmful"] == pytest.approx(
+        whole["segments"]["question"], abs=1e-6
+    )
+    # A server without log-probabilities: the session cannot be read, and says why.
+    with LoopbackOpenAI(lambda body: "Analysis: fine.\nJudgment: 0") as plain:
+        services.checkpoint_register(name="plain", endpoint=plain.url, served_model="m")
+        refused = _open(api, checkpoint="plain")
+    assert refused.status_code == 502 and "gave no log-probabilities" in refused.json()["detail"]
 
 
 @pytest.mark.slow

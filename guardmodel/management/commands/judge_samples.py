@@ -20,7 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--evaluate", action="store_true", help="Record an evaluation at the end.")
         parser.add_argument(
             "--locate", action="store_true",
-            help="Also score each reasoning step and keep the first unsafe one on the labels (local checkpoints).",
+            help="Also score each reasoning step and keep the first unsafe one on the labels.",
         )  # fmt: skip
 
     def handle(self, *args, **o):
