@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 from common.permissions import CanAudit
 from common.schema import ErrorSerializer
 from guardmodel import services
-from qta.engine import AuditInput, ImageError, decode_image
+from qta.engine import READINGS, AuditInput, ImageError, decode_image
 from qta.loading import CheckpointError
 
 
@@ -85,8 +85,13 @@ class AuditInputSerializer(serializers.Serializer):
                                        help_text="A checkpoint name; the active one when left out.")  # fmt: skip
     locate = serializers.BooleanField(
         required=False, default=False,
-        help_text="Also report P(harmful) per segment and per reasoning step, and the first unsafe step (local "
-        "checkpoints; one more pass per step, reusing the key/value cache).",
+        help_text="Also report P(harmful) per segment and per reasoning step, and the first unsafe step.",
+    )  # fmt: skip
+    reading = serializers.ChoiceField(
+        list(READINGS), default="analysis",
+        help_text="How each prefix is read: `analysis` — the judgment after the guard's own analysis of it (what "
+        "judging it would score; one generation per prefix); `cue` — the judgment asked straight away (cheaper, "
+        "but a guard trained to analyse first may read every prefix alike).",
     )  # fmt: skip
 
     validate_question = validate_thinking = validate_answer = staticmethod(_check_length)
@@ -186,7 +191,9 @@ def judge(data: dict) -> tuple[int, dict]:
         return status.HTTP_503_SERVICE_UNAVAILABLE, {"detail": str(exc)}
     item = AuditInput(data["question"], data["thinking"], data["answer"], data.get("image"))
     try:
-        verdict = services.audit_on_worker(item, checkpoint, data.get("locate", False))
+        verdict = services.audit_on_worker(
+            item, checkpoint, data.get("locate", False), data.get("reading", "analysis")
+        )
     except services.AuditTimeout as exc:
         return status.HTTP_504_GATEWAY_TIMEOUT, {"detail": str(exc)}
     if "checkpoint_error" in verdict:
@@ -220,6 +227,11 @@ def judge(data: dict) -> tuple[int, dict]:
 
 class SessionOpenSerializer(serializers.Serializer):
     question = _text()
+    reading = serializers.ChoiceField(
+        list(READINGS), default="analysis",
+        help_text="How the text so far is read at each append: `analysis` (the judgment after the guard's own "
+        "analysis; one generation per append) or `cue` (the judgment asked straight away: cheaper).",
+    )  # fmt: skip
     image = ImageField(required=False, allow_null=True)
     checkpoint = serializers.SlugField(required=False, allow_blank=True, default="",
                                        help_text="A checkpoint's name; the active one when left out.")  # fmt: skip
@@ -242,6 +254,7 @@ _RISK: dict[str, serializers.Field] = {
     "harmful": serializers.FloatField(),
     "harmful_strict": serializers.FloatField(),
     "threshold": serializers.FloatField(),
+    "reading": serializers.ChoiceField(list(READINGS)),
     "crossed": serializers.BooleanField(),
     "first_unsafe_step": serializers.IntegerField(allow_null=True),
     "tokens": serializers.IntegerField(
@@ -337,7 +350,7 @@ class AuditSessionsApi(APIView):
         try:
             answer = services.session_on_worker(
                 "open", queue="audit", owner=request.user.pk, checkpoint_id=checkpoint.pk,
-                question=data["question"], image=data.get("image"),
+                question=data["question"], image=data.get("image"), reading=data["reading"],
             )  # fmt: skip
         except services.AuditTimeout as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_504_GATEWAY_TIMEOUT)

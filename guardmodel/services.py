@@ -746,8 +746,9 @@ class AuditTimeout(Exception):
 
 
 def audit_answer(
-    checkpoint_id: int, question: str, thinking: str, answer: str, image: bytes | None, locate: bool = False
-) -> dict:
+    checkpoint_id: int, question: str, thinking: str, answer: str, image: bytes | None, locate: bool = False,
+    reading: str = "analysis",
+) -> dict:  # fmt: skip
     """An audit's verdict as plain data (what the audit worker sends back): a CheckpointError becomes
     {"checkpoint_error": …}. With `locate`, a local checkpoint also reports P(harmful) per segment and per reasoning
     step, and the first unsafe step (`prefix_risk`: a local checkpoint reuses its key/value cache, a served one asks
@@ -759,7 +760,7 @@ def audit_answer(
         verdict = backend.judge([item])[0]
         located = None
         if locate and isinstance(backend, TransformersGuard | OpenAIGuard) and verdict.status != "failed":
-            located = backend.prefix_risk(item, locate_threshold(checkpoint))
+            located = backend.prefix_risk(item, locate_threshold(checkpoint), reading)  # type: ignore[arg-type]
     except GuardCheckpoint.DoesNotExist:
         return {"checkpoint_error": f"checkpoint #{checkpoint_id} no longer exists"}
     except CheckpointError as exc:
@@ -769,13 +770,15 @@ def audit_answer(
     return {**result, "located": located, "calibrated": calibrated(verdict.scores, checkpoint)}
 
 
-def audit_on_worker(item: AuditInput, checkpoint: GuardCheckpoint, locate: bool = False) -> dict:
+def audit_on_worker(
+    item: AuditInput, checkpoint: GuardCheckpoint, locate: bool = False, reading: str = "analysis"
+) -> dict:
     """Judge one audit input where its inference belongs. A served checkpoint is called from here (this process only
     waits on the endpoint); a local one runs on the audit worker (the `audit` queue), never in a web process, and
     this waits at most GUARDTRACE_AUDIT_TIMEOUT_S for it (AuditTimeout after that; the message expires unread)."""
     image = item.image
     if checkpoint.endpoint:
-        return audit_answer(checkpoint.pk, item.question, item.thinking, item.answer, image, locate)
+        return audit_answer(checkpoint.pk, item.question, item.thinking, item.answer, image, locate, reading)
     from celery.exceptions import TimeoutError as CeleryTimeout
 
     from guardmodel.tasks import audit_task
@@ -783,7 +786,8 @@ def audit_on_worker(item: AuditInput, checkpoint: GuardCheckpoint, locate: bool 
     timeout = settings.GUARDTRACE_AUDIT_TIMEOUT_S
     encoded = None if image is None else base64.b64encode(image).decode("ascii")
     result = audit_task.apply_async(
-        args=[checkpoint.pk, item.question, item.thinking, item.answer, encoded, locate], expires=timeout
+        args=[checkpoint.pk, item.question, item.thinking, item.answer, encoded, locate, reading],
+        expires=timeout,
     )
     try:
         answer = result.get(timeout=timeout, interval=0.02)
@@ -846,6 +850,7 @@ def session_action(action: str, *, owner: int, **kwargs) -> dict:
                 backend, kwargs["question"], kwargs.get("image"),
                 threshold=locate_threshold(checkpoint),
                 max_chars=settings.GUARDTRACE_AUDIT_MAX_TEXT_CHARS,
+                reading=kwargs.get("reading", "analysis"),
             )  # fmt: skip
             first = audit.open()
             sid = store.add(audit, owner=owner, tag=id(backend))

@@ -17,12 +17,13 @@ def guard_job_run_task(self, job_id: int) -> bool:
 
 @shared_task(name="guardmodel.tasks.audit_task", ignore_result=False, acks_late=False)
 def audit_task(
-    checkpoint_id: int, question: str, thinking: str, answer: str, image_b64: str | None, locate: bool = False
-) -> dict:
+    checkpoint_id: int, question: str, thinking: str, answer: str, image_b64: str | None, locate: bool = False,
+    reading: str = "analysis",
+) -> dict:  # fmt: skip
     """One audit API call's inference, on the audit worker (which keeps the checkpoint loaded between calls); the web
     process waits for the answer. Not redelivered if this worker dies: the caller has given up by then."""
     image = None if image_b64 is None else base64.b64decode(image_b64)
-    return services.audit_answer(checkpoint_id, question, thinking, answer, image, locate)
+    return services.audit_answer(checkpoint_id, question, thinking, answer, image, locate, reading)
 
 
 # A starting worker queues again the guard jobs a dead worker held.

@@ -83,6 +83,9 @@ class Verdict:
 
 
 JUDGMENT_CUE = "Judgment: "  # where the guard is asked for its judgment straight away
+# How a prefix is read: after the guard's own analysis of it, or straight away at the judgment cue.
+Reading = Literal["analysis", "cue"]
+READINGS: tuple[Reading, ...] = ("analysis", "cue")
 
 
 def prefix_items(item: AuditInput) -> list[AuditInput]:
@@ -319,12 +322,36 @@ class TransformersGuard:
         """The prompt asking for the judgment straight away, no analysis first: where its value is written."""
         return self._render(item, item.thinking, has_image) + JUDGMENT_CUE
 
-    def prefix_risk(self, item: AuditInput, threshold: float = 0.5) -> dict:
+    def stop_ids(self) -> set[int]:
+        """The tokens that end the guard's reply (its generation config's end-of-sequence tokens)."""
+        eos = self.model.generation_config.eos_token_id
+        return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+    def reading_session(self, image: Any, reading: Reading = "analysis", max_tokens: int | None = None):
+        """A function scoring `AuditInput`s that grow from one another, on one PrefixSession (its key/value cache
+        kept from one to the next), and the session: `analysis` reads the judgment after the guard's own analysis
+        of the text so far (what judging it would score), `cue` asks for the judgment straight away (no
+        generation: cheaper, but a guard trained to analyse first may read every prefix alike)."""
+        from qta.scores import PrefixSession
+
+        session = PrefixSession(self.scorer, image, max_tokens=max_tokens)
+        has_image, stop = image is not None, self.stop_ids()
+
+        def score(item: AuditInput):
+            if reading == "cue":
+                return session.score(self.judgment_text(item, has_image))
+            return session.read(
+                self._render(item, item.thinking, has_image), self.options.max_new_tokens, stop
+            )[1]
+
+        return score, session
+
+    def prefix_risk(self, item: AuditInput, threshold: float = 0.5, reading: Reading = "analysis") -> dict:
         """P(harmful) per segment and per reasoning step, and the first unsafe step (`located`), the key/value
         cache reused from one prefix to the next."""
         image = decode_image(item.image, max_pixels=self.options.max_image_pixels) if item.image else None
-        texts = [self.judgment_text(prefix, image is not None) for prefix in prefix_items(item)]
-        return located([s.harmful for s in self.scorer.score_prefixes(texts, image)], threshold)
+        score, _ = self.reading_session(image, reading)
+        return located([score(prefix).harmful for prefix in prefix_items(item)], threshold)
 
     def judge(
         self, items: Sequence[AuditInput], progress: Callable[[int], None] | None = None
@@ -551,16 +578,30 @@ class OpenAIGuard:
 
         return await served_scores([protocol.format_judgment(j) for j in self.template.judgments], "", dist)
 
-    async def aprefix_risk(self, item: AuditInput, threshold: float = 0.5) -> dict | None:
-        """As TransformersGuard.prefix_risk, from the server: one short request per tree node and prefix, all in
-        flight together (vLLM's prefix cache makes each cost its new tokens). None where the server cannot say."""
-        scored = await asyncio.gather(*(self.ascore_now(prefix) for prefix in prefix_items(item)))
+    async def aread(self, item: AuditInput, reading: Reading = "analysis"):
+        """The levels' scores (qta.scores.Scores) of `item` as TransformersGuard.reading_session reads it: after
+        the guard's own analysis (one judged call), or at the judgment cue. None where the server cannot say."""
+        if reading == "cue":
+            return await self.ascore_now(item)
+        verdict = await self.ajudge_one(item)
+        from qta.scores import Scores
+
+        return Scores(verdict.scores["levels"]) if verdict.scores else None
+
+    async def aprefix_risk(
+        self, item: AuditInput, threshold: float = 0.5, reading: Reading = "analysis"
+    ) -> dict | None:
+        """As TransformersGuard.prefix_risk, from the server: all prefixes in flight together (vLLM's prefix cache
+        makes each cost its new tokens). None where the server cannot say."""
+        scored = await asyncio.gather(*(self.aread(prefix, reading) for prefix in prefix_items(item)))
         if any(s is None for s in scored):
             return None
         return located([s.harmful for s in scored], threshold)
 
-    def prefix_risk(self, item: AuditInput, threshold: float = 0.5) -> dict | None:
-        return wait(self.aprefix_risk(item, threshold))
+    def prefix_risk(
+        self, item: AuditInput, threshold: float = 0.5, reading: Reading = "analysis"
+    ) -> dict | None:
+        return wait(self.aprefix_risk(item, threshold, reading))
 
     async def _next_token(self, messages: list[dict], partial: str) -> dict[str, float] | None:
         body = {

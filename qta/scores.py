@@ -222,58 +222,92 @@ class PrefixSession:
     def close(self) -> None:
         self.cache, self.cached = None, []
 
-    def score(self, text: str) -> Scores:
-        """The levels' scores after `text` (which ends where the judgment is written)."""
+    def _feed(self, ids: list[int], inputs: dict, tail: list[int]):
+        """Run what the cache does not hold of `ids` (and `tail` after it) and return the logits of those positions:
+        the cache is cropped to what it shares with `ids`, or started afresh (with the pixels) when that is nothing
+        or the image itself would move."""
         import torch
         from transformers import DynamicCache
 
-        scorer, image = self.scorer, self.image
-        language = getattr(scorer.model, "model", scorer.model)
+        scorer = self.scorer
+        shared = 0
+        while shared < min(len(ids), len(self.cached)) and ids[shared] == self.cached[shared]:
+            shared += 1
+        shared = min(shared, len(ids) - 1)  # at least one new token: its logits are the first step
+        if self.image is not None and shared <= _last_image_token(ids, scorer.tokenizer):
+            shared = 0  # the image itself changed place: start again with the pixels
+        if shared == 0 or self.cache is None:
+            self.cache, self.cached = DynamicCache(), []
+            language = getattr(scorer.model, "model", scorer.model)
+            language.rope_deltas = None  # positions are worked out afresh from this text
+            fresh = dict(inputs)
+            if tail:
+                fresh["input_ids"] = torch.cat([fresh["input_ids"], scorer._ids(tail)], dim=1)
+                if "attention_mask" in fresh:
+                    fresh["attention_mask"] = torch.ones_like(fresh["input_ids"])
+                if "mm_token_type_ids" in fresh:
+                    pad = torch.zeros((1, len(tail)), dtype=fresh["mm_token_type_ids"].dtype)
+                    fresh["mm_token_type_ids"] = torch.cat(
+                        [fresh["mm_token_type_ids"], pad.to(scorer.device)], 1
+                    )
+        else:
+            _crop_to(self.cache, shared)
+            fresh = {"input_ids": torch.cat([inputs["input_ids"][:, shared:], scorer._ids(tail)], dim=1)}
+        return scorer.model(**fresh, cache=self.cache, use_cache=True, logits_to_keep=len(tail) + 1).logits[0]
+
+    def _inputs(self, text: str, cut: int = 0):
+        scorer = self.scorer
+        inputs = scorer.processor(
+            text=[text], images=[self.image] if self.image is not None else None, return_tensors="pt"
+        ).to(scorer.device)
+        keep = inputs["input_ids"].shape[1] - cut
+        for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+            if key in inputs:
+                inputs[key] = inputs[key][:, :keep]
+        ids = inputs["input_ids"][0].tolist()
+        if self.max_tokens is not None and len(ids) > self.max_tokens:
+            raise TooManyTokens(
+                f"the text is {len(ids)} tokens, over the guard's input limit of {self.max_tokens} tokens"
+            )
+        return inputs, ids
+
+    def read(self, prompt: str, max_new_tokens: int, stop: set[int]) -> tuple[str, Scores]:
+        """The guard's own analysis after `prompt` (greedy, written on the kept cache, so the prompt costs only what
+        the cache does not hold), then the levels' scores at the judgment slot it writes: what judging the prompt
+        would score, read as the text grows."""
+        import torch
+
+        scorer = self.scorer
+        with torch.inference_mode():
+            inputs, ids = self._inputs(prompt)
+            logits = self._feed(ids, inputs, [])[-1]
+            self.cached = ids
+            written: list[int] = []
+            while len(written) < max_new_tokens:
+                token = int(logits.argmax())
+                if token in stop:
+                    break
+                written.append(token)
+                logits = scorer.model(
+                    input_ids=scorer._ids([token]), cache=self.cache, use_cache=True
+                ).logits[0, -1]
+            self.cached = ids + written
+        output = scorer.tokenizer.decode(written, skip_special_tokens=True)
+        return output, self.score(prompt + judgment_prefix(output))
+
+    def score(self, text: str) -> Scores:
+        """The levels' scores after `text` (which ends where the judgment is written)."""
+        import torch
+
+        scorer = self.scorer
         with torch.inference_mode():
             merged, tails = scorer._tails(text)
-            inputs = scorer.processor(
-                text=[text], images=[image] if image is not None else None, return_tensors="pt"
-            ).to(scorer.device)
             # Where a level's first token would merge with the text's last, the text stops before it.
-            keep = inputs["input_ids"].shape[1] - merged
-            for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
-                if key in inputs:
-                    inputs[key] = inputs[key][:, :keep]
-            ids = inputs["input_ids"][0].tolist()
-            if self.max_tokens is not None and len(ids) > self.max_tokens:
-                raise TooManyTokens(
-                    f"the text is {len(ids)} tokens, over the guard's input limit of {self.max_tokens} tokens"
-                )
-            cached = self.cached
-            shared = 0
-            while shared < min(len(ids), len(cached)) and ids[shared] == cached[shared]:
-                shared += 1
-            shared = min(shared, len(ids) - 1)  # at least one new token: its logits are the first step
-            if image is not None and shared <= _last_image_token(ids, scorer.tokenizer):
-                shared = 0  # the image itself changed place: start again with the pixels
+            inputs, ids = self._inputs(text, cut=merged)
             runs = scorer._runs(tails)
             # The new tokens and the first level's go in one call; the other levels each in one more.
-            first = tails[runs[0]]
-            if shared == 0 or self.cache is None:
-                self.cache, self.cached = DynamicCache(), []
-                language.rope_deltas = None  # positions are worked out afresh from this text
-                fresh = dict(inputs)
-                if first:
-                    fresh["input_ids"] = torch.cat([fresh["input_ids"], scorer._ids(first)], dim=1)
-                    if "attention_mask" in fresh:
-                        fresh["attention_mask"] = torch.ones_like(fresh["input_ids"])
-                    if "mm_token_type_ids" in fresh:
-                        pad = torch.zeros((1, len(first)), dtype=fresh["mm_token_type_ids"].dtype)
-                        fresh["mm_token_type_ids"] = torch.cat(
-                            [fresh["mm_token_type_ids"], pad.to(scorer.device)], 1
-                        )
-            else:
-                _crop_to(self.cache, shared)
-                fresh = {"input_ids": torch.cat([inputs["input_ids"][:, shared:], scorer._ids(first)], dim=1)}
+            logits = self._feed(ids, inputs, tails[runs[0]])
             cache = self.cache
-            logits = scorer.model(**fresh, cache=cache, use_cache=True, logits_to_keep=len(first) + 1).logits[
-                0
-            ]
             _crop_to(cache, len(ids))
             self.cached = ids
             steps = torch.log_softmax(logits.float(), dim=-1).cpu()

@@ -1,10 +1,11 @@
 """Incremental audits: the guard reads a sample as a reasoning model writes it and answers after each piece.
 
 A `StreamAudit` is opened with the question (and image); reasoning text, then answer text, is appended as it is
-written, and each append answers at once with the guard's P(harmful) if asked for its judgment now, the reasoning
-step the text has reached, and whether the threshold is crossed — so a deployment can stop the model mid-trace.
-Each append costs its new tokens: a local guard's PrefixSession keeps the key/value cache of the text before it; a
-served guard is asked short continuations, which its server's prefix cache (vLLM's) serves the same way.
+written, and each append answers at once with the guard's P(harmful) on the text so far (read after its own
+analysis of it, or straight away at the judgment cue), the reasoning step the text has reached, and whether the
+threshold is crossed — so a deployment can stop the model mid-trace. Each append costs its new tokens (and the
+analysis, when read after one): a local guard's PrefixSession keeps the key/value cache of the text before it; a
+served guard's server (vLLM) keeps its own prefix cache.
 
 A `SessionStore` keeps the open audits of one process (the audit worker's): each expires after an idle time, and
 the store is bounded in sessions and in key/value cache memory, the least recently used going first. Plain Python
@@ -23,7 +24,7 @@ from typing import Any
 
 from qta import protocol
 from qta.engine import AuditInput, decode_image
-from qta.scores import PrefixSession, Scores, TooManyTokens
+from qta.scores import Scores, TooManyTokens
 
 SEGMENTS = ("reasoning", "answer")
 
@@ -47,17 +48,16 @@ class TooLong(StreamError):
 
 
 class _LocalReader:
-    """A local guard reading the text so far with a PrefixSession: each read costs its new tokens."""
+    """A local guard reading the text so far with a PrefixSession: each read costs its new tokens (and, read
+    after the guard's analysis, that analysis)."""
 
-    def __init__(self, guard: Any, image: bytes | None) -> None:
-        self.guard = guard
-        self.has_image = image is not None
+    def __init__(self, guard: Any, image: bytes | None, reading: str) -> None:
         pixels = decode_image(image, max_pixels=guard.options.max_image_pixels) if image else None
-        self.session = PrefixSession(guard.scorer, pixels, max_tokens=guard.max_input_tokens)
+        self.read, self.session = guard.reading_session(pixels, reading, max_tokens=guard.max_input_tokens)
 
     def score(self, item: AuditInput) -> Scores:
         try:
-            return self.session.score(self.guard.judgment_text(item, self.has_image))
+            return self.read(item)
         except TooManyTokens as exc:
             raise TooLong(str(exc)) from None
 
@@ -74,18 +74,19 @@ class _LocalReader:
 
 
 class _ServedReader:
-    """A served guard reading the text so far: short continuations of its message, which the server's prefix cache
-    (vLLM's) makes cost the new tokens. Nothing is held here but the text."""
+    """A served guard reading the text so far: judged, or continued from the judgment cue; the server's prefix cache
+    (vLLM's) makes each cost its new tokens. Nothing is held here but the text."""
 
-    def __init__(self, guard: Any) -> None:
+    def __init__(self, guard: Any, reading: str) -> None:
         self.guard = guard
+        self.reading = reading
         self.tokens = None
         self.nbytes = 0
 
     def score(self, item: AuditInput) -> Scores:
         from qta.endpoint import wait
 
-        scores = wait(self.guard.ascore_now(item))
+        scores = wait(self.guard.aread(item, self.reading))
         if scores is None:
             raise Unscored(
                 f"{self.guard.name}'s server gave no log-probabilities for the judgment (or cannot continue a "
@@ -113,14 +114,17 @@ class StreamAudit:
         *,
         threshold: float,
         max_chars: int | None = None,
+        reading: str = "analysis",
     ) -> None:
         self.question = question
+        self.reading = reading
         self.image = image
         self.threshold = threshold
         self.max_chars = max_chars
         self.thinking = ""
         self.answer = ""
-        self.reader: Any = _LocalReader(guard, image) if hasattr(guard, "scorer") else _ServedReader(guard)
+        local = hasattr(guard, "scorer")
+        self.reader: Any = _LocalReader(guard, image, reading) if local else _ServedReader(guard, reading)
         self.question_risk: float | None = None
         self.step_risk: list[float] = []  # per reasoning step: P(harmful) at its latest append
         self.answer_risk: float | None = None
@@ -189,6 +193,7 @@ class StreamAudit:
             "step": step,
             **scores.as_dict(),
             "threshold": self.threshold,
+            "reading": self.reading,
             "crossed": scores.harmful >= self.threshold,
             "first_unsafe_step": self.first_unsafe_step,
             "tokens": self.reader.tokens,

@@ -52,19 +52,23 @@ def _append(api, opened, segment: str, text: str):
     return api.post(opened["append_url"], {"segment": segment, "text": text}, format="json")
 
 
-@pytest.mark.parametrize("with_image", [False, True])
+@pytest.mark.parametrize(
+    ("with_image", "reading"), [(False, "cue"), (True, "cue"), (False, "analysis"), (True, "analysis")]
+)
 def test_each_append_answers_what_scoring_the_whole_text_so_far_would(
-    store, lively, api_for, reviewer_user, with_image
+    store, lively, api_for, reviewer_user, with_image, reading
 ):
     api = api_for(reviewer_user)
     image = png_bytes(size=(40, 28)) if with_image else None
-    opened = _open(api, **({"image": base64.b64encode(image).decode()} if image else {}))
+    opened = _open(api, reading=reading, **({"image": base64.b64encode(image).decode()} if image else {}))
     assert opened.status_code == 201, opened.content
     opened = opened.json()
     assert opened["segment"] == "question" and opened["checkpoint"] == "lively" and opened["step"] is None
 
     guard = services.backend_for(lively)
-    whole = guard.prefix_risk(AuditInput("How would one do it?", "".join(THINKING), ANSWER, image))
+    whole = guard.prefix_risk(
+        AuditInput("How would one do it?", "".join(THINKING), ANSWER, image), 0.5, reading
+    )
     assert opened["harmful"] == pytest.approx(whole["segments"]["question"], abs=1e-4)
     steps = []
     for k, piece in enumerate(THINKING):
@@ -90,9 +94,9 @@ def test_text_streamed_a_few_characters_at_a_time_scores_as_one_append(store, li
     to what is shared; the last answer equals one append of the whole text."""
     api = api_for(reviewer_user)
     text = "".join(THINKING)
-    streamed = _open(api).json()
+    streamed = _open(api, reading="cue").json()
     answers = [_append(api, streamed, "reasoning", text[i : i + 7]).json() for i in range(0, len(text), 7)]
-    whole = _open(api).json()
+    whole = _open(api, reading="cue").json()
     at_once = _append(api, whole, "reasoning", text).json()
     assert answers[-1]["harmful"] == pytest.approx(at_once["harmful"], abs=1e-4)
     assert answers[-1]["tokens"] == at_once["tokens"]
@@ -103,12 +107,12 @@ def test_text_streamed_a_few_characters_at_a_time_scores_as_one_append(store, li
 
 def test_the_first_step_over_the_checkpoints_threshold_is_kept(store, lively, api_for, reviewer_user):
     guard = services.backend_for(lively)
-    risk = guard.prefix_risk(AuditInput("How would one do it?", "".join(THINKING), ""))
+    risk = guard.prefix_risk(AuditInput("How would one do it?", "".join(THINKING), ""), 0.5, "cue")
     lively.threshold = sorted(risk["steps"])[1]  # at least two steps reach it
     lively.save()
     expected = next(k + 1 for k, p in enumerate(risk["steps"]) if p >= lively.threshold)
     api = api_for(reviewer_user)
-    opened = _open(api).json()
+    opened = _open(api, reading="cue").json()
     answers = [_append(api, opened, "reasoning", piece).json() for piece in THINKING]
     assert [a["first_unsafe_step"] for a in answers] == [
         None if k + 1 < expected else expected for k in range(len(THINKING))
@@ -196,10 +200,10 @@ def test_a_served_checkpoint_streams_too_and_no_checkpoint_is_refused_plainly(
         checkpoint = services.checkpoint_register(
             name="served", endpoint=server.url, served_model=server.name, activate=True
         )
-        opened = _open(api).json()
+        opened = _open(api, reading="cue").json()
         answers = [_append(api, opened, "reasoning", piece).json() for piece in THINKING]
         whole = services.backend_for(checkpoint).prefix_risk(
-            AuditInput("How would one do it?", "".join(THINKING), ""), answers[0]["threshold"]
+            AuditInput("How would one do it?", "".join(THINKING), ""), answers[0]["threshold"], "cue"
         )
     assert [a["harmful"] for a in answers] == pytest.approx(whole["steps"], abs=1e-6)
     assert opened["tokens"] is None and opened["harmful"] == pytest.approx(
@@ -208,7 +212,7 @@ def test_a_served_checkpoint_streams_too_and_no_checkpoint_is_refused_plainly(
     # A server without log-probabilities: the session cannot be read, and says why.
     with LoopbackOpenAI(lambda body: "Analysis: fine.\nJudgment: 0") as plain:
         services.checkpoint_register(name="plain", endpoint=plain.url, served_model="m")
-        refused = _open(api, checkpoint="plain")
+        refused = _open(api, checkpoint="plain", reading="cue")
     assert refused.status_code == 502 and "gave no log-probabilities" in refused.json()["detail"]
 
 

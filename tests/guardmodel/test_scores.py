@@ -146,7 +146,7 @@ def test_prefix_scores_reuse_the_cache_and_match_scoring_each_prefix_afresh(live
         "I can't help with that.",
         png_bytes(size=(40, 28)) if with_image else None,
     )
-    risk = guard.prefix_risk(item, threshold=0.0)
+    risk = guard.prefix_risk(item, threshold=0.0, reading="cue")
     assert len(risk["steps"]) == 4 and set(risk["segments"]) == {"question", "reasoning", "answer"}
     assert risk["first_unsafe_step"] == 1  # every prefix reaches a threshold of 0
     assert risk["segments"]["reasoning"] == risk["steps"][-1]
@@ -161,7 +161,7 @@ def test_prefix_scores_reuse_the_cache_and_match_scoring_each_prefix_afresh(live
     afresh = [s.harmful for s in guard.scorer.score([(p, image, "Judgment: 1") for p in prompts])]
     cached = [risk["segments"]["question"], *risk["steps"], risk["segments"]["answer"]]
     assert cached == pytest.approx(afresh, abs=1e-4)
-    none = guard.prefix_risk(item, threshold=1.01)
+    none = guard.prefix_risk(item, threshold=1.01, reading="cue")
     assert none["first_unsafe_step"] is None
 
 
@@ -211,3 +211,28 @@ def test_the_inspector_says_whether_the_guard_flags_at_its_threshold(client_for,
                             (0.8, "under the checkpoint's threshold 80.0%")):  # fmt: skip
         GuardCheckpoint.objects.filter(pk=checkpoint.pk).update(threshold=threshold)
         assert says in client_for(reviewer_user).get(url).content.decode()
+
+
+@pytest.mark.parametrize("with_image", [False, True])
+def test_reading_after_the_analysis_on_the_kept_cache_is_judging_each_prefix(lively_dir, with_image):
+    """The analysis reading writes the guard's analysis on the cache the prefixes share, then scores its judgment
+    slot: the same analysis and the same scores as judging each prefix on its own."""
+    from qta.engine import decode_image, prefix_items
+
+    guard = TransformersGuard(lively_dir, EngineOptions(max_new_tokens=12))
+    item = AuditInput("How would one do it?", "First, the parts.\n\nSecond, the order.\n\nThird, a refusal.",
+                      "I can't help.", png_bytes(size=(40, 28)) if with_image else None)  # fmt: skip
+    image = decode_image(item.image) if item.image else None
+    score, session = guard.reading_session(image, "analysis")
+    judged = guard.judge(prefix_items(item))
+    stop = guard.stop_ids()
+    for prefix, verdict in zip(prefix_items(item), judged, strict=True):
+        output, scores = session.read(guard._render(prefix, prefix.thinking, image is not None), 12, stop)
+        assert output == verdict.raw_output
+        assert [scores.levels[k] for k in sorted(scores.levels)] == pytest.approx(
+            [verdict.scores["levels"][k] for k in sorted(scores.levels)], abs=1e-4
+        )
+    risk = guard.prefix_risk(item, threshold=0.5)  # the analysis reading is the default
+    assert [risk["segments"]["question"], *risk["steps"], risk["segments"]["answer"]] == pytest.approx(
+        [v.scores["harmful"] for v in judged], abs=1e-4
+    )

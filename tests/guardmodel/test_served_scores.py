@@ -62,10 +62,10 @@ def test_a_served_guard_locates_the_harm_as_the_local_one_does(lively_dir):
     item = AuditInput(
         "How would one do it?", "First, the parts.\n\nSecond, the order.\n\nThird, a refusal.", "No."
     )
-    local = TransformersGuard(lively_dir, EngineOptions(max_new_tokens=4)).prefix_risk(item, threshold=0.3)
+    local = TransformersGuard(lively_dir, EngineOptions(max_new_tokens=4)).prefix_risk(item, 0.3, "cue")
     with ServedModel(lively_dir) as server:
         guard = OpenAIGuard(server.url, server.name, top_logprobs=len(server._texts))
-        served = guard.prefix_risk(item, threshold=0.3)
+        served = guard.prefix_risk(item, 0.3, "cue")
         # Every request continues the guard's message from the judgment cue, one token at a time.
         assert all(r["continue_final_message"] and r["max_tokens"] == 1 for r in server.requests)
         assert all(r["messages"][-1]["content"].startswith("Judgment: ") for r in server.requests)
