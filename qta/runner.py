@@ -65,7 +65,9 @@ def _callback(progress: Progress):
 
     class ProgressCallback(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            progress.write("start", max_steps=state.max_steps, step=state.global_step)
+            progress.write(
+                "start", max_steps=state.max_steps, step=state.global_step, processes=args.world_size
+            )
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             numbers = {k: v for k, v in (logs or {}).items() if isinstance(v, int | float)}
@@ -177,7 +179,9 @@ def train(run_dir: Path) -> None:
     rank = int(os.environ.get("RANK", "0"))
     progress = Progress(run_dir / "progress.jsonl", main_process=rank == 0)
     if config["device"] == "cpu":
-        torch.set_num_threads(max(1, int(config.get("threads") or os.cpu_count() or 1)))
+        # Processes on one machine's CPU share its cores: each takes its share (gloo runs them, as NCCL on GPUs).
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, int(config.get("threads") or os.cpu_count() or 1) // world))
     stage = config["stage"]
     placement = choose_placement(
         "cpu" if config["device"] == "cpu" else "cuda", "float32" if config["device"] == "cpu" else "bfloat16"

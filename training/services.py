@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -441,9 +442,17 @@ def _write_inputs(run: TrainingRun, folder: Path) -> None:
 
 
 def _command(folder: Path) -> list[str]:
-    if settings.GUARDTRACE_TRAIN_GPUS > 1:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes",
-                str(settings.GUARDTRACE_TRAIN_GPUS), "-m", "qta.runner", str(folder)]  # fmt: skip
+    """The round's child: one process, or GUARDTRACE_TRAIN_GPUS data-parallel processes under `accelerate launch`
+    (torch.distributed: NCCL across GPUs, gloo on a CPU), their rendezvous on a free loopback port of their own."""
+    processes = settings.GUARDTRACE_TRAIN_GPUS
+    if processes > 1:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+                "-m", "qta.runner", str(folder)]  # fmt: skip
     return [sys.executable, "-m", "qta.runner", str(folder)]
 
 

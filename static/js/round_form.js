@@ -47,7 +47,7 @@
         const gpus = defaults.gpus;
         batch.textContent = bad.includes("batch_size") || bad.includes("gradient_accumulation")
           ? "—"
-          : `${values.batch_size} × ${values.gradient_accumulation} × ${gpus} GPU${gpus === 1 ? "" : "s"} = ` +
+          : `${values.batch_size} × ${values.gradient_accumulation} × ${gpus} process${gpus === 1 ? "" : "es"} = ` +
             `${values.batch_size * values.gradient_accumulation * gpus} records per update`;
       }
       for (const name of bad) values[name] = `not a number: ${field(name).value}`;

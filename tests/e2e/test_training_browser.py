@@ -143,10 +143,10 @@ def test_the_launch_form_shows_what_the_round_would_use_and_follows_edits(
     )
     assert page.locator("#id_hp_freeze_vision option:checked").inner_text() == "Yes"
     assert "Unknown" not in page.inner_text("#round-form")
-    assert page.inner_text("#effective-batch") == "4 × 8 × 1 GPU = 32 records per update"
+    assert page.inner_text("#effective-batch") == "4 × 8 × 1 process = 32 records per update"
 
     page.fill("#id_hp_gradient_accumulation", "2")
-    assert page.inner_text("#effective-batch") == "4 × 2 × 1 GPU = 8 records per update"
+    assert page.inner_text("#effective-batch") == "4 × 2 × 1 process = 8 records per update"
     assert '"gradient_accumulation": 2' in page.inner_text("#round-config")
     # The tiny preset: the fields left alone take its values; the one edited keeps the edit.
     page.select_option("#id_preset", "tiny")
@@ -154,7 +154,7 @@ def test_the_launch_form_shows_what_the_round_would_use_and_follows_edits(
         page.input_value("#id_hp_batch_size") == "8" and page.input_value("#id_hp_learning_rate") == "0.003"
     )
     assert page.input_value("#id_hp_gradient_accumulation") == "2"
-    assert page.inner_text("#effective-batch") == "8 × 2 × 1 GPU = 16 records per update"
+    assert page.inner_text("#effective-batch") == "8 × 2 × 1 process = 16 records per update"
     assert page.locator("#id_hp_gradient_checkpointing option:checked").inner_text() == "No"
     page.screenshot(path=shots / "training_round_form.png", full_page=True)
 
@@ -167,7 +167,7 @@ def test_the_launch_form_shows_what_the_round_would_use_and_follows_edits(
         and '"gradient_accumulation": 2' in config
         and '"learning_rate": 0.003' in config
     )
-    assert page.inner_text("#effective-batch") == "8 × 2 × 1 GPU = 16 records per update"
+    assert page.inner_text("#effective-batch") == "8 × 2 × 1 process = 16 records per update"
     _no_csp_violation(page)
     page.set_viewport_size({"width": 390, "height": 844})
     _no_page_overflow(page)

@@ -65,7 +65,7 @@ def test_it_fills_the_fields_with_the_3b_defaults_when_no_tiny_checkpoint_is_act
     assert re.search(r'<option value="False" selected>No</option>', body)  # lora
     # The effective batch is worked out from the values shown, not quoted from a reason.
     assert "effective batch of 32" not in body
-    assert "4 × 8 × 1 GPU = 32 records per update" in body
+    assert "4 × 8 × 1 process = 32 records per update" in body
     assert _config(page) == defaults
 
 
@@ -78,7 +78,7 @@ def test_it_fills_the_tiny_preset_and_the_base_budget_for_the_active_tiny_checkp
     tiny = for_stage("sft", tiny=True, max_input_tokens=2048).to_dict()
     assert _shown(page, "preset") == "tiny" and _shown(page, "base_checkpoint") == str(base.pk)
     assert _shown(page, "hp_batch_size") == "8" and _shown(page, "hp_max_length") == "2048"
-    assert "8 × 1 × 1 GPU = 8 records per update" in page.content.decode()
+    assert "8 × 1 × 1 process = 8 records per update" in page.content.decode()
     assert _config(page) == tiny
 
 
@@ -155,3 +155,9 @@ def test_the_admin_shows_figures_to_four_significant_figures(client_for, admin_u
     assert "0.6931" in listing and "0.6931471805599453" not in listing
     detail = client.get(reverse("admin:training_trainingrun_change", args=[run.pk])).content.decode()
     assert "0.6931" in detail and "1.235" in detail and "0.6931471805599453" not in detail
+
+
+def test_the_form_counts_the_processes_a_round_runs_in(client_for, admin_user, base, settings):
+    settings.GUARDTRACE_TRAIN_GPUS = 2
+    body = client_for(admin_user).get(ADD + "?stage=sft").content.decode()
+    assert "8 × 1 × 2 processes = 16 records per update" in body and 'id="config-processes">2 processes' in body
