@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -11,9 +14,9 @@ from django.utils.html import format_html
 from annotation.admin import SampleAdmin
 from annotation.models import Sample
 from common.adminforms import AdminRoleModelAdmin, EndpointAdmin, SelectionForm
-from common.endpoints import EndpointTarget
+from common.endpoints import EndpointTarget, endpoints_check
 from guardmodel import services
-from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob, PromptTemplate
+from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob, PromptTemplate, validate_replicas
 from guardmodel.prompts import (
     TemplateError,
     prompt_template_check,
@@ -132,6 +135,7 @@ class GuardCheckpointForm(forms.ModelForm):
     class Meta:
         model = GuardCheckpoint
         fields = "__all__"
+        widgets = {"replicas": forms.Textarea(attrs={"rows": 3, "placeholder": "http://gpu-2:8000/v1"})}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -146,6 +150,14 @@ class GuardCheckpointForm(forms.ModelForm):
                 setattr(self.instance, name, value)
         if data.get("endpoint") and data.get("max_input_tokens"):
             self.add_error("max_input_tokens", services.ENDPOINT_BUDGET)
+        if data.get("replicas") and "endpoint" not in self.errors:
+            # Each entry was checked on its own (the field's validator); here, against the endpoint.
+            try:
+                if not data.get("endpoint"):
+                    raise ValidationError("replicas need an endpoint: give the first server there")
+                validate_replicas(data["replicas"], data["endpoint"])
+            except ValidationError as exc:
+                self.add_error("replicas", exc)
         return data
 
 
@@ -159,7 +171,7 @@ class GuardCheckpointAdmin(EndpointAdmin):
     readonly_fields = ["is_active", "calibration_summary"]
     actions = ["make_active", "judge_test_subsets", "calibrate", "test_connection"]
     fieldsets = [
-        (None, {"fields": ["name", "path", "endpoint", "served_model", "api_key_env", "base_model",
+        (None, {"fields": ["name", "path", "endpoint", "replicas", "served_model", "api_key_env", "base_model",
                            "is_active"]}),
         ("How it is asked", {"fields": ["prompt_version", "preset", "max_new_tokens", "max_input_tokens", "greedy"]}),
         ("Risk scores", {"fields": ["calibration_summary", "threshold"]}),
@@ -191,6 +203,40 @@ class GuardCheckpointAdmin(EndpointAdmin):
 
     def endpoint_target(self, obj: GuardCheckpoint) -> EndpointTarget:
         return services.checkpoint_endpoint_target(obj)
+
+    def endpoint_targets(self, obj: GuardCheckpoint) -> list[EndpointTarget]:
+        """The checkpoint's target; with replicas, one per server, each named by its place."""
+        target = self.endpoint_target(obj)
+        urls = obj.base_urls
+        if len(urls) < 2:
+            return [target]
+        return [
+            replace(target, who=f"{target.who}, replica {n} of {len(urls)}", base_url=url)
+            for n, url in enumerate(urls, 1)
+        ]
+
+    @admin.action(description="Test connection", permissions=["admin_role"])
+    def test_connection(self, request, queryset):
+        """As every endpoint's (EndpointAdmin), each replica asked; a checkpoint with replicas also gets a line
+        naming those that answer."""
+        rows = list(queryset)
+        targets = [self.endpoint_targets(row) for row in rows]
+        checks = iter(endpoints_check([target for row_targets in targets for target in row_targets]))
+        for row, row_targets in zip(rows, targets, strict=True):
+            row_checks = [next(checks) for _ in row_targets]
+            for check in row_checks:
+                self.message_user(request, check.message, messages.SUCCESS if check.ok else messages.ERROR)
+            if len(row_checks) > 1:
+                answer = [c.target.base_url for c in row_checks if c.ok]
+                silent = [c.target.base_url for c in row_checks if not c.ok]
+                summary = f"checkpoint {row.name}: {len(answer)} of {len(row_checks)} replicas answer"
+                summary += f" ({', '.join(answer)})" if answer else ""
+                summary += f"; not: {', '.join(silent)}" if silent else ""
+                level = messages.SUCCESS if not silent else messages.WARNING if answer else messages.ERROR
+                self.message_user(request, summary, level)
+        if "_from_change_page" in request.POST and len(rows) == 1:
+            return redirect(reverse("admin:guardmodel_guardcheckpoint_change", args=[rows[0].pk]))
+        return None
 
     def save_model(self, request, obj, form, change):
         if obj.path and is_local(obj.path):
@@ -229,7 +275,9 @@ class GuardCheckpointAdmin(EndpointAdmin):
 class CheckpointChoiceField(forms.ModelChoiceField):
     def label_from_instance(self, obj) -> str:
         active = " (active)" if obj.is_active else ""
-        return f"{obj.name}{active} — {obj.endpoint or obj.path}"
+        more = len(obj.base_urls) - 1
+        replicas = f" (+{more} replica{'s' if more > 1 else ''})" if more > 0 else ""
+        return f"{obj.name}{active} — {obj.endpoint or obj.path}{replicas}"
 
 
 class JudgeSamplesForm(forms.Form):

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import re
+
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -40,6 +43,26 @@ class PromptTemplate(models.Model):
         return self.version
 
 
+def replica_urls(text: str) -> list[str]:
+    """The base URLs in a checkpoint's `replicas`: one per line, or separated by spaces or commas."""
+    return [url for url in re.split(r"[\s,]+", text) if url]
+
+
+def validate_replicas(text: str, endpoint: str = "") -> None:
+    """Every replica a base URL as the endpoint is, none given twice (nor the endpoint again); the error names the
+    first bad one."""
+    seen = {endpoint.rstrip("/")} if endpoint else set()
+    for url in replica_urls(text):
+        try:
+            validate_base_url(url)
+        except ValidationError as exc:
+            raise ValidationError(f"replica {exc.messages[0]}") from None
+        if url.rstrip("/") in seen:
+            again = "the endpoint" if url.rstrip("/") == endpoint.rstrip("/") else "another replica"
+            raise ValidationError(f"replica {url!r} is {again} again: give each server once")
+        seen.add(url.rstrip("/"))
+
+
 class GuardCheckpoint(models.Model):
     """A guard model the app can run: a local checkpoint directory or an OpenAI-compatible endpoint."""
 
@@ -50,6 +73,11 @@ class GuardCheckpoint(models.Model):
     endpoint = models.CharField(
         max_length=500, blank=True, validators=[validate_base_url],
         help_text="OpenAI-compatible base URL serving this checkpoint.",
+    )  # fmt: skip
+    replicas = models.TextField(
+        blank=True, validators=[validate_replicas],
+        help_text="More base URLs serving the same model (vLLM replicas), one per line: requests are spread over "
+        "the endpoint and these, each with GUARDTRACE_GUARD_ENDPOINT_CONCURRENCY in flight.",
     )  # fmt: skip
     served_model = models.CharField(
         max_length=255, blank=True, help_text="Model name the endpoint serves (defaults to the path or name)."
@@ -96,6 +124,11 @@ class GuardCheckpoint(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def base_urls(self) -> list[str]:
+        """Every server of a served checkpoint, the endpoint first; empty for a local one."""
+        return [self.endpoint, *replica_urls(self.replicas)] if self.endpoint else []
 
 
 class GuardJob(LongWork):

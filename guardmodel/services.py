@@ -7,7 +7,7 @@ import logging
 import threading
 import traceback
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from django.conf import settings
@@ -22,7 +22,7 @@ from common.endpoints import EndpointTarget
 from common.errors import ApplicationError, MissingApiKey
 from common.models import api_key, validate_base_url
 from common.work import Driver, connection_recover, requeue_abandoned
-from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob
+from guardmodel.models import Evaluation, GuardCheckpoint, GuardJob, replica_urls, validate_replicas
 from guardmodel.prompts import TemplateError, template_for
 from qta import calibration, metrics
 from qta.engine import AuditInput, EngineOptions, Guard, OpenAIGuard, TransformersGuard, Verdict
@@ -46,6 +46,7 @@ def checkpoint_register(
     name: str,
     path: str = "",
     endpoint: str = "",
+    replicas: Sequence[str] = (),
     base_model: str = "",
     served_model: str = "",
     api_key_env: str = "",
@@ -57,6 +58,8 @@ def checkpoint_register(
 ) -> GuardCheckpoint:
     """Register a checkpoint; a local directory is checked first so a bad path fails here, naming the missing file.
 
+    `replicas` are more base URLs serving the endpoint's model (vLLM replicas; a list, or one text as the admin's
+    field takes them), called with it as one pool.
     `prompt_version` names the template it is asked with (built-in or stored); the generation settings default to
     the app's (GUARDTRACE_GUARD_MAX_NEW_TOKENS, the model's context)."""
     if not path and not endpoint:
@@ -75,13 +78,20 @@ def checkpoint_register(
             validate_base_url(endpoint)
         except ValidationError as exc:
             raise CheckpointError(f"endpoint: {exc.messages[0]}") from None
+    replicas = replica_urls(replicas) if isinstance(replicas, str) else list(replicas)
+    if replicas and not endpoint:
+        raise CheckpointError("replicas: a checkpoint with replicas needs an endpoint (the first of them)")
+    try:
+        validate_replicas("\n".join(replicas), endpoint)
+    except ValidationError as exc:
+        raise CheckpointError(f"replicas: {exc.messages[0]}") from None
     if path and is_local(path):
         path = str(Path(path).expanduser().resolve())
         check_checkpoint_dir(Path(path))
     with transaction.atomic():
         checkpoint = GuardCheckpoint.objects.create(
-            name=name, path=path, endpoint=endpoint, base_model=base_model, served_model=served_model,
-            api_key_env=api_key_env, prompt_version=prompt_version,
+            name=name, path=path, endpoint=endpoint, replicas="\n".join(replicas), base_model=base_model,
+            served_model=served_model, api_key_env=api_key_env, prompt_version=prompt_version,
             max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens, greedy=greedy,
         )  # fmt: skip
         if activate:
@@ -149,7 +159,7 @@ def backend_for(checkpoint: GuardCheckpoint) -> Guard:
     """The checkpoint's backend, kept loaded in this process (one local model at a time: memory)."""
     key = (
         checkpoint.pk, checkpoint.path, checkpoint.endpoint, checkpoint.served_model, checkpoint.prompt_version,
-        checkpoint.max_new_tokens, checkpoint.max_input_tokens, checkpoint.greedy,
+        checkpoint.max_new_tokens, checkpoint.max_input_tokens, checkpoint.greedy, checkpoint.replicas,
     )  # fmt: skip
     with _backends_lock:
         if key in _backends:
@@ -160,9 +170,11 @@ def backend_for(checkpoint: GuardCheckpoint) -> Guard:
                 secret = api_key(checkpoint.api_key_env, who=f"checkpoint {checkpoint.name}")
             except MissingApiKey as exc:
                 raise CheckpointError(str(exc)) from None  # the server's set-up, not the caller's input
+            first, *replicas = checkpoint.base_urls
             backend: Guard = OpenAIGuard(
-                checkpoint.endpoint,
+                first,
                 served_model_name(checkpoint),
+                replicas=replicas,
                 name=checkpoint.name,
                 api_key=secret,
                 max_concurrency=settings.GUARDTRACE_GUARD_ENDPOINT_CONCURRENCY,
@@ -340,6 +352,7 @@ class _GuardJobDriver(Driver):
         self.job, self.backend, self.todo = job, backend, deque(todo)
         self.asynchronous = isinstance(backend, OpenAIGuard)
         self.unit = 1 if self.asynchronous else CHUNK
+        # A served guard's concurrency is over all its replicas (GUARDTRACE_GUARD_ENDPOINT_CONCURRENCY each).
         self.workers = backend.max_concurrency if isinstance(backend, OpenAIGuard) else 1
         self.target = 2 * self.workers * self.unit
         self.refill_at = self.workers * self.unit

@@ -3,7 +3,8 @@
 Each process runs one event loop in a thread of its own; every request to a model server is a coroutine on it, so a
 thousand calls in flight cost sockets, not threads. Drivers hand it many calls at once (`submit`); code that needs one
 answer waits for it (`wait`). Replies are read as plain JSON — no response models — and failures are retried with
-exponential backoff and full jitter, each attempt logged.
+exponential backoff and full jitter, each attempt logged. Several servers of one model (vLLM replicas) are called as
+one through a `ReplicaPool`, which spreads the calls and takes a failing server out for a while.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 
@@ -229,6 +231,246 @@ class ChatEndpoint:
                 {"attempt": attempt, "outcome": "ok", "ms": round((time.perf_counter() - started) * 1000, 1)}
             )
             return reply
+
+
+# -- several servers of one model ----------------------------------------------------------------------------------
+
+COOLDOWN_S = 1.0  # how long a replica that failed a call first stays out
+COOLDOWN_MAX_S = 30.0  # the cool-down doubles with each take-out in a row, up to this
+
+
+class NoReplicaAnswered(EndpointError):
+    """Every replica of a pool failed a call, through every round of retries."""
+
+
+@dataclass(eq=False)
+class Replica:
+    """One server of a pool, and what the pool knows of it (read and written on the event loop only)."""
+
+    endpoint: ChatEndpoint
+    in_flight: int = 0
+    sent: int = 0
+    answered: int = 0
+    # Take-outs in a row; back in service with failures > 0 it is on probation: one call at a time.
+    failures: int = 0
+    takeouts: int = 0  # a call remembers this when sent: a failure after a later take-out is old news
+    out_until: float = 0.0  # time.monotonic() until which it gets no calls
+    last_error: str = ""
+
+    @property
+    def base_url(self) -> str:
+        return self.endpoint.base_url
+
+
+def _load(replica: Replica) -> tuple[int, int]:
+    """Least loaded first: fewest calls in flight, then fewest sent (so that equal servers share alike)."""
+    return replica.in_flight, replica.sent
+
+
+def _reason(exc: EndpointError, timeout_s: float) -> str:
+    if isinstance(exc, Unreachable):
+        return exc.reason
+    if isinstance(exc, TimedOut):
+        return f"no complete answer within {timeout_s:g} s"
+    if isinstance(exc, StatusError):
+        return f"HTTP {exc.status}"
+    return str(exc)[:100]
+
+
+class ReplicaPool:
+    """Several servers of one model (vLLM replicas) called as one ChatEndpoint (`chat`). Each call goes to the least
+    loaded replica in service, at most `per_replica` calls in flight on each. A replica that fails a call with a
+    retryable error (no connection, 429 or 5xx, no complete answer within `timeout_s`) is taken out for a cool-down
+    — 1 s, doubling with each take-out in a row up to 30 s — and the call goes at once to another replica in
+    service; back from its cool-down, a replica takes one call at a time until one succeeds. When no replica in
+    service is left to try, the retry policy's backoff applies: the call waits, then tries again those in service,
+    or with every one out the replica back soonest, as one endpoint is retried. An error that is the request's own (400, 413, 422 …) is no replica's fault: raised at once.
+
+    With one base URL the pool is exactly that endpoint: `ChatEndpoint.chat`, its connections the limit."""
+
+    def __init__(
+        self,
+        base_urls: Sequence[str],
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        per_replica: int = 8,
+        cooldown_s: float = COOLDOWN_S,
+        max_cooldown_s: float = COOLDOWN_MAX_S,
+    ) -> None:
+        if not base_urls:
+            raise ValueError("a pool needs at least one base URL")
+        self.per_replica = max(1, per_replica)
+        self.max_connections = self.per_replica * len(base_urls)  # calls in flight over all replicas
+        self.timeout_s = timeout_s
+        self.cooldown_s, self.max_cooldown_s = cooldown_s, max_cooldown_s
+        # The replicas share one session whose connection limit is the pool's total; the pool holds each to its share.
+        self.replicas = [
+            Replica(
+                ChatEndpoint(url, api_key=api_key, timeout_s=timeout_s, max_connections=self.max_connections)
+            )
+            for url in base_urls
+        ]
+        # Calls waiting for a slot: at a round's start, in order; and turned away by a replica this round.
+        self._waiting: deque[tuple[set[int], asyncio.Future]] = deque()
+        self._retrying: list[tuple[set[int], asyncio.Future]] = []
+
+    @property
+    def base_url(self) -> str:
+        return self.replicas[0].base_url
+
+    def state(self) -> list[dict]:
+        """Each replica as the pool sees it now: calls in flight, sent and answered, and whether it is out."""
+        now = time.monotonic()
+        return [
+            {
+                "replica": r.base_url,
+                "in_flight": r.in_flight,
+                "sent": r.sent,
+                "answered": r.answered,
+                "out_for_s": round(max(0.0, r.out_until - now), 3),
+                "last_error": r.last_error,
+            }
+            for r in self.replicas
+        ]
+
+    async def chat(self, body: dict, retry: RetryPolicy, attempts: list[dict], name: str) -> dict:
+        """The chat completion from one of the replicas; each attempt, with its replica, goes in `attempts`. A round
+        offers the call to every replica in service once; rounds are retried with backoff as `ChatEndpoint.chat`
+        retries attempts (counted the same way, earlier entries of `attempts` included). Raises the request's own
+        error at once, NoReplicaAnswered when the rounds run out."""
+        if len(self.replicas) == 1:
+            return await self.replicas[0].endpoint.chat(body, retry, attempts, name)
+        round_ = len(attempts) + 1
+        failed: dict[str, str] = {}  # replica → why it failed this call
+        while True:
+            tried: set[int] = set()
+            while (picked := await self._acquire(tried)) is not None:
+                replica, takeouts = picked
+                tried.add(id(replica))
+                try:
+                    return await self._call(replica, takeouts, body, attempts, name)
+                except EndpointError as exc:
+                    if not exc.retryable:
+                        raise
+                    failed[replica.base_url] = _reason(exc, self.timeout_s)
+            if round_ >= retry.attempts:
+                raise NoReplicaAnswered(self._summary(failed, round_))
+            log.warning("%s: no replica answered in round %d; retrying after a pause", name, round_)
+            await retry.pause(round_)
+            round_ += 1
+
+    def _summary(self, failed: dict[str, str], rounds: int) -> str:
+        why = []
+        for r in self.replicas:
+            reason = failed.get(r.base_url) or (f"out ({r.last_error})" if r.last_error else "not tried")
+            why.append(f"{r.base_url}: {reason}")
+        return f"none of the {len(self.replicas)} replicas answered in {rounds} rounds — " + "; ".join(why)
+
+    async def _call(
+        self, replica: Replica, takeouts: int, body: dict, attempts: list[dict], name: str
+    ) -> dict:
+        """One attempt on `replica`, whose slot `_acquire` took; the slot is given back however it ends."""
+        attempt = len(attempts) + 1
+        started = time.perf_counter()
+        replica.sent += 1
+        try:
+            reply = await replica.endpoint.post(body)
+        except EndpointError as exc:
+            ms = round((time.perf_counter() - started) * 1000, 1)
+            attempts.append(
+                {
+                    "attempt": attempt,
+                    "outcome": f"{type(exc).__name__}: {exc}",
+                    "ms": ms,
+                    "replica": replica.base_url,
+                }
+            )
+            log.warning("%s attempt %d on %s failed: %s", name, attempt, replica.base_url, exc)
+            if exc.retryable:
+                self._take_out(replica, takeouts, _reason(exc, self.timeout_s))
+            raise
+        else:
+            ms = round((time.perf_counter() - started) * 1000, 1)
+            attempts.append({"attempt": attempt, "outcome": "ok", "ms": ms, "replica": replica.base_url})
+            replica.answered += 1
+            if replica.takeouts == takeouts:  # an answer to a call sent before a take-out says nothing of now
+                replica.failures, replica.out_until = 0, 0.0
+            return reply
+        finally:
+            replica.in_flight -= 1
+            self._wake()
+
+    def _take_out(self, replica: Replica, takeouts: int, reason: str) -> None:
+        replica.last_error = reason
+        if replica.takeouts != takeouts:
+            return  # taken out since this call was sent: the same trouble, already counted
+        replica.takeouts += 1
+        replica.failures += 1
+        cooldown = min(self.max_cooldown_s, self.cooldown_s * 2 ** (replica.failures - 1))
+        replica.out_until = time.monotonic() + cooldown
+        # Its slots are free again then (a little after: a loop's timer may run a clock tick early).
+        asyncio.get_running_loop().call_later(cooldown + 0.01, self._wake)
+        log.warning("replica %s taken out for %g s: %s", replica.base_url, cooldown, reason)
+
+    def _pick(self, tried: set[int], now: float) -> Replica | Literal["wait", "over"]:
+        """The least loaded replica in service not tried this round with a slot free; with every replica out, the
+        one back soonest (at a round's start only). "wait": none has a slot now; "over": the round is over, the
+        replicas not tried being all out."""
+        candidates = [r for r in self.replicas if id(r) not in tried]
+        in_service = [r for r in candidates if r.out_until <= now]
+        if in_service:
+            free = [r for r in in_service if r.in_flight < (1 if r.failures else self.per_replica)]
+        elif tried or not candidates:
+            return "over"
+        else:
+            soonest = min(candidates, key=lambda r: r.out_until)
+            free = [soonest] if soonest.in_flight < self.per_replica else []
+        if not free:
+            return "wait"
+        return min(free, key=_load)
+
+    def _slot(self, replica: Replica) -> tuple[Replica, int]:
+        replica.in_flight += 1
+        return replica, replica.takeouts
+
+    async def _acquire(self, tried: set[int]) -> tuple[Replica, int] | None:
+        """A slot on a replica (`_pick`) and its take-out count, waiting for one to free up; None: the round is
+        over."""
+        pick = self._pick(tried, time.monotonic())
+        if isinstance(pick, Replica):
+            return self._slot(pick)
+        if pick == "over":
+            return None
+        waiter: asyncio.Future[tuple[Replica, int] | None] = asyncio.get_running_loop().create_future()
+        (self._retrying if tried else self._waiting).append((tried, waiter))
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and (slot := waiter.result()) is not None:
+                slot[0].in_flight -= 1  # handed over as the call was cancelled
+                self._wake()
+            raise
+
+    def _wake(self) -> None:
+        """Hand the free slots to the waiting calls: first those already turned away by a replica this round
+        (which may also learn that their round is over), then the others in the order they came."""
+        now = time.monotonic()
+        retrying, self._retrying = self._retrying, []
+        for tried, waiter in retrying:
+            pick = "over" if waiter.done() else self._pick(tried, now)
+            if pick == "wait":
+                self._retrying.append((tried, waiter))
+            elif not waiter.done():
+                waiter.set_result(self._slot(pick) if isinstance(pick, Replica) else None)
+        while self._waiting:
+            tried, waiter = self._waiting[0]
+            if not waiter.done():
+                pick = self._pick(tried, now)
+                if not isinstance(pick, Replica):
+                    break  # no slot for a call at its round's start: none for those behind it either
+                waiter.set_result(self._slot(pick))
+            self._waiting.popleft()
 
 
 # -- checking a server ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from qta import protocol
-from qta.endpoint import ChatEndpoint, EndpointError, RetryPolicy, wait
+from qta.endpoint import EndpointError, ReplicaPool, RetryPolicy, wait
 from qta.scores import TOP_LOGPROBS, judgment_slot, served_scores, top_logprobs
 
 log = logging.getLogger(__name__)
@@ -447,13 +447,16 @@ def openai_messages(item: AuditInput, template: protocol.Template = protocol.QTA
 
 class OpenAIGuard:
     """A guard served by vLLM, SGLang or any OpenAI-compatible server: its calls are coroutines on the process's
-    event loop (`qta.endpoint`), up to `max_concurrency` in flight."""
+    event loop (`qta.endpoint`), up to `max_concurrency` in flight on each server. `replicas` are further base URLs
+    serving the same model: the calls are spread over all of them (`qta.endpoint.ReplicaPool`), and
+    `self.max_concurrency` is the total."""
 
     def __init__(
         self,
         base_url: str,
         model: str,
         *,
+        replicas: Sequence[str] = (),
         name: str = "",
         api_key: str | None = None,
         timeout_s: float = 120.0,
@@ -474,15 +477,15 @@ class OpenAIGuard:
         self.top_logprobs = top_logprobs
         self.model = model
         self.max_tokens = max_tokens
-        self.max_concurrency = max(1, max_concurrency)
         self.retry = retry or RetryPolicy()
         self.template = template or protocol.builtin_template(variant)
         self.variant: protocol.Variant = self.template.variant
         self.greedy = greedy
         self.reask = reask  # re-ask once with the format reminder when the output cannot be read
-        self.endpoint = ChatEndpoint(
-            base_url, api_key=api_key, timeout_s=timeout_s, max_connections=self.max_concurrency
+        self.endpoint = ReplicaPool(
+            [base_url, *replicas], api_key=api_key, timeout_s=timeout_s, per_replica=max_concurrency
         )
+        self.max_concurrency = self.endpoint.max_connections  # over all replicas
 
     async def ajudge_one(self, item: AuditInput) -> Verdict:
         """One sample: retried calls, then (with `reask`) one re-ask with the format reminder if unreadable."""
@@ -628,5 +631,5 @@ class OpenAIGuard:
         return wait(self.ajudge_one(item))
 
     def judge(self, items: Sequence[AuditInput]) -> list[Verdict]:
-        """Every item's verdict, in order, up to `max_concurrency` calls in flight (the endpoint's connections)."""
+        """Every item's verdict, in order, up to `max_concurrency` calls in flight (the servers' connections)."""
         return wait(self.ajudge(items))

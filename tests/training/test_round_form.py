@@ -160,4 +160,6 @@ def test_the_admin_shows_figures_to_four_significant_figures(client_for, admin_u
 def test_the_form_counts_the_processes_a_round_runs_in(client_for, admin_user, base, settings):
     settings.GUARDTRACE_TRAIN_GPUS = 2
     body = client_for(admin_user).get(ADD + "?stage=sft").content.decode()
-    assert "8 × 1 × 2 processes = 16 records per update" in body and 'id="config-processes">2 processes' in body
+    assert (
+        "8 × 1 × 2 processes = 16 records per update" in body and 'id="config-processes">2 processes' in body
+    )

@@ -15,6 +15,14 @@ class Command(BaseCommand):
         source = parser.add_mutually_exclusive_group(required=True)
         source.add_argument("--path", default="")
         source.add_argument("--endpoint", default="", help="Base URL, e.g. http://gpu-host:8000/v1")
+        parser.add_argument(
+            "--replica",
+            action="append",
+            default=[],
+            metavar="URL",
+            help="Another base URL serving the same model (a vLLM replica); repeat for more. Requests are spread "
+            "over the endpoint and its replicas.",
+        )
         parser.add_argument("--served-model", default="", help="Model name the endpoint serves.")
         parser.add_argument("--api-key-env", default="", help="Environment variable holding the API key.")
         parser.add_argument("--base-model", default="")
@@ -39,8 +47,9 @@ class Command(BaseCommand):
             generation.update(services.release_settings(endpoint=bool(o["endpoint"])))
         try:
             checkpoint = services.checkpoint_register(
-                name=o["name"], path=o["path"], endpoint=o["endpoint"], served_model=o["served_model"],
-                api_key_env=o["api_key_env"], base_model=o["base_model"], activate=o["activate"],
+                name=o["name"], path=o["path"], endpoint=o["endpoint"], replicas=o["replica"],
+                served_model=o["served_model"], api_key_env=o["api_key_env"], base_model=o["base_model"],
+                activate=o["activate"],
                 prompt_version=o["prompt_version"], **generation,
             )  # fmt: skip
         except CheckpointError as exc:
@@ -48,4 +57,7 @@ class Command(BaseCommand):
         except IntegrityError as exc:
             raise CommandError(f"a checkpoint named {o['name']!r} already exists") from exc
         active = " (active)" if checkpoint.is_active else ""
-        self.stdout.write(f"registered {checkpoint.name}{active}, asked with {checkpoint.prompt_version}")
+        servers = f", served by {len(checkpoint.base_urls)} replicas" if len(checkpoint.base_urls) > 1 else ""
+        self.stdout.write(
+            f"registered {checkpoint.name}{active}, asked with {checkpoint.prompt_version}{servers}"
+        )
