@@ -237,14 +237,14 @@ def test_a_session_stays_with_the_audit_worker_that_opened_it(
         return signing.loads(opened["session"], salt=services.SESSION_SALT)["q"]
 
     with worker("filesystem://", broker, settings.MEDIA_ROOT, "audit", env, name="audit-a@%h") as a:
-        first = _open(api).json()
+        first = _open(api, reading="cue").json()
         assert where(first).startswith("audit.audit-a@")
         with worker("filesystem://", broker, settings.MEDIA_ROOT, "audit", env, name="audit-b@%h"):
             opened = [first]
             deadline = time.monotonic() + 60
             while not any(where(o).startswith("audit.audit-b@") for o in opened):  # until b takes one
                 assert time.monotonic() < deadline, "the second audit worker never took a session"
-                opened.append(_open(api).json())
+                opened.append(_open(api, reading="cue").json())
             for piece in THINKING:
                 for session in opened:
                     answer = _append(api, session, "reasoning", piece)
@@ -257,5 +257,6 @@ def test_a_session_stays_with_the_audit_worker_that_opened_it(
             settings.GUARDTRACE_AUDIT_TIMEOUT_S = 2.0
             lost = _append(api, first, "answer", ANSWER)
             assert lost.status_code == 504 and "holding this session" in lost.json()["detail"]
+            settings.GUARDTRACE_AUDIT_TIMEOUT_S = 30.0
             on_b = next(o for o in opened if where(o).startswith("audit.audit-b@"))
             assert _append(api, on_b, "answer", ANSWER).status_code == 200
