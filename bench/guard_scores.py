@@ -47,6 +47,17 @@ def _records(folder: Path, count: int, seed: int) -> list[dict]:
     return records
 
 
+def _sft_rows(records: list[dict]) -> list[dict]:
+    """SFT rows for the runner: each record as the guard should judge it, with its level's demo analysis."""
+    from demo.tiny_models import ANALYSES
+    from qta import protocol
+
+    return [{"question": r["question"], "thinking": r["thinking"], "answer": r["answer"],
+             "image_path": r["image"], "origin": "bench", "judgment": r["label"],
+             "target": protocol.format_target(analysis=ANALYSES[r["label"]], judgment=r["label"])}
+            for r in records]  # fmt: skip
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -106,10 +117,7 @@ def main() -> None:
     train_count, test_count, epochs = (160, 80, 2.0) if args.quick else (480, 320, 6.0)
     base = build_tiny_guard(work / "base")
     train = [r for r in _records(work / "train", train_count, seed=7) if r["split"] == "train"]
-    rows = [{"question": r["question"], "thinking": r["thinking"], "answer": r["answer"],
-             "image_path": r["image"], "origin": "bench", "judgment": r["label"],
-             "target": protocol.format_target(analysis=ANALYSES[r["label"]], judgment=r["label"])}
-            for r in train]  # fmt: skip
+    rows = _sft_rows(train)
     started = time.perf_counter()
     hp = for_stage("sft", tiny=True, seed=1, epochs=epochs)
     train_tiny(work / "run", base=base, rows=rows, hp=hp, threads=2)

@@ -53,10 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    from guard_scores import _records
+    from guard_scores import _records, _sft_rows
 
-    from demo.tiny_models import ANALYSES
-    from qta import protocol
     from qta.engine import AuditInput, EngineOptions, TransformersGuard
     from qta.hyper import for_stage
     from qta.tiny import build_tiny_guard
@@ -65,10 +63,7 @@ def main() -> None:
     count, epochs = (160, 1.0) if args.quick else (480, 6.0)
     base = build_tiny_guard(work / "base")
     train = [r for r in _records(work / "train", count, seed=7) if r["split"] == "train"]
-    rows = [{"question": r["question"], "thinking": r["thinking"], "answer": r["answer"],
-             "image_path": r["image"], "origin": "bench", "judgment": r["label"],
-             "target": protocol.format_target(analysis=ANALYSES[r["label"]], judgment=r["label"])}
-            for r in train]  # fmt: skip
+    rows = _sft_rows(train)
     test = _records(work / "test", 160 if args.quick else 320, seed=99)
     results = []
     for processes, batch in ((1, 8), (2, 4)):
