@@ -5,13 +5,11 @@ as a one-process round does."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import pytest
 
 from guardmodel.models import GuardCheckpoint
-from tests.training.test_runs import _consensus, _read, _wait
+from tests.training.test_runs import _consensus, cancelled_and_resumed, training_until_saved
 from training import services
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -61,26 +59,5 @@ def test_a_two_process_round_cancels_and_resumes_from_its_checkpoint(base, setti
     run = services.training_run_launch(
         stage="sft", base_checkpoint=base, tiny=True, hyperparameters=slow, enqueue=False
     )
-    outcome: dict[str, str] = {}
-    driver = threading.Thread(
-        target=lambda: outcome.update(first=services.training_run_execute(run_id=run.pk))
-    )
-    driver.start()
-    folder = services.run_dir(run)
-    _wait(lambda: '"saved"' in _read(folder / "progress.jsonl"), timeout=120, what="a saved checkpoint")
-    services.training_run_cancel(run)
-    cancelled_at = time.monotonic()
-    driver.join(timeout=30)
-    assert outcome["first"] == "cancelled" and time.monotonic() - cancelled_at < 10
-    run.refresh_from_db()
-    stopped_at = run.step
-    assert run.status == "cancelled" and 0 < stopped_at < run.max_steps
-
-    services.training_run_resume(run, enqueue=False)
-    assert services.training_run_execute(run_id=run.pk) == "succeeded"
-    run.refresh_from_db()
-    assert run.resumes == 1 and run.step == run.max_steps and run.output_checkpoint is not None
-    events = [json.loads(line) for line in (folder / "progress.jsonl").read_text().splitlines()]
-    saved_step = int(next(e for e in events if e["event"] == "resume")["checkpoint"].split("-")[1])
-    first_logged = next(e for e in events if e["event"] == "log")["step"]
-    assert 0 < saved_step <= stopped_at and first_logged > saved_step
+    driver, outcome = training_until_saved(run, timeout=120)
+    cancelled_and_resumed(run, driver, outcome, within_s=10)

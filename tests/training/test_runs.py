@@ -161,6 +161,41 @@ def test_a_crash_in_the_training_process_fails_the_round_with_its_traceback(base
     assert TrainingRun.objects.get(pk=run.pk).status == "pending"
 
 
+def training_until_saved(run, timeout: float = 60.0) -> tuple[threading.Thread, dict[str, str]]:
+    """Run the round in a thread, as its worker would, until it has saved a checkpoint."""
+    outcome: dict[str, str] = {}
+    driver = threading.Thread(
+        target=lambda: outcome.update(first=services.training_run_execute(run_id=run.pk))
+    )
+    driver.start()
+    folder = services.run_dir(run)
+    _wait(lambda: '"saved"' in _read(folder / "progress.jsonl"), timeout=timeout, what="a saved checkpoint")
+    return driver, outcome
+
+
+def cancelled_and_resumed(run, driver: threading.Thread, outcome: dict[str, str], *, within_s: float) -> None:
+    """Cancel the training round: it stops within `within_s` between its saves; resumed, it continues from the
+    checkpoint it saved, not from step zero."""
+    services.training_run_cancel(run)
+    cancelled_at = time.monotonic()
+    driver.join(timeout=30)
+    assert outcome["first"] == "cancelled" and time.monotonic() - cancelled_at < within_s
+    run.refresh_from_db()
+    stopped_at = run.step
+    assert run.status == "cancelled" and 0 < stopped_at < run.max_steps
+
+    services.training_run_resume(run, enqueue=False)
+    assert services.training_run_execute(run_id=run.pk) == "succeeded"
+    run.refresh_from_db()
+    assert run.resumes == 1 and run.step == run.max_steps and run.output_checkpoint is not None
+    events = [
+        json.loads(line) for line in (services.run_dir(run) / "progress.jsonl").read_text().splitlines()
+    ]
+    saved_step = int(next(e for e in events if e["event"] == "resume")["checkpoint"].split("-")[1])
+    first_logged = next(e for e in events if e["event"] == "log")["step"]
+    assert 0 < saved_step <= stopped_at and first_logged > saved_step
+
+
 def test_cancel_stops_a_round_within_seconds_a_second_round_waits_and_resume_continues_from_the_checkpoint(
     base,
 ):
@@ -170,36 +205,13 @@ def test_cancel_stops_a_round_within_seconds_a_second_round_waits_and_resume_con
         stage="sft", base_checkpoint=base, tiny=True, hyperparameters=slow, enqueue=False
     )
     second = services.training_run_launch(stage="sft", base_checkpoint=base, tiny=True, enqueue=False)
-    outcome: dict[str, str] = {}
-    driver = threading.Thread(
-        target=lambda: outcome.update(first=services.training_run_execute(run_id=run.pk))
-    )
-    driver.start()
-    folder = services.run_dir(run)
-    _wait(lambda: '"saved"' in _read(folder / "progress.jsonl"), what="a saved checkpoint")
+    driver, outcome = training_until_saved(run)
 
     # The device is taken: the second round waits, queued, rather than training alongside.
     assert services.training_run_execute(run_id=second.pk) == "busy"
     second.refresh_from_db()
     assert second.status == "pending" and second.phase == f"waiting for cpu (run #{run.pk} is training)"
-
-    services.training_run_cancel(run)
-    cancelled_at = time.monotonic()
-    driver.join(timeout=30)
-    assert outcome["first"] == "cancelled" and time.monotonic() - cancelled_at < 8
-    run.refresh_from_db()
-    stopped_at = run.step
-    assert run.status == "cancelled" and 0 < stopped_at < run.max_steps
-
-    services.training_run_resume(run, enqueue=False)
-    assert services.training_run_execute(run_id=run.pk) == "succeeded"
-    run.refresh_from_db()
-    assert run.resumes == 1 and run.step == run.max_steps and run.output_checkpoint is not None
-    # The resumed process started from the saved checkpoint, not from step zero.
-    events = [json.loads(line) for line in (folder / "progress.jsonl").read_text().splitlines()]
-    saved_step = int(next(e for e in events if e["event"] == "resume")["checkpoint"].split("-")[1])
-    first_logged = next(e for e in events if e["event"] == "log")["step"]
-    assert 0 < saved_step <= stopped_at and first_logged > saved_step
+    cancelled_and_resumed(run, driver, outcome, within_s=8)
 
 
 def test_a_round_on_a_set_holding_a_100k_character_trace_cuts_it_and_records_the_cut(
