@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import time
 
 from _setup import ROOT, fresh_database, machine, run_drivers
+from guard_endpoint import _judge  # the job as the gpu worker runs it, in a process of its own
 
 DELAY_S = 0.2
 CONCURRENCY = 32  # per replica
@@ -40,17 +40,6 @@ def _serve(ready, stop, answered) -> None:
     with LoopbackOpenAI(respond, delay_s=DELAY_S) as server:
         ready.put(server.url)
         stop.wait()
-
-
-def _judge(job_id: int, results) -> None:
-    from django.db import connection
-
-    from guardmodel import services
-
-    connection.close()  # a connection of its own, not the parent's
-    cpu = time.process_time()
-    services.guard_job_run(job_id=job_id)
-    results.put({"cpu_s": time.process_time() - cpu})
 
 
 def _row(ctx, servers, answered, *, replicas: int, down: int, ids: list[int], results) -> dict:

@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 from common.permissions import CanAudit
 from common.schema import ErrorSerializer
 from guardmodel import services
+from guardmodel.models import GuardCheckpoint
 from qta.engine import READINGS, AuditInput, ImageError, decode_image
 from qta.loading import CheckpointError
 
@@ -180,15 +181,23 @@ class AuditApi(APIView):
         return Response(body, status=code)
 
 
+def checkpoint_named(name: str) -> tuple[GuardCheckpoint | None, tuple[int, dict] | None]:
+    """The checkpoint an audit call names (the active one when it names none), or the answer for its absence: a
+    400 on the field for a name that is not there, a 503 when no checkpoint is active."""
+    try:
+        return services.active_checkpoint(name), None
+    except CheckpointError as exc:
+        if name:
+            return None, (status.HTTP_400_BAD_REQUEST, {"checkpoint": [str(exc)]})
+        return None, (status.HTTP_503_SERVICE_UNAVAILABLE, {"detail": str(exc)})
+
+
 def judge(data: dict) -> tuple[int, dict]:
     """Judge validated audit input with the checkpoint it names (the active one by default): the HTTP status and
     the body, as the audit API answers and the guard playground shows."""
-    try:
-        checkpoint = services.active_checkpoint(data["checkpoint"])
-    except CheckpointError as exc:
-        if data["checkpoint"]:
-            return status.HTTP_400_BAD_REQUEST, {"checkpoint": [str(exc)]}
-        return status.HTTP_503_SERVICE_UNAVAILABLE, {"detail": str(exc)}
+    checkpoint, refusal = checkpoint_named(data["checkpoint"])
+    if checkpoint is None:
+        return refusal  # type: ignore[return-value]
     item = AuditInput(data["question"], data["thinking"], data["answer"], data.get("image"))
     try:
         verdict = services.audit_on_worker(
@@ -274,15 +283,17 @@ _SESSION_ERRORS = {
 }
 
 
-def _session_answer(action: str, *, queue: str, owner: int, **kwargs) -> tuple[int, dict]:
+def _session_answer(action: str, *, queue: str, owner: int, **kwargs) -> tuple[int, dict, str]:
+    """A session call's HTTP status and body (the worker's answer, its refusal, or a 504 when it did not answer),
+    and the node that answered."""
     try:
         answer = services.session_on_worker(action, queue=queue, owner=owner, **kwargs)
     except services.AuditTimeout as exc:
-        return status.HTTP_504_GATEWAY_TIMEOUT, {"detail": str(exc)}
+        return status.HTTP_504_GATEWAY_TIMEOUT, {"detail": str(exc)}, ""
+    worker = answer.pop("worker", "")
     if "error" in answer:
-        return answer["error"]["status"], {"detail": answer["error"]["detail"]}
-    answer.pop("worker", None)
-    return status.HTTP_200_OK, answer
+        return answer["error"]["status"], {"detail": answer["error"]["detail"]}, worker
+    return status.HTTP_200_OK, answer, worker
 
 
 def _session_of(token: str, user) -> dict | None:
@@ -341,22 +352,16 @@ class AuditSessionsApi(APIView):
         serializer = SessionOpenSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        try:
-            checkpoint = services.active_checkpoint(data["checkpoint"])
-        except CheckpointError as exc:
-            if data["checkpoint"]:
-                return Response({"checkpoint": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
-            return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        try:
-            answer = services.session_on_worker(
-                "open", queue="audit", owner=request.user.pk, checkpoint_id=checkpoint.pk,
-                question=data["question"], image=data.get("image"), reading=data["reading"],
-            )  # fmt: skip
-        except services.AuditTimeout as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_504_GATEWAY_TIMEOUT)
-        if "error" in answer:
-            return Response({"detail": answer["error"]["detail"]}, status=answer["error"]["status"])
-        worker = answer.pop("worker")
+        checkpoint, refusal = checkpoint_named(data["checkpoint"])
+        if checkpoint is None:
+            code, body = refusal  # type: ignore[misc]
+            return Response(body, status=code)
+        code, answer, worker = _session_answer(
+            "open", queue="audit", owner=request.user.pk, checkpoint_id=checkpoint.pk,
+            question=data["question"], image=data.get("image"), reading=data["reading"],
+        )  # fmt: skip
+        if code != status.HTTP_200_OK:
+            return Response(answer, status=code)
         held = {
             "s": answer.pop("sid"),
             "q": services.audit_session_queue(worker) if worker else "",
@@ -407,7 +412,7 @@ class AuditSessionApi(APIView):
         held = _session_of(session, request.user)
         if held is None:
             return Response(_NOT_OPEN, status=status.HTTP_404_NOT_FOUND)
-        code, body = _session_answer(action, queue=held["q"], owner=request.user.pk, sid=held["s"])
+        code, body, _ = _session_answer(action, queue=held["q"], owner=request.user.pk, sid=held["s"])
         return Response(body, status=code)
 
 
@@ -439,7 +444,7 @@ class AuditSessionAppendApi(APIView):
             return Response(_NOT_OPEN, status=status.HTTP_404_NOT_FOUND)
         serializer = SessionAppendSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        code, body = _session_answer(
+        code, body, _ = _session_answer(
             "append", queue=held["q"], owner=request.user.pk, sid=held["s"], **serializer.validated_data
         )
         return Response(body, status=code)
