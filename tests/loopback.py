@@ -55,6 +55,26 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
 
+class JsonHandler(BaseHTTPRequestHandler):
+    """A loopback server's request handler: keep-alive, JSON answers, nothing logged."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive: one connection per client thread, as with a real server
+    # Headers and body go out as two writes; with Nagle's algorithm on, the body would wait for the client's
+    # delayed ACK (~40 ms a reply). Real servers (uvicorn under vLLM) set TCP_NODELAY, so this one does too.
+    disable_nagle_algorithm = True
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _send(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
 class LoopbackOpenAI:
     def __init__(
         self, respond: Callable[[dict], str] = keyword_judge, *, faults: list[Fault] | None = None,
@@ -74,25 +94,7 @@ class LoopbackOpenAI:
         self._lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = (
-                "HTTP/1.1"  # keep-alive: one connection per client thread, as with a real server
-            )
-            # Headers and body go out as two writes; with Nagle's algorithm on, the body would wait for the client's
-            # delayed ACK (~40 ms a reply). Real servers (uvicorn under vLLM) set TCP_NODELAY, so this one does too.
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
                 with server._lock:
                     server.listings += 1

@@ -12,12 +12,11 @@ import io
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from PIL import Image
 
-from tests.loopback import _Server
+from tests.loopback import JsonHandler, _Server
 
 
 class ServedModel:
@@ -41,13 +40,7 @@ class ServedModel:
         self.prompts: list[str] = []  # each request's rendered prompt (the continued message included)
         served = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args) -> None:
-                pass
-
+        class Handler(JsonHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if self.path != "/v1/chat/completions":
@@ -56,12 +49,7 @@ class ServedModel:
                     with served._lock:
                         served.requests.append(body)
                         status, payload = 200, served.complete(body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self._send(status, payload)
 
         self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
