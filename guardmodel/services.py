@@ -882,7 +882,7 @@ def session_action(action: str, *, owner: int, **kwargs) -> dict:
         }
     except CheckpointError as exc:
         return {"error": {"status": 503, "detail": str(exc)}}
-    except (StreamError, ValueError) as exc:
+    except StreamError as exc:  # a fault of the model or the code is a 500, not a refusal
         return _session_error(exc)
 
 
