@@ -32,19 +32,32 @@ class JurorProgressOutput(serializers.Serializer):
         return None if progress.eta_s is None else round(progress.eta_s, 1)
 
 
+class WorkerShareOutput(serializers.Serializer):
+    worker = serializers.CharField(help_text="The Celery node name whose drivers wrote these results.")
+    labels = serializers.IntegerField()
+    jurors = serializers.ListField(child=serializers.CharField())
+    first_at = serializers.DateTimeField()
+    last_at = serializers.DateTimeField()
+
+
 class JuryRunOutput(serializers.ModelSerializer):
     tasks = serializers.IntegerField(source="total")
     already_labelled = serializers.IntegerField(source="skipped")
     jurors = serializers.SerializerMethodField()
+    workers = serializers.SerializerMethodField()
 
     class Meta:
         model = JuryRun
         fields = ["id", "status", "selection", "prompt_version", "samples", "tasks", "already_labelled",
-                  "created_at", "finished_at", "jurors"]  # fmt: skip
+                  "created_at", "finished_at", "jurors", "workers"]  # fmt: skip
 
     @extend_schema_field(JurorProgressOutput(many=True))
     def get_jurors(self, run: JuryRun) -> list:
         return list(JurorProgressOutput(services.run_progress(run), many=True).data)
+
+    @extend_schema_field(WorkerShareOutput(many=True))
+    def get_workers(self, run: JuryRun) -> list:
+        return list(WorkerShareOutput(services.run_workers(run), many=True).data)
 
 
 class JuryRunCreateApi(APIView):

@@ -68,6 +68,8 @@ class JuryTask(models.Model):
     # "<lease token>:<claim number>" while claimed; a result is written only by the claim's holder.
     claim_token = models.CharField(max_length=48, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # The Celery worker (node name) whose driver wrote the result: which worker did what, across kills and restarts.
+    driven_by = models.CharField(max_length=200, blank=True)
 
     class Meta:
         constraints = [

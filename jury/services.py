@@ -18,11 +18,11 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from annotation import strata
@@ -34,6 +34,7 @@ from guardmodel.services import ajudge_readable, judge_readable, read_inputs, ve
 from jury.backends import backend_for_juror
 from jury.models import Juror, JuryRun, JuryTask
 from qta.engine import Verdict
+from qta.workers import worker_id
 
 log = logging.getLogger(__name__)
 OPEN = (JuryTask.Status.PENDING, JuryTask.Status.CLAIMED)
@@ -346,6 +347,35 @@ def run_progress(run: JuryRun) -> list[JurorProgress]:
     return sorted(progress.values(), key=lambda p: p.juror.name)
 
 
+@dataclass
+class WorkerShare:
+    """What one worker's drivers wrote in a run: how many results, for which jurors, from when to when."""
+
+    worker: str
+    labels: int
+    jurors: list[str]
+    first_at: datetime
+    last_at: datetime
+
+
+def run_workers(run: JuryRun) -> list[WorkerShare]:
+    """The run's written results by the worker that drove them, busiest first: how the work spread over workers
+    (a worker killed mid-run keeps what it wrote; whoever took its jurors over appears beside it)."""
+    shares: dict[str, WorkerShare] = {}
+    rows = (
+        JuryTask.objects.filter(run=run, completed_at__isnull=False)
+        .values_list("driven_by", "juror__name")
+        .annotate(n=Count("id"), first=Min("completed_at"), last=Max("completed_at"))
+        .order_by("driven_by", "juror__name")
+    )
+    for worker, juror, n, first, last in rows:
+        share = shares.setdefault(worker, WorkerShare(worker or "—", 0, [], first, last))
+        share.labels += n
+        share.jurors.append(juror)
+        share.first_at, share.last_at = min(share.first_at, first), max(share.last_at, last)
+    return sorted(shares.values(), key=lambda share: (-share.labels, share.worker))
+
+
 # -- driving a juror's work -----------------------------------------------------------------------------------------
 
 
@@ -361,14 +391,15 @@ def _open_work(juror_id: int) -> QuerySet[JuryTask]:
     return JuryTask.objects.filter(juror_id=juror_id, status__in=OPEN, run__status=JuryRun.Status.RUNNING)
 
 
-def juror_drive(juror_id: int) -> DriveOutcome:
-    """Work the juror's open tasks across all running runs until none is left (or the lease is lost)."""
+def juror_drive(juror_id: int, *, worker: str = "") -> DriveOutcome:
+    """Work the juror's open tasks across all running runs until none is left (or the lease is lost). `worker`
+    names who drives (the Celery node name; default this process, host:pid) on every task it writes."""
     if not Juror.objects.filter(pk=juror_id).exists():  # deleted since the message was sent: nothing to do
         return DriveOutcome()
     return drive_under_lease(
         _lease_key(juror_id),
         settings.GUARDTRACE_JURY_LEASE_S,
-        drive=lambda token: _Driver(juror_id, token).run(),
+        drive=lambda token: _Driver(juror_id, token, worker or worker_id()).run(),
         more=lambda: _open_work(juror_id).filter(juror__enabled=True).exists(),
     )
 
@@ -381,9 +412,10 @@ class _Item:
 
 
 class _Driver(Driver):
-    def __init__(self, juror_id: int, token: str):
+    def __init__(self, juror_id: int, token: str, worker: str = ""):
         self.juror = Juror.objects.get(pk=juror_id)
         self.token = token
+        self.worker = worker
         self.claims = 0
         self.kind = Label.SourceKind.ORACLE if self.juror.is_oracle else Label.SourceKind.JUROR
         self.name = f"juror-{self.juror.name}"
@@ -486,7 +518,7 @@ class _Driver(Driver):
             Label.objects.bulk_create(labels, ignore_conflicts=True)
             for status, task_ids in by_status.items():
                 JuryTask.objects.filter(pk__in=task_ids).update(
-                    status=status, completed_at=now, claim_token=""
+                    status=status, completed_at=now, claim_token="", driven_by=self.worker
                 )
             if self.kind == Label.SourceKind.JUROR:
                 strata.stratify(sample_ids=sample_ids, prompt_version=juror.prompt_version)

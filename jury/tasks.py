@@ -10,7 +10,7 @@ from jury import services
 def juror_drive_task(self, juror_id: int) -> int:
     """Work one juror's open tasks in every running run. When another driver holds the juror, try again once its
     lease could have run out: if that driver died, this one takes over; if it lives, it will have done the work."""
-    outcome = services.juror_drive(juror_id)
+    outcome = services.juror_drive(juror_id, worker=self.request.hostname or "")
     if outcome.busy_for is not None:
         raise self.retry(countdown=min(60.0, outcome.busy_for + 1.0))
     return outcome.written

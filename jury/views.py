@@ -35,6 +35,7 @@ def progress_context(run: JuryRun) -> dict:
         "done": sum(p.done for p in jurors),
         "total": sum(p.total for p in jurors),
         "percent": int(100 * sum(p.done for p in jurors) / max(1, sum(p.total for p in jurors))),
+        "workers": services.run_workers(run),
     }
 
 

@@ -34,14 +34,27 @@ def _reset_connections() -> None:
     celery_app.amqp._producer_pool = None
 
 
+# Where a worker started with `log=` writes its output (by pid), for the failure messages of `wait_for`.
+_LOGS: dict[int, Path] = {}
+
+
+def worker_output(process: subprocess.Popen) -> str:
+    """What the worker printed so far: its log file, or its pipe once it has exited."""
+    if (log := _LOGS.get(process.pid)) is not None:
+        return log.read_text(errors="replace")
+    return process.stdout.read() if process.stdout else "the worker exited"
+
+
 @contextmanager
 def worker(
     broker_url: str, options: dict, media_root: str, queues: str = "default", extra_env: dict | None = None,
-    concurrency: int = 1, name: str = "",
+    concurrency: int = 1, name: str = "", command: list[str] | None = None, log: Path | None = None,
 ):  # fmt: skip
     """Point this process's Celery app at the broker and start a worker process on it (its own process group, so
     `kill_worker` can take it down with its pool children, as a crash would). One process (`solo` pool) unless
-    `concurrency` asks for a prefork pool; `name` is its node name (two workers on one host need their own)."""
+    `concurrency` asks for a prefork pool; `name` is its node name (two workers on one host need their own).
+    `command` replaces the whole command line (queues, concurrency and name then come from it); `log` takes the
+    output instead of a pipe (a busy worker's INFO lines would fill a pipe nobody reads until the end)."""
     saved = celery_app.conf.broker_url, celery_app.conf.broker_transport_options
     celery_app.conf.broker_url, celery_app.conf.broker_transport_options = broker_url, options
     _reset_connections()
@@ -54,20 +67,26 @@ def worker(
     }
     if broker_url.startswith("filesystem"):
         env["GUARDTRACE_VAR_DIR"] = str(Path(options["data_folder_in"]).parent.parent)
-    process = subprocess.Popen(
-        celery_worker_command(queues, "-l", "INFO", *(["-n", name] if name else []), concurrency=concurrency),
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+    argv = command or celery_worker_command(
+        queues, "-l", "INFO", *(["-n", name] if name else []), concurrency=concurrency
+    )
+    out = log.open("w") if log is not None else subprocess.PIPE
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # fmt: skip
+    if log is not None:
+        out.close()
+        _LOGS[process.pid] = log
     try:
         yield process
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
-        output = process.communicate(timeout=30)[0]
+        output = process.communicate(timeout=30)[0] if log is None else ""
         celery_app.conf.broker_url, celery_app.conf.broker_transport_options = saved
         _reset_connections()
         if process.returncode not in (0, -15, -9):
-            print(output)
+            print(output or worker_output(process))
+        _LOGS.pop(process.pid, None)
 
 
 def kill_worker(process: subprocess.Popen) -> None:
@@ -99,7 +118,7 @@ def wait_for(
         if condition():
             return
         if process is not None:
-            assert process.poll() is None, process.stdout.read() if process.stdout else "the worker exited"
+            assert process.poll() is None, worker_output(process)
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout}s: {what} {detail()}".rstrip())
 

@@ -8,6 +8,7 @@ from django.urls import reverse
 from annotation.models import Label
 from jury import services
 from jury.models import Juror, JuryRun, JuryTask
+from qta.workers import worker_id
 
 
 def test_an_admin_starts_a_run_over_the_api_and_polls_its_progress(
@@ -33,6 +34,29 @@ def test_an_admin_starts_a_run_over_the_api_and_polls_its_progress(
     assert [(j["name"], j["valid"], j["pending"], j["eta_seconds"]) for j in progress["jurors"]] == [
         ("a", 2, 0, 0.0), ("b", 2, 0, 0.0),
     ]  # fmt: skip
+
+
+def test_the_run_reports_which_worker_drove_which_juror(api_for, client_for, reviewer_user, jury_server,
+                                                      make_jurors, voted):  # fmt: skip
+    jurors = make_jurors(jury_server.url)
+    voted("1,1,1", "0,0,0", "1,0,1")
+    run = services.jury_run_create(selection={}, enqueue=False)
+    assert services.run_workers(run) == []  # nothing written yet
+    services.juror_drive(jurors[0].pk, worker="jury@host-1")
+    services.juror_drive(jurors[1].pk, worker="jury@host-1")
+    services.juror_drive(jurors[2].pk, worker="jury@host-2")
+    body = api_for(reviewer_user).get(reverse("api_jury_run", args=[run.pk])).json()
+    assert [(w["worker"], w["labels"], w["jurors"]) for w in body["workers"]] == [
+        ("jury@host-1", 6, ["a", "b"]), ("jury@host-2", 3, ["c"]),
+    ]  # fmt: skip
+    assert all(w["first_at"] <= w["last_at"] for w in body["workers"])
+    page = client_for(reviewer_user).get(reverse("jury_run", args=[run.pk])).content.decode()
+    assert "<h2>Workers</h2>" in page and "<code>jury@host-2</code>" in page and "a, b" in page
+    # A driver run outside a Celery worker is named by host and pid.
+    (extra,) = make_jurors(jury_server.url, names=("d",))
+    other = services.jury_run_create(selection={}, jurors=[extra], enqueue=False)
+    services.juror_drive(extra.pk)
+    assert [(w.worker, w.labels) for w in services.run_workers(other)] == [(worker_id(), 3)]
 
 
 @pytest.mark.parametrize(
