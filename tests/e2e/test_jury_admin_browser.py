@@ -94,3 +94,32 @@ def test_a_jurors_change_page_tests_its_endpoint(open_as, live_server, superuser
         messages = page.inner_text(".messagelist")
         assert "connection refused" in messages and "Juror alpha" in messages
         page.screenshot(path=shots / "jury_juror_list_test_connection.png", full_page=True)
+
+
+def test_the_run_page_shows_who_drove_what_on_a_desktop_and_a_phone(open_as, live_server, superuser, shots):
+    from jury import services
+    from tests.loopback import keyword_judge
+
+    with LoopbackOpenAI(keyword_judge) as server:
+        jurors = [
+            Juror.objects.create(name=name, backend="openai", model_name=name, base_url=server.url)
+            for name in ("gemma-3-27b", "mistral-small-3.2", "qwen2.5-vl-32b")
+        ]
+        SampleFactory.create_batch(5)
+        run = services.jury_run_create(selection={}, enqueue=False)
+        for juror, node in zip(
+            jurors, ("jury@gpu-node-07.cluster.internal",) * 2 + ("jury@gpu-node-11",), strict=True
+        ):
+            services.juror_drive(juror.pk, worker=node)
+    page = open_as(superuser, next_url=reverse("jury_run", args=[run.pk]))
+    table = page.locator("table", has=page.locator("caption", has_text="Who drove what"))
+    rows = table.locator("tbody tr")
+    assert rows.count() == 2
+    assert rows.nth(0).inner_text().split("\t")[:3] == [
+        "jury@gpu-node-07.cluster.internal", "10", "gemma-3-27b, mistral-small-3.2",
+    ]  # fmt: skip
+    page.screenshot(path=shots / "jury_run_workers.png", full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.reload()
+    _no_page_overflow(page)
+    page.screenshot(path=shots / "jury_run_workers_phone.png", full_page=True)
