@@ -38,6 +38,18 @@ def fresh_database(name: str) -> str:
     return f"{connection.vendor} ({connection.settings_dict['NAME']})"
 
 
+def text_samples(count: int) -> None:
+    """`count` text-only samples, a third of them asking plainly and the rest for steps (the keyword judge's cue)."""
+    from annotation.models import Sample
+
+    Sample.objects.bulk_create(
+        [Sample(question=f"Question {n}: list the steps for topic {n}" if n % 3 else f"Question {n}: hello",
+                thinking="Step one.\n\nStep two.", answer="An answer.", content_hash=f"{n:064x}")
+         for n in range(count)],
+        batch_size=5000,
+    )  # fmt: skip
+
+
 def synthetic_upload(folder: Path, *, count: int, seed: int) -> tuple[Path, Path]:
     """`count` synthetic samples under `folder` as an import takes them: `samples.jsonl` and its images zipped."""
     import zipfile

@@ -16,7 +16,7 @@ import multiprocessing as mp
 import os
 import time
 
-from _setup import ROOT, fresh_database, machine, run_drivers
+from _setup import ROOT, fresh_database, machine, run_drivers, text_samples
 
 DELAY_S = 0.2
 CONCURRENCY = 32
@@ -58,12 +58,7 @@ def main() -> None:
     from annotation.models import Label, Sample
     from guardmodel import services
 
-    Sample.objects.bulk_create(
-        [Sample(question=f"Question {n}: list the steps for topic {n}" if n % 3 else f"Question {n}: hello",
-                thinking="Step one.\n\nStep two.", answer="An answer.", content_hash=f"{n:064x}")
-         for n in range(count)],
-        batch_size=5000,
-    )  # fmt: skip
+    text_samples(count)
     ctx = mp.get_context("fork")
     ready, stop, results = ctx.Queue(), ctx.Event(), ctx.Queue()
     server = ctx.Process(target=_serve, args=(ready, stop))

@@ -21,7 +21,7 @@ import os
 import random
 import time
 
-from _setup import ROOT, fresh_database, machine, run_drivers
+from _setup import ROOT, fresh_database, machine, run_drivers, text_samples
 
 DELAY_S = 0.2
 CONCURRENCY = 32
@@ -135,14 +135,7 @@ def main() -> None:
     os.environ.setdefault("LOG_LEVEL", "ERROR")  # retried calls log a warning each
     database = fresh_database("guardtrace_bench_jury")
 
-    from annotation.models import Sample
-
-    Sample.objects.bulk_create(
-        [Sample(question=f"Question {n}: list the steps for topic {n}" if n % 3 else f"Question {n}: hello",
-                thinking="Step one.\n\nStep two.", answer="An answer.", content_hash=f"{n:064x}")
-         for n in range(samples)],
-        batch_size=5000,
-    )  # fmt: skip
+    text_samples(samples)
     clean = _pass(samples, 0.0)
     faulty = _pass(samples, 0.10)
     wide = _pass(samples, 0.0, concurrency=128)

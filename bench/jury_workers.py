@@ -26,7 +26,7 @@ import multiprocessing as mp
 import os
 import time
 
-from _setup import ROOT, fresh_database, machine
+from _setup import ROOT, fresh_database, machine, text_samples
 from _stack import Stack, wait_until
 from celery.utils.nodenames import host_format
 
@@ -156,14 +156,7 @@ def _bench(servers: dict, samples: int) -> dict[str, list[dict]]:
         fresh_database("guardtrace_bench_jury_workers")
         from django.conf import settings
 
-        from annotation.models import Sample
-
-        Sample.objects.bulk_create(
-            [Sample(question=f"Question {n}: list the steps for topic {n}" if n % 3 else f"Question {n}: hello",
-                    thinking="Step one.\n\nStep two.", answer="An answer.", content_hash=f"{n:064x}")
-             for n in range(samples)],
-            batch_size=5000,
-        )  # fmt: skip
+        text_samples(samples)
         env = {"DATABASE_URL": os.environ["DATABASE_URL"], "CELERY_BROKER_URL": broker, "LOG_LEVEL": "ERROR",
                "MEDIA_ROOT": settings.MEDIA_ROOT, "GUARDTRACE_VAR_DIR": os.environ["GUARDTRACE_VAR_DIR"]}  # fmt: skip
         return {
