@@ -129,3 +129,21 @@ def lease_renew(key: str, token: str, seconds: float) -> bool:
 
 def lease_release(key: str, token: str) -> None:
     Lease.objects.filter(key=key, token=token).update(until=None, token="")
+
+
+def leases_run_out(prefix: str) -> list[tuple[str, str]]:
+    """(key, token) of the leases under `prefix` whose holder stopped renewing them and never gave them back: it died
+    (or stalled past its lease)."""
+    return list(
+        Lease.objects.filter(key__startswith=prefix, until__lt=timezone.now())
+        .exclude(token="")
+        .values_list("key", "token")
+    )
+
+
+def lease_clear(key: str, token: str) -> bool:
+    """Give back a lease that ran out, on its dead holder's behalf. True for one caller only: False when another did
+    it first, or the holder renewed it meanwhile."""
+    return bool(
+        Lease.objects.filter(key=key, token=token, until__lt=timezone.now()).update(until=None, token="")
+    )

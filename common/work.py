@@ -410,6 +410,40 @@ def resume_all() -> dict[str, object]:
     return results
 
 
+_watches: dict[str, tuple[str, Callable[[], float], Callable[[], object]]] = {}
+_watching: list[Any] = []  # the worker's timer entries running them
+
+
+def on_worker_watch(queue: str, every_s: Callable[[], float], watch: Callable[[], object]) -> None:
+    """Register `watch` to run every `every_s()` seconds in each worker that consumes `queue`: how a live worker
+    finds work whose driver died with its worker, with no restart (`on_worker_start`) or scheduler to notice."""
+    _watches[f"{watch.__module__}.{watch.__qualname__}"] = (queue, every_s, watch)
+
+
+def _watch(name: str, watch: Callable[[], object]) -> None:
+    try:
+        watch()
+    except Exception:  # noqa: BLE001 - a failed look is logged and tried again at the next tick
+        log.exception("worker watch %s failed", name)
+        connection_recover()
+
+
+def start_watches(consumer) -> list[str]:
+    """Put the watches of the queues this worker consumes on its timer (again, after a consumer restart)."""
+    for entry in _watching:
+        entry.cancel()
+    _watching.clear()
+    consumed = consumer.app.amqp.queues.consume_from
+    started = []
+    for name, (queue, every_s, watch) in _watches.items():
+        if consumed is None or queue in consumed:
+            _watching.append(consumer.timer.call_repeatedly(every_s(), _watch, (name, watch)))
+            started.append(name)
+    return started
+
+
 @worker_ready.connect
 def _resume_on_start(sender=None, **kwargs) -> None:
     resume_all()
+    if sender is not None and getattr(sender, "timer", None) is not None:
+        start_watches(sender)

@@ -33,7 +33,11 @@ class JurorProgressOutput(serializers.Serializer):
 
 
 class WorkerShareOutput(serializers.Serializer):
-    worker = serializers.CharField(help_text="The Celery node name whose drivers wrote these results.")
+    worker = serializers.CharField(
+        allow_blank=True,
+        help_text="The Celery node name whose drivers wrote these results (host:pid outside Celery; empty for "
+        "results written before workers were recorded).",
+    )
     labels = serializers.IntegerField()
     jurors = serializers.ListField(child=serializers.CharField())
     first_at = serializers.DateTimeField()

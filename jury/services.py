@@ -9,8 +9,9 @@ How a run's work is done without losing or doubling a label:
   moves its task out of *claimed* — only if the task is still claimed by this driver;
 - labels are unique per sample × source × prompt version in the database, so even a result written twice by two
   drivers (one of which lost its lease) leaves one label;
-- the Celery message is acknowledged late, and a worker that starts up re-queues the drivers of unfinished runs, so
-  a killed worker's work is taken over after its lease expires.
+- the Celery message is acknowledged late, a worker that starts up re-queues the drivers of unfinished runs, and
+  every live jury worker looks each half lease for a juror whose driver's lease ran out with work left
+  (`requeue_orphaned`), so a killed worker's work is taken over after its lease expires, restart or not.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from django.utils import timezone
 from annotation import strata
 from annotation.models import Label, Sample, Split, Stratum
 from common.errors import ApplicationError
-from common.models import lease_renew
+from common.models import lease_clear, lease_renew, leases_run_out
 from common.work import DriveOutcome, Driver, drive_under_lease
 from guardmodel.services import ajudge_readable, judge_readable, read_inputs, verdict_label
 from jury.backends import backend_for_juror
@@ -277,6 +278,22 @@ def resume_unfinished() -> int:
     return len(jurors)
 
 
+def requeue_orphaned() -> list[int]:
+    """Queue a driver for each juror whose driver's lease ran out while the juror still has open work in a running
+    run. Its worker died with the driver's message unacknowledged, which the broker hands out again only after its
+    visibility timeout. Each live jury worker runs this every half lease; giving the dead lease back is a
+    conditional update, so one of them queues the driver."""
+    queued = []
+    for key, token in leases_run_out("juror:"):
+        juror_id = int(key.removeprefix("juror:"))
+        if _open_work(juror_id).filter(juror__enabled=True).exists() and lease_clear(key, token):
+            queued.append(juror_id)
+    if queued:
+        log.warning("jurors %s: their driver's lease ran out with work left; drivers queued", queued)
+        enqueue_drivers(list(Juror.objects.filter(pk__in=queued)))
+    return queued
+
+
 def _finish_runs(run_ids) -> None:
     open_tasks = JuryTask.objects.filter(run=OuterRef("pk"), status__in=OPEN)
     JuryRun.objects.filter(pk__in=list(run_ids), status=JuryRun.Status.RUNNING).exclude(
@@ -351,7 +368,7 @@ def run_progress(run: JuryRun) -> list[JurorProgress]:
 class WorkerShare:
     """What one worker's drivers wrote in a run: how many results, for which jurors, from when to when."""
 
-    worker: str
+    worker: str  # "" for results written before workers were recorded
     labels: int
     jurors: list[str]
     first_at: datetime
@@ -369,7 +386,7 @@ def run_workers(run: JuryRun) -> list[WorkerShare]:
         .order_by("driven_by", "juror__name")
     )
     for worker, juror, n, first, last in rows:
-        share = shares.setdefault(worker, WorkerShare(worker or "—", 0, [], first, last))
+        share = shares.setdefault(worker, WorkerShare(worker, 0, [], first, last))
         share.labels += n
         share.jurors.append(juror)
         share.first_at, share.last_at = min(share.first_at, first), max(share.last_at, last)

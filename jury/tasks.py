@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from celery import shared_task
+from django.conf import settings
 
-from common.work import on_worker_start
+from common.work import on_worker_start, on_worker_watch
 from jury import services
 
 
@@ -16,5 +17,7 @@ def juror_drive_task(self, juror_id: int) -> int:
     return outcome.written
 
 
-# A starting worker re-queues the work of unfinished runs.
+# A starting worker re-queues the work of unfinished runs; a live jury worker looks, every half lease, for jurors
+# whose driver died with its worker.
 on_worker_start(services.resume_unfinished)
+on_worker_watch("jury", lambda: settings.GUARDTRACE_JURY_LEASE_S / 2, services.requeue_orphaned)

@@ -81,7 +81,15 @@ def worker(
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
-        output = process.communicate(timeout=30)[0] if log is None else ""
+        if log is None:
+            output = process.communicate(timeout=30)[0]
+        else:
+            output = ""
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
         celery_app.conf.broker_url, celery_app.conf.broker_transport_options = saved
         _reset_connections()
         if process.returncode not in (0, -15, -9):

@@ -166,6 +166,26 @@ def test_a_second_driver_finds_the_juror_busy_and_takes_over_once_the_lease_is_g
     assert services.juror_drive(juror.pk + 1000) == services.DriveOutcome()  # a juror deleted meanwhile
 
 
+def test_a_dead_drivers_juror_is_queued_once_by_the_watch_of_live_workers(jury_server, make_jurors, voted):
+    dead, live, free, done = make_jurors(jury_server.url, names=["a", "b", "c", "d"])
+    voted("1,1,1,1", "0,0,0,0")
+    services.jury_run_create(selection={}, jurors=[dead, live, free], enqueue=False)
+    past = "2000-01-01T00:00:00Z"
+    for juror, token in ((dead, "dead"), (live, "live"), (done, "gone")):
+        assert lease_acquire(services._lease_key(juror.pk), token, 30) is None
+    Lease.objects.filter(key__in=[services._lease_key(dead.pk), services._lease_key(done.pk)]).update(
+        until=past
+    )
+    # The dead driver's juror has work left: its lease is given back and a driver queued, once however many look.
+    assert services.requeue_orphaned() == [dead.pk]
+    assert services.requeue_orphaned() == []
+    assert Lease.objects.get(key=services._lease_key(dead.pk)).token == ""
+    # A live driver's lease, a lease given back, and a dead driver with no open work are left as they are.
+    assert Lease.objects.get(key=services._lease_key(live.pk)).token == "live"
+    assert Lease.objects.get(key=services._lease_key(done.pk)).token == "gone"
+    assert services.juror_drive(dead.pk).written == 2  # the queued driver takes the juror at once
+
+
 def test_a_driver_that_lost_its_claim_writes_nothing(jury_server, make_jurors, voted):
     (juror,) = make_jurors(jury_server.url, names=["a"])
     voted("1,1,1", "0,0,0")
