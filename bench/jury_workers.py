@@ -12,7 +12,8 @@ so N worker processes drive N jurors at once, each keeping its juror's calls in 
 - *servers fast*: replies after 10 ms, 64 in flight per juror: our side's CPU (and the servers' on the same cores)
   bounds it, which is where the machine's core count shows.
 Ideal = the servers' time: ceil(6 / N) rounds of jurors, each samples × delay / in flight; efficiency = ideal /
-measured (servers slow only: against fast servers the machine is the bound). Speedup = labels/s over one process's;
+measured (servers slow only: against fast servers the machine is the bound). "Missing": sample × juror pairs with no
+label; "doubled": results the run counted beyond its tasks. Speedup = labels/s over one process's;
 scaling = speedup / N. "Hand-over" is the mean gap on one worker between a juror's last label and the next
 juror's first. "CPU busy" is the whole machine's, from /proc/stat: the workers, the three servers,
 PostgreSQL and Redis share its cores.
@@ -117,7 +118,9 @@ def _pass(
         "ideal": ideal,
         "labels": labels.count(),
         "missing": samples * JURORS - pairs,
-        "doubled": labels.count() - pairs,
+        # The database keeps one label per sample × juror whatever happens; a result written twice would show as the
+        # run counting more than its tasks.
+        "doubled": JuryRun.objects.get(pk=run.pk).done - run.total,
         "per_second": labels.count() / wall,
         "busy": (busy1 - busy0) / max(1, total1 - total0),
         "shares": sorted(share.labels for share in services.run_workers(run)),
