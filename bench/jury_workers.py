@@ -99,9 +99,9 @@ def _pass(
     # Between one juror's last label and the next one's first on the same worker: the hand-over (the message, the
     # lease, the first calls of the next juror's round).
     spans: dict[str, list[tuple]] = {}
-    for node, first, last in (
+    for node, _, first, last in (
         JuryTask.objects.filter(run=run).values_list("driven_by", "juror_id")
-        .annotate(first=Min("completed_at"), last=Max("completed_at")).values_list("driven_by", "first", "last")
+        .annotate(first=Min("completed_at"), last=Max("completed_at")).order_by()
     ):  # fmt: skip
         spans.setdefault(node, []).append((first, last))
     gaps = [

@@ -16,6 +16,7 @@ import shlex
 import sys
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 import yaml
@@ -91,6 +92,15 @@ def test_every_routed_queue_has_a_compose_worker_and_the_jury_worker_prefetches_
     )
 
 
+def _compose_worker(stack: ExitStack, service: str, tag: str, media_root: str, logs: Path):
+    """The compose service's worker on the test's Redis, host part `tag`, its output in `logs`/`tag`.log."""
+    command = compose_command(service, f"{tag}.%h", WORKER_ENV)
+    broker = (REDIS_URL, {"visibility_timeout": 3600}, media_root)
+    return stack.enter_context(
+        worker(*broker, extra_env=WORKER_ENV, command=command, log=logs / f"{tag}.log")
+    )
+
+
 def _nodes_answering() -> set[str]:
     return {name for reply in celery_app.control.ping(timeout=1.0) for name in reply}
 
@@ -121,15 +131,11 @@ def test_jury_workers_and_a_gpu_worker_share_the_work_and_survive_losing_one(
     votes = ["0,1,0.5,1,0,1", "1,1,0,0,1,0.5", "0,0,1,1,0.5,0"]
     samples = voted(*[votes[n % 3] for n in range(SAMPLES)])
     checkpoint = guard_services.checkpoint_register(name="tiny", path=str(tiny_dir))
-    broker = (REDIS_URL, {"visibility_timeout": 3600}, settings.MEDIA_ROOT)
     nodes = {tag: host_format(f"{kind}@{tag}.%h") for tag, kind in (("w1", "jury"), ("w2", "jury"),
                                                                      ("w3", "jury"), ("g1", "gpu"))}  # fmt: skip
 
     def start(stack: ExitStack, service: str, tag: str):
-        command = compose_command(service, f"{tag}.%h", WORKER_ENV)
-        process = stack.enter_context(
-            worker(*broker, extra_env=WORKER_ENV, command=command, log=tmp_path / f"{tag}.log")
-        )
+        process = _compose_worker(stack, service, tag, settings.MEDIA_ROOT, tmp_path)
         wait_for(
             lambda: nodes[tag] in _nodes_answering(), process, 120, f"worker {nodes[tag]} did not answer"
         )
@@ -232,19 +238,14 @@ def test_a_live_jury_worker_takes_over_a_dead_ones_jurors_without_a_restart(
 
     redis.Redis.from_url(REDIS_URL).flushdb()
     voted(*["1,0,1"] * 150)  # each juror: about 22 s of work
-    broker = (REDIS_URL, {"visibility_timeout": 3600}, settings.MEDIA_ROOT)
     nodes = {tag: host_format(f"jury@{tag}.%h") for tag in ("w1", "w2")}
     jurors = ("a", "b", "c")
     answers = {name: scripted_vote(i) for i, name in enumerate(jurors)}
     with LoopbackOpenAI(by_model(answers), delay_s=DELAY_S) as server, ExitStack() as stack:
         make_jurors(server.url, names=jurors, max_concurrency=IN_FLIGHT)
         workers = {
-            tag: stack.enter_context(
-                worker(*broker, extra_env=WORKER_ENV, command=compose_command("jury-worker", f"{tag}.%h", WORKER_ENV),
-                       log=tmp_path / f"{tag}.log")
-            )
-            for tag in nodes
-        }  # fmt: skip
+            tag: _compose_worker(stack, "jury-worker", tag, settings.MEDIA_ROOT, tmp_path) for tag in nodes
+        }
         wait_for(
             lambda: set(nodes.values()) <= _nodes_answering(),
             workers["w1"],
