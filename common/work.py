@@ -22,7 +22,7 @@ from django.db import connection, models
 from django.db.models import Q
 from django.utils import timezone
 
-from common.models import lease_acquire, lease_release
+from common.models import lease_acquire, lease_clear, lease_release, leases_run_out
 from qta import endpoint
 from qta.endpoint import RetryPolicy
 from qta.workers import worker_gone, worker_id
@@ -388,6 +388,24 @@ def drive_under_lease(
             return outcome
 
 
+def drivers_requeue_orphaned(
+    prefix: str, has_work: Callable[[int], bool], enqueue: Callable[[list[int]], object]
+) -> list[int]:
+    """Queue a driver for each lease under `prefix` (`juror:<id>`, `generator:<id>`) that ran out while its id still
+    has work (`has_work(id)`): the driver's worker died with the message unacknowledged, which the broker hands out
+    again only after its visibility timeout. Live workers run this every half lease (`on_worker_watch`); giving the
+    dead lease back is a conditional update, so one of them queues the driver (`enqueue(ids)`)."""
+    queued = []
+    for key, token in leases_run_out(prefix):
+        pk = int(key.removeprefix(prefix))
+        if has_work(pk) and lease_clear(key, token):
+            queued.append(pk)
+    if queued:
+        log.warning("%s%s: the driver's lease ran out with work left; drivers queued", prefix, queued)
+        enqueue(queued)
+    return queued
+
+
 _resumers: dict[str, Callable[[], object]] = {}
 
 
@@ -410,14 +428,16 @@ def resume_all() -> dict[str, object]:
     return results
 
 
-_watches: dict[str, tuple[str, Callable[[], float], Callable[[], object]]] = {}
+_watches: dict[str, tuple[tuple[str, ...], Callable[[], float], Callable[[], object]]] = {}
 _watching: list[Any] = []  # the worker's timer entries running them
 
 
-def on_worker_watch(queue: str, every_s: Callable[[], float], watch: Callable[[], object]) -> None:
-    """Register `watch` to run every `every_s()` seconds in each worker that consumes `queue`: how a live worker
-    finds work whose driver died with its worker, with no restart (`on_worker_start`) or scheduler to notice."""
-    _watches[f"{watch.__module__}.{watch.__qualname__}"] = (queue, every_s, watch)
+def on_worker_watch(
+    queues: tuple[str, ...], every_s: Callable[[], float], watch: Callable[[], object]
+) -> None:
+    """Register `watch` to run every `every_s()` seconds in each worker that consumes one of `queues`: how a live
+    worker finds work whose driver died with its worker, with no restart (`on_worker_start`) or scheduler to notice."""
+    _watches[f"{watch.__module__}.{watch.__qualname__}"] = (queues, every_s, watch)
 
 
 def _watch(name: str, watch: Callable[[], object]) -> None:
@@ -435,8 +455,8 @@ def start_watches(consumer) -> list[str]:
     _watching.clear()
     consumed = consumer.app.amqp.queues.consume_from
     started = []
-    for name, (queue, every_s, watch) in _watches.items():
-        if consumed is None or queue in consumed:
+    for name, (queues, every_s, watch) in _watches.items():
+        if consumed is None or any(queue in consumed for queue in queues):
             _watching.append(consumer.timer.call_repeatedly(every_s(), _watch, (name, watch)))
             started.append(name)
     return started

@@ -27,7 +27,14 @@ from annotation.models import Sample
 from annotation.services import content_hash
 from common.errors import ApplicationError
 from common.models import lease_renew
-from common.work import DriveOutcome, Driver, JobStatus, drive_under_lease, retry_policy
+from common.work import (
+    DriveOutcome,
+    Driver,
+    JobStatus,
+    drive_under_lease,
+    drivers_requeue_orphaned,
+    retry_policy,
+)
 from generation.models import GenerationRun, GenerationTask, Generator, Variant
 from qta.generators import OpenAIGenerator, Trace, TransformersGenerator
 
@@ -161,6 +168,15 @@ def resume_unfinished() -> int:
     return len(generators)
 
 
+def requeue_orphaned() -> list[int]:
+    """Queue a driver for each generator whose driver died with its worker, leaving open work in a running run."""
+    return drivers_requeue_orphaned(
+        "generator:",
+        has_work=lambda pk: _open_tasks(pk).filter(generator__enabled=True).exists(),
+        enqueue=lambda pks: _enqueue(list(Generator.objects.filter(pk__in=pks))),
+    )
+
+
 # -- driving a generator's work -------------------------------------------------------------------------------------
 
 
@@ -208,7 +224,7 @@ def _drive_holding_lease(generator: Generator, token: str) -> int:
     return _GenerationDriver(generator, backend, token).run()
 
 
-def _open_tasks(generator: Generator) -> QuerySet[GenerationTask]:
+def _open_tasks(generator: Generator | int) -> QuerySet[GenerationTask]:
     return GenerationTask.objects.filter(generator=generator, status__in=OPEN, run__status=JobStatus.RUNNING)
 
 

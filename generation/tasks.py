@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from celery import shared_task
+from django.conf import settings
 
-from common.work import on_worker_start
+from common.work import on_worker_start, on_worker_watch
 from generation import runs, services
 
 
@@ -22,6 +23,8 @@ def expansion_task(expansion_id: int) -> int:
     return services.expansion_work(expansion_id).done
 
 
-# A starting worker re-queues the drivers of unfinished runs and the expansions a dead worker left.
+# A starting worker re-queues the drivers of unfinished runs and the expansions a dead worker left; a live worker of
+# either queue a generator can run on looks, every half lease, for generators whose driver died with its worker.
 on_worker_start(runs.resume_unfinished)
+on_worker_watch(("jury", "gpu"), lambda: settings.GUARDTRACE_JURY_LEASE_S / 2, runs.requeue_orphaned)
 on_worker_start(services.expansions_resume)

@@ -29,8 +29,8 @@ from django.utils import timezone
 from annotation import strata
 from annotation.models import Label, Sample, Split, Stratum
 from common.errors import ApplicationError
-from common.models import lease_clear, lease_renew, leases_run_out
-from common.work import DriveOutcome, Driver, drive_under_lease
+from common.models import lease_renew
+from common.work import DriveOutcome, Driver, drive_under_lease, drivers_requeue_orphaned
 from guardmodel.services import ajudge_readable, judge_readable, read_inputs, verdict_label
 from jury.backends import backend_for_juror
 from jury.models import Juror, JuryRun, JuryTask
@@ -279,19 +279,12 @@ def resume_unfinished() -> int:
 
 
 def requeue_orphaned() -> list[int]:
-    """Queue a driver for each juror whose driver's lease ran out while the juror still has open work in a running
-    run. Its worker died with the driver's message unacknowledged, which the broker hands out again only after its
-    visibility timeout. Each live jury worker runs this every half lease; giving the dead lease back is a
-    conditional update, so one of them queues the driver."""
-    queued = []
-    for key, token in leases_run_out("juror:"):
-        juror_id = int(key.removeprefix("juror:"))
-        if _open_work(juror_id).filter(juror__enabled=True).exists() and lease_clear(key, token):
-            queued.append(juror_id)
-    if queued:
-        log.warning("jurors %s: their driver's lease ran out with work left; drivers queued", queued)
-        enqueue_drivers(list(Juror.objects.filter(pk__in=queued)))
-    return queued
+    """Queue a driver for each juror whose driver died with its worker, leaving open work in a running run."""
+    return drivers_requeue_orphaned(
+        "juror:",
+        has_work=lambda pk: _open_work(pk).filter(juror__enabled=True).exists(),
+        enqueue=lambda pks: enqueue_drivers(list(Juror.objects.filter(pk__in=pks))),
+    )
 
 
 def _finish_runs(run_ids) -> None:

@@ -20,4 +20,4 @@ def juror_drive_task(self, juror_id: int) -> int:
 # A starting worker re-queues the work of unfinished runs; a live jury worker looks, every half lease, for jurors
 # whose driver died with its worker.
 on_worker_start(services.resume_unfinished)
-on_worker_watch("jury", lambda: settings.GUARDTRACE_JURY_LEASE_S / 2, services.requeue_orphaned)
+on_worker_watch(("jury",), lambda: settings.GUARDTRACE_JURY_LEASE_S / 2, services.requeue_orphaned)

@@ -262,6 +262,32 @@ def test_a_cancelled_run_is_not_asked_and_resumes_without_doubling_a_reply(varia
     )  # each reply asked once, in one run or the other
 
 
+def test_a_dead_drivers_generator_is_queued_once_by_live_workers_and_all_on_a_workers_start(
+    variants, monkeypatch
+):
+    from common.models import Lease, lease_acquire
+
+    queued: list = []
+    monkeypatch.setattr(runs, "_enqueue", queued.append)  # the drivers it would queue, driven below
+    with LoopbackOpenAI(_answers) as server:
+        dead, live, idle, off = (_generator(name, server.url) for name in ("dead", "live", "idle", "off"))
+        runs.generation_run_create(variants=variants, generators=[dead, live, off], enqueue=False)
+        Generator.objects.filter(pk=off.pk).update(enabled=False)
+        for generator, token in ((dead, "dead"), (live, "live"), (idle, "gone"), (off, "off")):
+            assert lease_acquire(f"generator:{generator.pk}", token, 30) is None
+        Lease.objects.exclude(token="live").update(until=timezone.now() - timedelta(seconds=1))
+        # A worker starting up queues every generator with open work in a running run.
+        assert runs.resume_unfinished() == 3
+        queued.clear()
+        # The dead driver's generator has work left: its lease is given back and a driver queued, once however
+        # many workers look. A live lease, a generator with no work and a disabled one are left as they are.
+        assert runs.requeue_orphaned() == [dead.pk] and runs.requeue_orphaned() == []
+        assert [[g.pk for g in generators] for generators in queued] == [[dead.pk]]
+        tokens = dict(Lease.objects.values_list("key", "token"))
+        assert [tokens[f"generator:{g.pk}"] for g in (dead, live, idle, off)] == ["", "live", "gone", "off"]
+        assert runs.generation_drive(dead.pk).written == 4  # the queued driver takes the generator at once
+
+
 def test_claims_made_under_a_lost_lease_are_taken_over_by_the_holder_and_never_written_twice(variants):
     from common.models import lease_acquire
     from qta.generators import Trace
