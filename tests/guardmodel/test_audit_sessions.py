@@ -249,10 +249,9 @@ def test_a_session_stays_with_the_audit_worker_that_opened_it(
                 for session in opened:
                     answer = _append(api, session, "reasoning", piece)
                     assert answer.status_code == 200, (where(session), answer.content)
-            steps = {
-                api.get(reverse("api_audit_session", args=[o["session"]])).json()["appends"] for o in opened
-            }
-            assert steps == {len(THINKING)}
+            states = [api.get(reverse("api_audit_session", args=[o["session"]])) for o in opened]
+            assert [s.status_code for s in states] == [200] * len(opened), [s.content for s in states]
+            assert {s.json()["appends"] for s in states} == {len(THINKING)}
             kill_worker(a)
             settings.GUARDTRACE_AUDIT_TIMEOUT_S = 2.0
             lost = _append(api, first, "answer", ANSWER)
