@@ -62,16 +62,13 @@ restore: $(STAMP)
 	@test -n "$(ARCHIVE)" || { echo "usage: make restore ARCHIVE=<archive name or path> [FORCE=1]"; exit 2; }
 	$(PY) manage.py restore "$(ARCHIVE)" $(if $(FORCE),--force)
 
+# Every benchmark once with --quick, a smoke run (BENCHMARKS.md's figures come from full runs). The ones whose
+# docstring says so need PostgreSQL in DATABASE_URL (jury_workers also a redis-server binary); the rest run anywhere.
+BENCHES := $(sort $(filter-out bench/_% bench/soak_% bench/locustfile.py,$(wildcard bench/*.py)))
 bench-quick: $(STAMP)
-	$(PY) bench/import_export.py --quick
-	$(PY) bench/pages.py --quick
-	$(PY) bench/guard_inference.py --quick
-	$(PY) bench/jury.py --quick
-	$(PY) bench/training_loop.py --quick
-	$(PY) bench/training_gpu.py --quick
-	$(PY) bench/expansion.py --quick
-	$(PY) bench/generation.py --quick
-	$(PY) bench/export_job.py --quick
+	@failed=; for bench in $(BENCHES); do echo "== $$bench --quick"; \
+	  $(PY) $$bench --quick || failed="$$failed $$bench"; done; \
+	  if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
 
 # Soak runs on the production-like stack (not run by CI): fault injection, then 10 minutes of locust load. They need
 # PostgreSQL (SOAK_DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres; databases soak and soak_load
