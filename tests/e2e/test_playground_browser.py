@@ -31,8 +31,29 @@ def test_a_reviewer_tries_a_served_guard_on_her_own_input(open_as, reviewer_user
         )
         assert page.input_value("#pg-thinking").startswith("The steps")  # what was typed stays
         assert "image_url" in str(server.requests[-1]["messages"])
+        # The image stays chosen: judged again with other reasoning, the guard is sent it again.
+        assert page.evaluate("document.getElementById('pg-image').files.length") == 1
+        page.fill("#pg-thinking", "Only this step.")
+        asked_before = len(server.requests)
+        with page.expect_response(
+            lambda r: r.url.endswith("/guard/playground/") and r.request.method == "POST"
+        ):
+            page.click("#judge-button")
+        page.wait_for_selector("#judgment")
+        again = [str(r["messages"]) for r in server.requests[asked_before:]]
+        assert any("Only this step." in asked and "image_url" in asked for asked in again)
         page.screenshot(path=shots / "playground_laptop.png", full_page=True)
         page.set_viewport_size({"width": 390, "height": 844})
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         page.screenshot(path=shots / "playground_phone.png", full_page=True)
         assert errors == []
+        page.set_viewport_size({"width": 1280, "height": 900})
+        # Bad input answers in place, the form and the chosen image kept: a question left blank says so.
+        page.fill("#pg-question", "")
+        page.evaluate("document.getElementById('pg-question').removeAttribute('required')")
+        with page.expect_response(lambda r: r.url.endswith("/guard/playground/") and r.status == 400):
+            page.click("#judge-button")
+        page.wait_for_selector("p.error >> text=question:")
+        assert page.evaluate("document.getElementById('pg-image').files.length") == 1
+        assert len(server.requests) == asked_before + len(again)  # nothing was asked
+        assert errors == ["Failed to load resource: the server responded with a status of 400 (Bad Request)"]
