@@ -188,7 +188,7 @@ def test_a_queued_export_cancelled_from_its_admin_page_never_runs(
     assert response.status_code == 302 and len(queued) == 1
     assert job.filters == {"split": "train", "subset": "unit"} and job.created_by == admin_user
     page = client.get(reverse("admin:annotation_exportjob_change", args=[job.pk])).content.decode()
-    assert "Cancel this export" in page and 'http-equiv="refresh"' in page
+    assert "Cancel this export" in page and 'id="job-refresh"' in page
     client.post(
         reverse("admin:annotation_exportjob_changelist"), {"action": "cancel", "_selected_action": [job.pk]}
     )
