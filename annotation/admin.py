@@ -9,6 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 from django.shortcuts import redirect
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from annotation import exports, selectors, services, strata
@@ -69,7 +70,13 @@ class LabelAdmin(AdminRoleModelAdmin):
     list_display = ["id", "sample_id", "source_kind", "source_name", "prompt_version", "judgment", "status"]
     list_filter = ["source_kind", "status", "prompt_version"]
     raw_id_fields = ["sample", "created_by"]
+    readonly_fields = ["created_at"]  # when it was written, not a setting
     show_full_result_count = False
+
+    def save_model(self, request, obj, form, change) -> None:
+        if not change:
+            obj.created_at = timezone.now()
+        super().save_model(request, obj, form, change)
 
     def has_change_permission(self, request, obj=None) -> bool:
         # Labels are evidence: written through services (which recompute strata and audit), never edited.

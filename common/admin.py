@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from axes.admin import AccessAttemptAdmin, AccessFailureLogAdmin, AccessLogAdmin
 from axes.models import AccessAttempt, AccessFailureLog, AccessLog
+from django import forms
 from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
@@ -14,6 +15,9 @@ from rest_framework.authtoken.models import TokenProxy
 
 from common.adminforms import AdminRoleModelAdmin
 
+admin.site.site_header = "GuardTrace Studio administration"
+admin.site.site_title = "GuardTrace Studio admin"
+
 # Their apps come before this one in INSTALLED_APPS, so their admins have registered them already.
 for model in (User, Group, TokenProxy, AccessAttempt, AccessLog, AccessFailureLog):
     admin.site.unregister(model)
@@ -21,17 +25,26 @@ for model in (User, Group, TokenProxy, AccessAttempt, AccessLog, AccessFailureLo
 
 @admin.register(User)
 class RoleGatedUserAdmin(AdminRoleModelAdmin, UserAdmin):
-    pass
+    # The roles are a handful of groups: boxes to tick. Permissions in a plain labelled list (the two-pane picker
+    # puts an ARIA label on an element that may not carry one). Last login and joining are records, not settings.
+    filter_horizontal = ()
+    readonly_fields = ("last_login", "date_joined")
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        if db_field.name == "groups":
+            kwargs["widget"] = forms.CheckboxSelectMultiple
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
 
 
 @admin.register(Group)
 class RoleGatedGroupAdmin(AdminRoleModelAdmin, GroupAdmin):
-    pass
+    filter_horizontal = ()
 
 
 @admin.register(TokenProxy)
 class RoleGatedTokenAdmin(AdminRoleModelAdmin, TokenAdmin):
-    pass
+    # The search bar's label is its icon; with a help text beside it, axe took the help for its only label.
+    search_help_text = None
 
 
 # Login lockout records (django-axes): deleting an attempt unlocks that username at that address, so only the admin

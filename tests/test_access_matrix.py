@@ -453,6 +453,21 @@ def pages_for(identity: str, world: World) -> list[tuple[str, str]]:
     )  # fmt: skip
 
 
+def admin_pages_for(world: World) -> list[tuple[str, str]]:
+    """(key, URL) of the admin pages the admin role opens with a 200: the index, each model's list, add and change
+    forms where its ModelAdmin offers them, and the admin's own forms (seed set expansion and generation)."""
+    admin_user = world.users["alice"]
+    own = [
+        key for key, entry in ENTRIES.items() if entry.kind == "admin" and key.startswith("admin:generation_")
+    ]
+    keys = ["admin:index", *own] + [
+        key for key, entry in _admin_entries().items()
+        if entry.model is not None and entry.view in {"changelist", "add", "change"}
+        and entry.admin_offers(admin_user, GET, None)
+    ]  # fmt: skip
+    return sorted((key, _url(key, ROUTES[key], world)) for key in keys if key in ROUTES)
+
+
 def _url(key: str, route: str, world: World) -> str:
     o = world.objects
     if key.startswith("admin:") and "<path:object_id>" in route and key != "admin:view_on_site":

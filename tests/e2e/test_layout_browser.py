@@ -12,7 +12,15 @@ from django.test import Client
 from annotation.models import Label
 from qta.calibration import score_report
 from qta.metrics import Row, evaluate_rows
-from tests.test_access_matrix import ADMIN_ID, EXPERT_1, REVIEWER_ID, World, build_world, pages_for
+from tests.test_access_matrix import (
+    ADMIN_ID,
+    EXPERT_1,
+    REVIEWER_ID,
+    World,
+    admin_pages_for,
+    build_world,
+    pages_for,
+)  # fmt: skip
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
@@ -126,3 +134,32 @@ def test_on_a_phone_the_links_fold_behind_the_menu_button(browser, live_server, 
     page.goto(live_server.url + "/")
     assert not page.is_visible("#nav-toggle") and page.is_visible("#site-nav")
     laptop.close()
+
+
+def test_the_admin_pages_axe_finds_nothing_serious(browser, live_server, shots):
+    """The Django admin as the admin role sees it (the index, each model's list, add and change forms, the admin's
+    own forms) at a laptop's width: axe-core finds no serious or critical violation."""
+    world = build_world()
+    pages = admin_pages_for(world)
+    assert len(pages) >= 40, pages
+    folder = shots / "layout"
+    folder.mkdir(exist_ok=True)
+    axe = Axe()
+    wrong: list[str] = []
+    context = _logged_in(browser, live_server, world.users["alice"], VIEWPORTS["laptop"])
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    for key, url in pages:
+        response = page.goto(live_server.url + url)
+        if response is None or response.status != 200:
+            wrong.append(f"{key} {url}: {response.status if response else 'no answer'}")
+            continue
+        page.wait_for_load_state("load")
+        results = axe.run(page, options={"resultTypes": ["violations"]})
+        for violation in results.response["violations"]:
+            if violation["impact"] in {"serious", "critical"}:
+                targets = [node["target"] for node in violation["nodes"][:3]]
+                wrong.append(f"axe {key} {url}: {violation['id']} ({violation['impact']}) {targets}")
+    page.screenshot(path=folder / "admin-last-laptop.png", full_page=True)
+    context.close()
+    assert not wrong, f"{len(wrong)} problems:\n" + "\n".join(wrong)
