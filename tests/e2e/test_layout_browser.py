@@ -74,6 +74,26 @@ def _logged_in(browser, live_server, user, viewport):
     return context
 
 
+def _open(page, live_server, key: str, url: str, wrong: list[str]) -> bool:
+    """Go to the page; a page that does not answer 200 is noted in `wrong`."""
+    response = page.goto(live_server.url + url)
+    if response is None or response.status != 200:
+        wrong.append(f"{key} {url}: {response.status if response else 'no answer'}")
+        return False
+    page.wait_for_load_state("load")
+    return True
+
+
+def _axe_serious(axe: Axe, page, key: str, url: str) -> list[str]:
+    """axe-core's serious and critical violations on the page, a line each."""
+    results = axe.run(page, options={"resultTypes": ["violations"]})
+    return [
+        f"axe {key} {url}: {v['id']} ({v['impact']}) {[node['target'] for node in v['nodes'][:3]]}"
+        for v in results.response["violations"]
+        if v["impact"] in {"serious", "critical"}
+    ]
+
+
 @pytest.mark.parametrize("identity", list(ROLES))
 def test_no_page_is_wider_than_the_screen_and_axe_finds_nothing_serious(
     identity, browser, live_server, shots
@@ -92,11 +112,8 @@ def test_no_page_is_wider_than_the_screen_and_axe_finds_nothing_serious(
         page = context.new_page()
         page.set_default_timeout(15_000)
         for key, url in pages:
-            response = page.goto(live_server.url + url)
-            if response is None or response.status != 200:
-                wrong.append(f"{key} {url}: {response.status if response else 'no answer'}")
+            if not _open(page, live_server, key, url, wrong):
                 continue
-            page.wait_for_load_state("load")
             text = page.text_content("body") or ""
             if "{#" in text or "{%" in text or "{{" in text:  # template syntax that was not rendered
                 wrong.append(f"{key} {url}: template syntax in the page")
@@ -107,11 +124,7 @@ def test_no_page_is_wider_than_the_screen_and_axe_finds_nothing_serious(
                 )
             page.screenshot(path=folder / f"{identity}-{key}-{size}.png", full_page=True)
             if size == "laptop":
-                results = axe.run(page, options={"resultTypes": ["violations"]})
-                for violation in results.response["violations"]:
-                    if violation["impact"] in {"serious", "critical"}:
-                        targets = [node["target"] for node in violation["nodes"][:3]]
-                        wrong.append(f"axe {key} {url}: {violation['id']} ({violation['impact']}) {targets}")
+                wrong += _axe_serious(axe, page, key, url)
         context.close()
     assert not wrong, f"{len(wrong)} problems:\n" + "\n".join(wrong)
 
@@ -150,16 +163,8 @@ def test_the_admin_pages_axe_finds_nothing_serious(browser, live_server, shots):
     page = context.new_page()
     page.set_default_timeout(15_000)
     for key, url in pages:
-        response = page.goto(live_server.url + url)
-        if response is None or response.status != 200:
-            wrong.append(f"{key} {url}: {response.status if response else 'no answer'}")
-            continue
-        page.wait_for_load_state("load")
-        results = axe.run(page, options={"resultTypes": ["violations"]})
-        for violation in results.response["violations"]:
-            if violation["impact"] in {"serious", "critical"}:
-                targets = [node["target"] for node in violation["nodes"][:3]]
-                wrong.append(f"axe {key} {url}: {violation['id']} ({violation['impact']}) {targets}")
+        if _open(page, live_server, key, url, wrong):
+            wrong += _axe_serious(axe, page, key, url)
     page.screenshot(path=folder / "admin-last-laptop.png", full_page=True)
     context.close()
     assert not wrong, f"{len(wrong)} problems:\n" + "\n".join(wrong)
