@@ -185,7 +185,7 @@ def _lease_key(generator_id: int) -> str:
     return f"generator:{generator_id}"
 
 
-def _lease_s() -> float:
+def lease_s() -> float:
     # Generators are driven like jurors: the same lease, renewed a third of the way through.
     return settings.GUARDTRACE_JURY_LEASE_S
 
@@ -197,7 +197,7 @@ def generation_drive(generator_id: int) -> DriveOutcome:
         return DriveOutcome()
     return drive_under_lease(
         _lease_key(generator.pk),
-        _lease_s(),
+        lease_s(),
         drive=lambda token: _drive_holding_lease(generator, token),
         more=lambda: _open_tasks(generator).exists(),
     )
@@ -219,7 +219,7 @@ def _drive_holding_lease(generator: Generator, token: str) -> int:
         _finish_runs(run_ids)
         return 0
     # Loading a local model can outlast the lease: carry on only if no one took over meanwhile.
-    if not lease_renew(_lease_key(generator.pk), token, _lease_s()):
+    if not lease_renew(_lease_key(generator.pk), token, lease_s()):
         return 0
     return _GenerationDriver(generator, backend, token).run()
 
@@ -250,11 +250,11 @@ class _GenerationDriver(Driver):
         self.workers = max(1, generator.max_concurrency) if self.asynchronous else 1
         self.target = 2 * self.workers if self.asynchronous else 1
         self.refill_at = self.workers if self.asynchronous else 0
-        self.renew_every_s = _lease_s() / 3
+        self.renew_every_s = lease_s() / 3
         self.name = f"generator-{generator.name}"
 
     def renew(self) -> bool:
-        return lease_renew(_lease_key(self.generator.pk), self.token, _lease_s())
+        return lease_renew(_lease_key(self.generator.pk), self.token, lease_s())
 
     def claim(self, want: int) -> list[tuple[list[GenerationTask], tuple | Trace]]:
         return [([task], _task_input(task)) for task in _claim(self.generator, self.token, want)]

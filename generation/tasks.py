@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from celery import shared_task
-from django.conf import settings
 
 from common.work import on_worker_start, on_worker_watch
 from generation import runs, services
@@ -26,5 +25,5 @@ def expansion_task(expansion_id: int) -> int:
 # A starting worker re-queues the drivers of unfinished runs and the expansions a dead worker left; a live worker of
 # either queue a generator can run on looks, every half lease, for generators whose driver died with its worker.
 on_worker_start(runs.resume_unfinished)
-on_worker_watch(("jury", "gpu"), lambda: settings.GUARDTRACE_JURY_LEASE_S / 2, runs.requeue_orphaned)
+on_worker_watch(("jury", "gpu"), lambda: runs.lease_s() / 2, runs.requeue_orphaned)
 on_worker_start(services.expansions_resume)

@@ -454,13 +454,15 @@ def pages_for(identity: str, world: World) -> list[tuple[str, str]]:
 
 
 def admin_pages_for(world: World) -> list[tuple[str, str]]:
-    """(key, URL) of the admin pages the admin role opens with a 200: the index, each model's list, add and change
-    forms where its ModelAdmin offers them, and the admin's own forms (seed set expansion and generation)."""
+    """(key, URL) of the admin pages the admin role opens with a 200: the admin's own pages (the index, password
+    change, the seed set forms…; not its JavaScript catalogue), and each model's list, add and change forms where its
+    ModelAdmin offers them."""
     admin_user = world.users["alice"]
     own = [
-        key for key, entry in ENTRIES.items() if entry.kind == "admin" and key.startswith("admin:generation_")
-    ]
-    keys = ["admin:index", *own] + [
+        key for key, entry in ENTRIES.items()
+        if entry.kind == "admin" and entry.get == 200 and entry.allows(ADMIN_ID, GET) and key != "admin:jsi18n"
+    ]  # fmt: skip
+    keys = own + [
         key for key, entry in _admin_entries().items()
         if entry.model is not None and entry.view in {"changelist", "add", "change"}
         and entry.admin_offers(admin_user, GET, None)

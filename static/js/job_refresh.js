@@ -6,7 +6,7 @@
   const banner = document.getElementById("job-refresh");
   const toggle = document.getElementById("job-refresh-toggle");
   if (!banner || !toggle) return;
-  const every = Number(banner.dataset.everyMs) || 3000;
+  const every = Number(banner.dataset.everyMs);
   let paused = false;
   toggle.addEventListener("click", () => {
     paused = !paused;

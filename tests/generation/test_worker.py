@@ -74,6 +74,5 @@ def test_a_worker_killed_mid_run_is_taken_over_by_a_live_one_losing_and_doubling
     # Asked again: the calls in flight when the worker died (4) and, on a loaded machine, a few more (CI once saw 45
     # requests; retries after the 5 s timeout are the likely reason, not proven). Never the whole run again (80).
     assert len(server.requests) <= 40 + 2 * 4
-    assert (
-        Lease.objects.get(key=f"generator:{generator.pk}").token == ""
-    )  # the survivor's driver gave it back
+    # The survivor's driver gave the lease back.
+    assert Lease.objects.get(key=f"generator:{generator.pk}").token == ""
