@@ -28,8 +28,9 @@ def _round(base, settings, processes: int, batch_size: int):
         stage="sft", base_checkpoint=base, tiny=True, enqueue=False,
         hyperparameters={"epochs": 4.0, "batch_size": batch_size, "logging_steps": 1, "seed": 3},
     )  # fmt: skip
-    assert services.training_run_execute(run_id=run.pk) == "succeeded", run.error
+    status = services.training_run_execute(run_id=run.pk)
     run.refresh_from_db()
+    assert status == "succeeded", (run.error, run.log_tail[-3000:])  # why it failed, as the run recorded it
     return run
 
 
