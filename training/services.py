@@ -7,6 +7,7 @@ reporting into files the worker copies into the run → the checkpoint is regist
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -441,26 +442,44 @@ def _write_inputs(run: TrainingRun, folder: Path) -> None:
         (folder / name).unlink(missing_ok=True)
 
 
-def _command(folder: Path) -> list[str]:
+def _command(folder: Path, port: int | None) -> list[str]:
     """The round's child: one process, or GUARDTRACE_TRAIN_GPUS data-parallel processes under `accelerate launch`
-    (torch.distributed: NCCL across GPUs, gloo on a CPU), their rendezvous on a free loopback port of their own."""
-    processes = settings.GUARDTRACE_TRAIN_GPUS
-    if processes > 1:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+    (torch.distributed: NCCL across GPUs, gloo on a CPU), their rendezvous on `port` (see reserve_port)."""
+    if port is not None:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                "--num_processes", str(settings.GUARDTRACE_TRAIN_GPUS),
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
                 "-m", "qta.runner", str(folder)]  # fmt: skip
     return [sys.executable, "-m", "qta.runner", str(folder)]
 
 
+def reserve_port() -> socket.socket:
+    """A loopback port held for a round's rendezvous while the round runs.
+
+    The socket is bound with SO_REUSEADDR and never listens: the kernel hands its port to no other program (neither
+    `bind(0)` nor an outgoing connection), and other binds fail; torch's rendezvous store, which binds with
+    SO_REUSEADDR too, can still listen on it. Choosing a free port and closing the probe would leave the seconds the
+    launcher takes to start for another program to take the port, and the round would fail at its rendezvous."""
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    held.bind(("127.0.0.1", 0))
+    return held
+
+
 def _drive_child(run: TrainingRun, folder: Path) -> str:
     env = {**os.environ, "GUARDTRACE_TRAIN_DRIVER_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+    with contextlib.ExitStack() as held:
+        port = None
+        if settings.GUARDTRACE_TRAIN_GPUS > 1:
+            port = held.enter_context(reserve_port()).getsockname()[1]
+        return _watch_child(run, folder, _command(folder, port), env)
+
+
+def _watch_child(run: TrainingRun, folder: Path, command: list[str], env: dict[str, str]) -> str:
     with (folder / "log.txt").open("ab") as log_file:
         child = subprocess.Popen(
-            _command(folder), cwd=BASE_DIR, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            command, cwd=BASE_DIR, env=env, stdout=log_file, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stopping it stops accelerate's workers too
         )  # fmt: skip
     reader = ProgressReader(run, folder)

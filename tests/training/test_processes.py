@@ -62,3 +62,35 @@ def test_a_two_process_round_cancels_and_resumes_from_its_checkpoint(base, setti
     )
     driver, outcome = training_until_saved(run, timeout=120)
     cancelled_and_resumed(run, driver, outcome, within_s=10)
+
+
+def test_the_rendezvous_port_is_held_for_the_launchers_store_alone():
+    import datetime
+    import errno
+    import socket
+
+    import torch.distributed as dist
+
+    with services.reserve_port() as held:
+        port = held.getsockname()[1]
+        # While the round runs, no other program gets the port: not by asking for any free one, not by naming it.
+        others = [socket.socket() for _ in range(300)]
+        try:
+            for other in others:
+                other.bind(("127.0.0.1", 0))
+            assert port not in {other.getsockname()[1] for other in others}
+        finally:
+            for other in others:
+                other.close()
+        with socket.socket() as other, pytest.raises(OSError) as refused:
+            other.bind(("127.0.0.1", port))
+        assert refused.value.errno == errno.EADDRINUSE
+        # The launcher's rendezvous store listens on it all the same.
+        store = dist.TCPStore("127.0.0.1", port, 1, True, timeout=datetime.timedelta(seconds=10))
+        store.set("rendezvous", "ok")
+        assert store.get("rendezvous") == b"ok"
+        del store
+    with services.reserve_port() as held:
+        port = held.getsockname()[1]
+    with socket.socket() as after:
+        after.bind(("127.0.0.1", port))  # given back when the round ends
