@@ -107,9 +107,17 @@ def test_a_nul_character_in_a_list_filter_is_dropped_like_any_unknown_value(clie
 def test_every_page_names_an_icon_that_exists_so_browsers_stop_asking_for_favicon_ico(client):
     from django.contrib.staticfiles import finders
     from django.templatetags.static import static
+    from django.test import RequestFactory
 
-    page = client.get(reverse("login")).content.decode()
+    from common.errors import server_error
+
     href = static("img/favicon.svg")
-    assert f'<link rel="icon" href="{href}" type="image/svg+xml">' in page
+    pages = {  # the app's layout, the Django admin's, and the page a crash answers with
+        "app": client.get(reverse("login")).content.decode(),
+        "admin": client.get(reverse("admin:login")).content.decode(),
+        "500": server_error(RequestFactory().get("/somewhere/")).content.decode(),
+    }
+    for name, page in pages.items():
+        assert f'<link rel="icon" href="{href}" type="image/svg+xml">' in page, name
     icon = finders.find("img/favicon.svg")
     assert icon and Path(icon).read_text().startswith("<svg")

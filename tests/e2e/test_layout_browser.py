@@ -1,6 +1,7 @@
 """Every app page in Chromium, as each role, on a phone (390×844) and a laptop (1280×800): nothing may make the
-page wider than the screen (tables scroll inside their card, charts scale, the nav wraps), and axe-core finds no
-serious or critical accessibility violation. The pages are the access matrix's, so a page added there is walked
+page wider than the screen (tables scroll inside their card, charts scale, the nav wraps), axe-core finds no
+serious or critical accessibility violation, and the browser logs no error (a script's, or a file that failed to
+load: a missing icon or style sheet). The pages are the access matrix's, so a page added there is walked
 here too. Screenshots of each page at both sizes go to var/test-artifacts/e2e/layout/."""
 
 from __future__ import annotations
@@ -84,8 +85,29 @@ def _open(page, live_server, key: str, url: str, wrong: list[str]) -> bool:
     return True
 
 
+def _console_errors(page) -> list[str]:
+    """The errors the browser logs on this page from now on (uncaught script errors, files that failed to load); the
+    caller reads and clears the list after each page."""
+    errors: list[str] = []
+    page.on(
+        "console",
+        lambda m: errors.append(f"{m.text} ({m.location.get('url')})") if m.type == "error" else None,
+    )
+    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
+    return errors
+
+
+def _logged_errors(errors: list[str], key: str, url: str) -> list[str]:
+    """The page's logged errors, a line each, and the list cleared for the next page (a file's late failure, such as
+    an icon's, can show under the page after the one that asked for it)."""
+    lines = [f"console {key} {url}: {error}" for error in errors]
+    errors.clear()
+    return lines
+
+
 def _axe_serious(axe: Axe, page, key: str, url: str) -> list[str]:
-    """axe-core's serious and critical violations on the page, a line each."""
+    """axe-core's serious and critical violations on the page, a line each. Its run logs errors of its own (its checks
+    trip the page's CSP; it fetches style sheets' @imports from the page's folder), so read the page's before it."""
     results = axe.run(page, options={"resultTypes": ["violations"]})
     return [
         f"axe {key} {url}: {v['id']} ({v['impact']}) {[node['target'] for node in v['nodes'][:3]]}"
@@ -111,6 +133,7 @@ def test_no_page_is_wider_than_the_screen_and_axe_finds_nothing_serious(
         context = _logged_in(browser, live_server, user, viewport)
         page = context.new_page()
         page.set_default_timeout(15_000)
+        errors = _console_errors(page)
         for key, url in pages:
             if not _open(page, live_server, key, url, wrong):
                 continue
@@ -123,8 +146,10 @@ def test_no_page_is_wider_than_the_screen_and_axe_finds_nothing_serious(
                     f"{size} {key} {url}: {width['scroll']} px wide on {width['client']}: {width['wide']}"
                 )
             page.screenshot(path=folder / f"{identity}-{key}-{size}.png", full_page=True)
+            wrong += _logged_errors(errors, key, url)
             if size == "laptop":
                 wrong += _axe_serious(axe, page, key, url)
+                errors.clear()  # axe's own (see _axe_serious)
         context.close()
     assert not wrong, f"{len(wrong)} problems:\n" + "\n".join(wrong)
 
@@ -151,7 +176,7 @@ def test_on_a_phone_the_links_fold_behind_the_menu_button(browser, live_server, 
 
 def test_the_admin_pages_axe_finds_nothing_serious(browser, live_server, shots):
     """The Django admin as the admin role sees it (the index, each model's list, add and change forms, the admin's
-    own forms) at a laptop's width: axe-core finds no serious or critical violation."""
+    own forms) at a laptop's width: axe-core finds no serious or critical violation, and the browser logs no error."""
     world = build_world()
     pages = admin_pages_for(world)
     assert len(pages) >= 40, pages
@@ -162,9 +187,12 @@ def test_the_admin_pages_axe_finds_nothing_serious(browser, live_server, shots):
     context = _logged_in(browser, live_server, world.users["alice"], VIEWPORTS["laptop"])
     page = context.new_page()
     page.set_default_timeout(15_000)
+    errors = _console_errors(page)
     for key, url in pages:
         if _open(page, live_server, key, url, wrong):
+            wrong += _logged_errors(errors, key, url)
             wrong += _axe_serious(axe, page, key, url)
+        errors.clear()  # axe's own (see _axe_serious)
     page.screenshot(path=folder / "admin-last-laptop.png", full_page=True)
     context.close()
     assert not wrong, f"{len(wrong)} problems:\n" + "\n".join(wrong)
