@@ -28,7 +28,11 @@ class Hyperparameters:
     learning_rate: float = _h(
         1e-5, "full fine-tuning of a 3B VLM: higher rates forget the base model's language"
     )
-    epochs: float = _h(3.0, "a few passes over the consensus set; more overfits the jurors' wording")
+    epochs: float = _h(
+        3.0,
+        "a few passes over the training set (SFT: the consensus samples; DPO: the pairs); more overfits the "
+        "jurors' wording",
+    )
     batch_size: int = _h(4, "per device; a 3B VLM with images fits 4 QTA samples of ~2k tokens in 80 GB")
     gradient_accumulation: int = _h(
         8,

@@ -1,6 +1,7 @@
 """The sample list in Chromium, on a phone (390×844) and a laptop (1280×800): search with Enter, a sort, the page
-jump (past the last page it shows the last), the dashboard's "(none)" subset link, and no part of the page wider
-than the screen. Screenshots in var/test-artifacts/e2e/sample_list_*.png."""
+jump (past the last page it shows the last), the dashboard's "(none)" subset link, no part of the page wider
+than the screen, and no error in the browser's console (a search with Enter once sent two requests, the second
+cancelling the first). Screenshots in var/test-artifacts/e2e/sample_list_*.png."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def test_search_sort_and_page_jump_at_both_sizes(open_as, live_server, reviewer_
     kneaded = SampleFactory.create_batch(70, answer="Knead the dough and let it rise.", subset="bakery")
     SampleFactory.create_batch(5, answer="Sharpen the knife first.", subset="")
     page = open_as(reviewer_user, next_url="/samples/")
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     for name, viewport in VIEWPORTS.items():
         page.set_viewport_size(viewport)
         page.goto(f"{live_server.url}/samples/")
@@ -71,3 +74,4 @@ def test_search_sort_and_page_jump_at_both_sizes(open_as, live_server, reviewer_
     page.wait_for_url(re.compile(r"subset=%28none%29"))
     assert _count(page).startswith("5 samples")
     page.screenshot(path=str(shots / "sample_list_no_subset.png"), full_page=True)
+    assert not errors, errors

@@ -283,6 +283,10 @@ def test_the_agreement_page_and_a_reliability_draw(client, reviewer_user):
     page = client.get(reverse("agreement"), {"n": "150"}).content.decode()
     # As a percentage with one decimal, as every page shows scores.
     assert 'id="rel-accuracy">100.0%' in page and 'id="rel-f1">100.0%' in page
+    # Fewer decided items than the draw asks for: all of them, said so (not "a random 150 of the 2").
+    assert "on all 2 decided items that have a jury majority (fewer than the 150 asked for)" in page
+    page = client.get(reverse("agreement"), {"n": "1", "seed": "5"}).content.decode()
+    assert "on a random 1 of the 2 decided items that have a jury majority (seed 5)" in page
 
 
 def _disagreement(final_votes, guard_judgment, **sample_fields):
