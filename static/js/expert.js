@@ -138,11 +138,46 @@
     if (event.target.id === "analysis") event.target.dataset.edited = "1";
   });
 
-  // A new item arrived: start at the top, with the keyboard on the page rather than a stale button.
+  // Only a swap of the whole workspace (a submit or skip answered) moves the page; the lease line's renewal every two
+  // minutes leaves the expert where she was, typing included. A refused submit answers with the same item and its
+  // error: what the expert had open stays open (the revealed image, moved over rather than fetched and recorded
+  // again; the guidelines; the step cursor), and the page stays where it was.
+  let kept = null;
+  let settled = null;  // what to do once htmx has settled the new workspace (its classes are the server's until then)
+  const showCursor = () => steps().forEach((li, i) => li.classList.toggle("current", i === cursor));
+  document.addEventListener("htmx:beforeSwap", (event) => {
+    const old = $("#workspace");
+    const img = $("#qta-img");
+    kept = old && event.detail.target === old ? {
+      slot: old.dataset.slot,
+      image: img && !img.classList.contains("blurred") ? img : null,
+      guidelines: Boolean($("#guidelines") && $("#guidelines").open),
+    } : null;
+  });
+
   document.addEventListener("htmx:afterSwap", () => {
-    if (!$("#workspace")) return;
-    cursor = -1;
+    const workspace = $("#workspace");
+    const was = kept;
+    kept = null;
+    if (!workspace || !was) return;
     if (document.activeElement) document.activeElement.blur();
-    window.scrollTo(0, 0);
+    if (was.slot !== workspace.dataset.slot) {  // a new item: start at its top
+      cursor = -1;
+      window.scrollTo(0, 0);
+      return;
+    }
+    const fresh = $("#qta-img");
+    if (was.image && fresh) {
+      fresh.replaceWith(was.image);
+      const button = $("#reveal-button");
+      if (button) button.hidden = true;
+    }
+    if (was.guidelines && $("#guidelines")) $("#guidelines").open = true;
+    settled = showCursor;
+  });
+
+  document.addEventListener("htmx:afterSettle", () => {
+    if (settled) settled();
+    settled = null;
   });
 })();

@@ -1,6 +1,6 @@
 """An expert's day in Chromium beyond plain labelling: skipping without a console error, the guidelines on `g`,
-revising the last label from the status line, the reveal button gone once the image is shown, and the seed-set
-previews behind the same reveal step."""
+revising the last label from the status line, the reveal button gone once the image is shown, a refused submit that
+keeps what the expert had open, and the seed-set previews behind the same reveal step."""
 
 from __future__ import annotations
 
@@ -89,6 +89,51 @@ def test_an_expert_skips_reads_the_guidelines_and_revises_her_last_label(open_as
     label = Label.objects.get(source_kind="expert", source_name=erin.username)
     assert label.judgment == 0.5 and label.meta["revisions"] == 1
     assert AuditEvent.objects.filter(action="label_write", label=label, detail__revised=True).exists()
+    assert errors == []
+
+
+def test_a_refused_submit_keeps_the_revealed_image_the_guidelines_and_the_step_cursor(open_as, shots):
+    Guidelines.objects.create(text="Judge the whole trace.")
+    split_items(1, image=ImageAssetFactory(data=_png()))
+    (erin,) = experts(1)
+    page = open_as(erin)
+    errors = _console_errors(page)
+    _start(page)
+    page.keyboard.press("r")
+    page.wait_for_function("() => { const i = document.querySelector('#qta-img'); return i.complete && i.naturalWidth"
+                           " && !i.classList.contains('blurred'); }")  # fmt: skip
+    views = AuditEvent.objects.filter(action=AuditEvent.Action.IMAGE_VIEW).count()
+    assert views == 1
+    page.keyboard.press("g")
+    page.keyboard.press("j")
+    page.keyboard.press("x")  # the first step marked harmful...
+    page.keyboard.press("0")  # ...and the judgment safe: refused
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#label-form .error")
+    assert "marked harmful but the judgment is 0" in page.text_content("#label-form .error")
+    assert not page.get_attribute("#qta-img", "class") and not page.is_visible("#reveal-button")
+    assert page.evaluate("document.querySelector('#guidelines').open")
+    assert page.get_attribute("#step-1", "class").split() == ["step", "harmful", "current"]
+    page.screenshot(path=shots / "expert_refused_submit.png", full_page=True)
+    # The image came over as it was: not fetched again, so no second reveal is recorded.
+    assert AuditEvent.objects.filter(action=AuditEvent.Action.IMAGE_VIEW).count() == views
+    # The lease line renews itself every two minutes (here at once): that swap leaves the expert typing where she was.
+    page.keyboard.press("e")
+    page.evaluate("window.scrollTo(0, 150)")
+    scrolled = page.evaluate("window.scrollY")
+    with page.expect_response(lambda response: "/renew" in response.url):
+        page.evaluate("""() => { const lease = document.querySelector('p.lease');
+            htmx.ajax('POST', lease.getAttribute('hx-post'), {source: lease, target: lease, swap: 'innerHTML'}); }""")
+    page.wait_for_timeout(300)  # htmx settles the swap
+    assert "Held for you until" in page.text_content("p.lease")
+    assert (
+        page.evaluate("document.activeElement.id") == "analysis"
+        and page.evaluate("window.scrollY") == scrolled
+    )
+    page.keyboard.press("Escape")
+    page.keyboard.press("x")  # the cursor still works: the mark comes off, and the label goes in
+    page.keyboard.press("Enter")
+    page.wait_for_selector("text=Label saved.")
     assert errors == []
 
 
