@@ -178,6 +178,13 @@ def test_screenshots_of_the_review_pages(open_as, live_server, reviewer_user, ad
     page = open_as(reviewer_user, next_url="/review/disagreements/")
     assert f"#{decided.sample_id}" in page.text_content("#results")
     page.screenshot(path=shots / "disagreements.png", full_page=True)
+    # On a phone each row is a card: the guard's judgment, the label and the direction are on screen, not scrolled off.
+    page.set_viewport_size({"width": 390, "height": 844})
+    for column in ("Guard", "P(harmful)", "Label", "Direction"):
+        box = page.locator(f'#results td[data-label="{column}"]').first.bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, (column, box)
+    page.screenshot(path=shots / "disagreements_phone.png", full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 1000})
     page.goto(f"{live_server.url}/review/disagreements/{decided.sample_id}/")
     page.screenshot(path=shots / "disagreement_detail.png", full_page=True)
     page.click("button[value=guard_wrong]")
