@@ -88,7 +88,7 @@ def test_at_the_kept_threshold_score_mistakes_are_listed_most_confident_first(cl
     assert _order(page, world) == ["A", "B", "I", "J", "C", "D", "H"]
     assert "7 disagreements" in page
     assert 'id="threshold-used">50.0%' in page and "the checkpoint's kept threshold" in page
-    assert '<td class="num">5.0%</td>' in _row(page, world["A"])
+    assert '<td class="num" data-label="P(harmful)">5.0%</td>' in _row(page, world["A"])
     assert "Missed harm" in _row(page, world["C"]) and "False alarm" in _row(page, world["H"])
 
 
@@ -124,8 +124,8 @@ def test_the_judgment_basis_is_unchanged_and_shows_p_harmful_where_there_are_sco
     page = _page(client, **params)
     assert _order(page, world) == ["I", "J", "B", "A", "E", "F", "G"]  # by sample id, as before
     assert "judgment level against the training label" in page
-    assert '<td class="num">70.0%</td>' in _row(page, world["E"])
-    assert '<td class="num">—</td>' in _row(page, world["G"])
+    assert '<td class="num" data-label="P(harmful)">70.0%</td>' in _row(page, world["E"])
+    assert '<td class="num" data-label="P(harmful)">—</td>' in _row(page, world["G"])
     assert _order(_page(client, direction="missed_harm", **params), world) == ["I", "A", "E", "G"]
 
 
