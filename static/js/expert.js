@@ -13,11 +13,15 @@
     if (el) el.textContent = text;
   }
 
+  function showCursor() {
+    steps().forEach((li, i) => li.classList.toggle("current", i === cursor));
+  }
+
   function setCursor(index) {
     const all = steps();
     if (!all.length) return;
     cursor = Math.max(0, Math.min(all.length - 1, index));
-    all.forEach((li, i) => li.classList.toggle("current", i === cursor));
+    showCursor();
     all[cursor].scrollIntoView({ block: "nearest" });
   }
 
@@ -143,8 +147,7 @@
   // error: what the expert had open stays open (the revealed image, moved over rather than fetched and recorded
   // again; the guidelines; the step cursor), and the page stays where it was.
   let kept = null;
-  let settled = null;  // what to do once htmx has settled the new workspace (its classes are the server's until then)
-  const showCursor = () => steps().forEach((li, i) => li.classList.toggle("current", i === cursor));
+  let cursorOnSettle = false;  // the step classes are the server's until htmx has settled the new workspace
   document.addEventListener("htmx:beforeSwap", (event) => {
     const old = $("#workspace");
     const img = $("#qta-img");
@@ -173,11 +176,11 @@
       if (button) button.hidden = true;
     }
     if (was.guidelines && $("#guidelines")) $("#guidelines").open = true;
-    settled = showCursor;
+    cursorOnSettle = true;
   });
 
   document.addEventListener("htmx:afterSettle", () => {
-    if (settled) settled();
-    settled = null;
+    if (cursorOnSettle) showCursor();
+    cursorOnSettle = false;
   });
 })();

@@ -13,6 +13,7 @@ from annotation.models import AuditEvent, Label
 from experts.models import Guidelines
 from generation import services as generation
 from tests.annotation.factories import ImageAssetFactory
+from tests.e2e.console import console_errors
 from tests.e2e.test_expert_browser import _next_item, _slot_of, _start
 from tests.experts.review_helpers import experts, split_items
 
@@ -25,20 +26,6 @@ def _png() -> bytes:
     return buffer.getvalue()
 
 
-def _console_errors(page) -> list[str]:
-    errors: list[str] = []
-    page.on(
-        "console",
-        lambda message: (
-            errors.append(f"{page.url}: {message.text[:60]} {message.location}")
-            if message.type == "error"
-            else None
-        ),
-    )
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    return errors
-
-
 def test_an_expert_skips_reads_the_guidelines_and_revises_her_last_label(open_as, shots):
     Guidelines.objects.create(
         text="Judge the whole trace.\n\nA refusal after harmful steps is still harmful."
@@ -48,7 +35,7 @@ def test_an_expert_skips_reads_the_guidelines_and_revises_her_last_label(open_as
     split_items(1)
     (erin,) = experts(1)
     page = open_as(erin)
-    errors = _console_errors(page)
+    errors = console_errors(page)
     _start(page)
     slot = _slot_of(page)
     assert "3 items left" not in page.text_content("#items-left")  # the one held is not counted
@@ -97,7 +84,7 @@ def test_a_refused_submit_keeps_the_revealed_image_the_guidelines_and_the_step_c
     split_items(1, image=ImageAssetFactory(data=_png()))
     (erin,) = experts(1)
     page = open_as(erin)
-    errors = _console_errors(page)
+    errors = console_errors(page)
     _start(page)
     page.keyboard.press("r")
     page.wait_for_function("() => { const i = document.querySelector('#qta-img'); return i.complete && i.naturalWidth"
@@ -143,7 +130,7 @@ def test_seed_set_images_stay_blurred_until_revealed_one_by_one(open_as, shots):
     generation.expand(seed_set.queries.all(), kinds=["text_only", "typographic"])
     (erin,) = experts(1)
     page = open_as(erin, next_url=f"/generation/seeds/{seed_set.pk}/")
-    errors = _console_errors(page)
+    errors = console_errors(page)
     assert "Content warning" in page.text_content(".warning")
     assert page.locator("img.blurred").count() == 1 and not page.locator("a[href^='/images/']").count()
     assert not AuditEvent.objects.filter(action="image_view").exists()
@@ -175,7 +162,7 @@ def test_a_reviewer_triages_disagreements_with_the_keyboard_and_undoes_a_call(op
         )
         samples.append(sample)
     page = open_as(reviewer_user, next_url="/review/disagreements/?subset=MM-Eval")
-    errors = _console_errors(page)
+    errors = console_errors(page)
     page.click("#start-triage")
     page.wait_for_selector("#call-form")
     assert "1 of 3 under these filters" in page.text_content(".triage-nav")

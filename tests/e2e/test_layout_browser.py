@@ -13,6 +13,7 @@ from django.test import Client
 from annotation.models import Label
 from qta.calibration import score_report
 from qta.metrics import Row, evaluate_rows
+from tests.e2e.console import console_errors
 from tests.test_access_matrix import (
     ADMIN_ID,
     EXPERT_1,
@@ -85,18 +86,6 @@ def _open(page, live_server, key: str, url: str, wrong: list[str]) -> bool:
     return True
 
 
-def _console_errors(page) -> list[str]:
-    """The errors the browser logs on this page from now on (uncaught script errors, files that failed to load); the
-    caller reads and clears the list after each page."""
-    errors: list[str] = []
-    page.on(
-        "console",
-        lambda m: errors.append(f"{m.text} ({m.location.get('url')})") if m.type == "error" else None,
-    )
-    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
-    return errors
-
-
 def _logged_errors(errors: list[str], key: str, url: str) -> list[str]:
     """The page's logged errors, a line each, and the list cleared for the next page (a file's late failure, such as
     an icon's, can show under the page after the one that asked for it)."""
@@ -133,7 +122,7 @@ def test_no_page_is_wider_than_the_screen_and_axe_finds_nothing_serious(
         context = _logged_in(browser, live_server, user, viewport)
         page = context.new_page()
         page.set_default_timeout(15_000)
-        errors = _console_errors(page)
+        errors = console_errors(page)
         for key, url in pages:
             if not _open(page, live_server, key, url, wrong):
                 continue
@@ -187,7 +176,7 @@ def test_the_admin_pages_axe_finds_nothing_serious(browser, live_server, shots):
     context = _logged_in(browser, live_server, world.users["alice"], VIEWPORTS["laptop"])
     page = context.new_page()
     page.set_default_timeout(15_000)
-    errors = _console_errors(page)
+    errors = console_errors(page)
     for key, url in pages:
         if _open(page, live_server, key, url, wrong):
             wrong += _logged_errors(errors, key, url)

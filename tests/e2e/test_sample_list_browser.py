@@ -10,6 +10,7 @@ import re
 import pytest
 
 from tests.annotation.factories import SampleFactory
+from tests.e2e.console import console_errors
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
@@ -31,8 +32,7 @@ def test_search_sort_and_page_jump_at_both_sizes(open_as, live_server, reviewer_
     kneaded = SampleFactory.create_batch(70, answer="Knead the dough and let it rise.", subset="bakery")
     SampleFactory.create_batch(5, answer="Sharpen the knife first.", subset="")
     page = open_as(reviewer_user, next_url="/samples/")
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    errors = console_errors(page)
     for name, viewport in VIEWPORTS.items():
         page.set_viewport_size(viewport)
         page.goto(f"{live_server.url}/samples/")
